@@ -1,0 +1,373 @@
+"""The one table of request parameters, and validation generated from it.
+
+Every request parameter of the Tensormesh chat-completions surface is declared once, in
+:data:`PARAMS`: its type, allowed range or choices, default (``None`` = not sent, the server
+decides), one line of help and the kind of control that edits it. Validation, the magic's
+flags, the widget's controls and the docs are all views of this table; a new server
+parameter is one more line here.
+
+Parameters that are not in the table can still be sent through ``extra_body={...}``,
+unvalidated, for servers that know more than this table does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from tmlab.errors import ParameterError
+
+__all__ = ["NOT_GIVEN", "PARAMS", "NotGiven", "Param", "params_table", "validate_params"]
+
+Kind = Literal["float", "int", "bool", "str", "enum", "json"]
+Control = Literal["slider", "int_slider", "dropdown", "text", "toggle", "json"]
+
+
+class NotGiven:
+    """Sentinel type: a parameter that was not given (distinct from an explicit ``None``)."""
+
+    _instance: NotGiven | None = None
+
+    def __new__(cls) -> NotGiven:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+NOT_GIVEN: Final = NotGiven()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One request parameter: what it accepts and how it is edited.
+
+    ``minimum``/``maximum`` bound what is valid; ``ui_min``/``ui_max``/``step`` bound the
+    slider that edits it (a narrower, useful range). ``shape`` checks a JSON-ish value and
+    returns an error message or ``None``.
+    """
+
+    name: str
+    kind: Kind
+    help: str
+    control: Control
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    choices: tuple[str, ...] = ()
+    ui_min: float | None = None
+    ui_max: float | None = None
+    step: float | None = None
+    shape: Callable[[Any], str | None] | None = None
+    shape_help: str = ""
+    group: str = "sampling"
+
+    @property
+    def allowed(self) -> str:
+        """Human-readable description of the allowed values."""
+        if self.kind == "enum":
+            return " | ".join(repr(c) for c in self.choices)
+        if self.kind in ("float", "int"):
+            lo = "-inf" if self.minimum is None else _fmt(self.minimum)
+            hi = "inf" if self.maximum is None else _fmt(self.maximum)
+            if self.exclusive_minimum:
+                return f"{self.kind} > {lo}" + ("" if self.maximum is None else f" and ≤ {hi}")
+            if self.maximum is None:
+                return f"{self.kind} ≥ {lo}"
+            return f"{self.kind} in {lo}..{hi}"
+        if self.kind == "bool":
+            return "True | False"
+        if self.kind == "str":
+            return "a string"
+        return self.shape_help or "JSON value"
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+# --- shape checkers for JSON-valued parameters -------------------------------------------
+
+
+def _stop(v: Any) -> str | None:
+    if isinstance(v, str):
+        return None
+    if isinstance(v, list) and all(isinstance(s, str) for s in v):
+        return None if len(v) <= 4 else "at most 4 stop sequences"
+    return "a string or a list of up to 4 strings"
+
+
+def _dict(v: Any) -> str | None:
+    return None if isinstance(v, dict) else "an object (dict)"
+
+
+def _stream_options(v: Any) -> str | None:
+    if not isinstance(v, dict):
+        return "an object such as {'include_usage': True}"
+    if "include_usage" in v and not isinstance(v["include_usage"], bool):
+        return "include_usage must be a bool"
+    return None
+
+
+def _response_format(v: Any) -> str | None:
+    if not isinstance(v, dict) or v.get("type") not in ("json_object", "text", "json_schema"):
+        return "{'type': 'json_object'} or {'type': 'text'}"
+    return None
+
+
+def _tools(v: Any) -> str | None:
+    if not isinstance(v, list):
+        return "a list of {'type': 'function', 'function': {'name': ..., 'parameters': {...}}}"
+    for i, tool in enumerate(v):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            return f"tools[{i}] must be {{'type': 'function', 'function': {{'name': str, ...}}}}"
+        if tool.get("type", "function") != "function":
+            return f"tools[{i}].type must be 'function'"
+    return None
+
+
+def _tool_choice(v: Any) -> str | None:
+    if v in ("auto", "none", "required"):
+        return None
+    if isinstance(v, dict) and isinstance((v.get("function") or {}).get("name"), str):
+        return None
+    return "'auto' | 'none' | 'required' | {'type': 'function', 'function': {'name': ...}}"
+
+
+def _logit_bias(v: Any) -> str | None:
+    if not isinstance(v, dict):
+        return "a dict of token id -> bias in -100..100"
+    for key, bias in v.items():
+        try:
+            int(key)
+        except (TypeError, ValueError):
+            return f"key {key!r} is not a token id"
+        if isinstance(bias, bool) or not isinstance(bias, int | float) or not -100 <= bias <= 100:
+            return f"bias {bias!r} for token {key} is not a number in -100..100"
+    return None
+
+
+def _speculation(v: Any) -> str | None:
+    if isinstance(v, str) or (isinstance(v, list) and all(isinstance(t, int) for t in v)):
+        return None
+    return "a string or a list of token ids"
+
+
+def _function_call(v: Any) -> str | None:
+    if v in ("auto", "none") or (isinstance(v, dict) and isinstance(v.get("name"), str)):
+        return None
+    return "'auto' | 'none' | {'name': ...}"
+
+
+def _list(v: Any) -> str | None:
+    return None if isinstance(v, list) else "a list"
+
+
+# --- the table ----------------------------------------------------------------------------
+
+_TABLE: tuple[Param, ...] = (
+    # sampling
+    Param("temperature", "float", "Sampling temperature; 0 is greedy, higher is more random.",
+          "slider", minimum=0, maximum=2, ui_min=0, ui_max=2, step=0.05),
+    Param("top_k", "int", "Keep only the K most likely tokens at each step (0 or -1: off).",
+          "int_slider", minimum=-1, ui_min=0, ui_max=100, step=1),
+    Param("top_p", "float", "Nucleus sampling: keep the smallest set of tokens whose mass ≥ p.",
+          "slider", minimum=0, maximum=1, ui_min=0, ui_max=1, step=0.01),
+    Param("min_p", "float", "Drop tokens whose probability is below min_p × the top token's.",
+          "slider", minimum=0, maximum=1, ui_min=0, ui_max=1, step=0.01),
+    Param("typical_p", "float", "Typical sampling: keep tokens of near-typical information.",
+          "slider", minimum=0, maximum=1, exclusive_minimum=True, ui_min=0.01, ui_max=1,
+          step=0.01),
+    Param("repetition_penalty", "float", "Divide the logits of tokens already seen (1 = off).",
+          "slider", minimum=0, exclusive_minimum=True, ui_min=0.5, ui_max=2, step=0.05),
+    Param("presence_penalty", "float", "Penalise tokens that appeared at all so far.",
+          "slider", minimum=-2, maximum=2, ui_min=-2, ui_max=2, step=0.1),
+    Param("frequency_penalty", "float", "Penalise tokens by how often they appeared so far.",
+          "slider", minimum=-2, maximum=2, ui_min=-2, ui_max=2, step=0.1),
+    Param("mirostat_target", "float", "Mirostat v2 target surprise (perplexity target).",
+          "slider", minimum=0, ui_min=0, ui_max=10, step=0.1),
+    Param("mirostat_lr", "float", "Mirostat v2 learning rate.",
+          "slider", minimum=0, ui_min=0, ui_max=1, step=0.01),
+    Param("seed", "int", "Random seed for best-effort reproducible sampling.",
+          "text", minimum=-(2**63), maximum=2**64 - 1),
+    Param("logit_bias", "json", "Add a bias (-100..100) to the logits of token ids.",
+          "json", shape=_logit_bias, shape_help="a dict of token id -> bias in -100..100"),
+    # length and stopping
+    Param("max_tokens", "int", "Maximum number of tokens to generate.",
+          "int_slider", minimum=1, ui_min=1, ui_max=1024, step=1, group="length"),
+    Param("max_completion_tokens", "int", "Alternative name for max_tokens (not both).",
+          "int_slider", minimum=1, ui_min=1, ui_max=1024, step=1, group="length"),
+    Param("n", "int", "How many choices to generate (needs temperature > 0 when > 1).",
+          "int_slider", minimum=1, maximum=128, ui_min=1, ui_max=8, step=1, group="length"),
+    Param("stop", "json", "Stop sequence(s): generation ends before any of them.",
+          "text", shape=_stop, shape_help="a string or a list of up to 4 strings",
+          group="length"),
+    Param("ignore_eos", "bool", "Keep generating past the end-of-sequence token.",
+          "toggle", group="length"),
+    Param("prompt_truncate_len", "int", "Truncate the prompt to this many tokens, oldest "
+          "messages first.", "text", minimum=1, group="length"),
+    Param("context_length_exceeded_behavior", "enum", "When prompt + max_tokens exceed the "
+          "context: clamp (truncate) or fail (error).", "dropdown",
+          choices=("truncate", "error"), group="length"),
+    # output
+    Param("logprobs", "bool", "Return the log-probability of each generated token.",
+          "toggle", group="output"),
+    Param("top_logprobs", "int", "How many most likely alternatives to return per token "
+          "(needs logprobs).", "int_slider", minimum=0, maximum=20, ui_min=0, ui_max=20, step=1,
+          group="output"),
+    Param("echo", "bool", "Echo the prompt in front of the completion.", "toggle",
+          group="output"),
+    Param("echo_last", "int", "Echo the last N tokens of the prompt.", "text", minimum=0,
+          group="output"),
+    Param("return_token_ids", "bool", "Return token ids (choices[].token_ids, "
+          "prompt_token_ids).", "toggle", group="output"),
+    Param("raw_output", "bool", "Return the templated prompt and the raw completion.",
+          "toggle", group="output"),
+    Param("perf_metrics_in_response", "bool", "Include server performance metrics.",
+          "toggle", group="output"),
+    Param("response_format", "json", "Force the output format, e.g. {'type': 'json_object'}.",
+          "json", shape=_response_format, shape_help="{'type': 'json_object'} or "
+          "{'type': 'text'}", group="output"),
+    Param("stream_options", "json", "Streaming options, e.g. {'include_usage': True}.",
+          "json", shape=_stream_options, shape_help="{'include_usage': bool}", group="output"),
+    # reasoning
+    Param("reasoning_effort", "enum", "How much the model reasons before answering.",
+          "dropdown", choices=("none", "low", "medium", "high"), group="reasoning"),
+    Param("reasoning_history", "enum", "How earlier assistant reasoning enters the prompt.",
+          "dropdown", choices=("disabled", "interleaved", "preserved"), group="reasoning"),
+    Param("thinking", "json", "Anthropic-style reasoning config, e.g. {'type': 'enabled'}.",
+          "json", shape=_dict, shape_help="an object", group="reasoning"),
+    # tools
+    Param("tools", "json", "Functions the model may call.", "json", shape=_tools,
+          shape_help="a list of {'type': 'function', 'function': {...}}", group="tools"),
+    Param("tool_choice", "json", "Which tool, if any, the model must call.", "dropdown",
+          choices=("auto", "none", "required"), shape=_tool_choice,
+          shape_help="'auto' | 'none' | 'required' | {'type': 'function', 'function': "
+          "{'name': ...}}", group="tools"),
+    Param("parallel_tool_calls", "bool", "Allow several tool calls in one answer.", "toggle",
+          group="tools"),
+    Param("functions", "json", "Deprecated: use tools.", "json", shape=_list,
+          shape_help="a list", group="tools"),
+    Param("function_call", "json", "Deprecated: use tool_choice.", "json",
+          shape=_function_call, shape_help="'auto' | 'none' | {'name': ...}", group="tools"),
+    # serving
+    Param("speculation", "json", "Speculative decoding prompt or token ids.", "text",
+          shape=_speculation, shape_help="a string or a list of token ids", group="serving"),
+    Param("prediction", "json", "Predicted output for speculative decoding.", "json",
+          shape=_dict, shape_help="an object", group="serving"),
+    Param("prompt_cache_isolation_key", "str", "Isolation key for prompt caching.", "text",
+          group="serving"),
+    Param("user", "str", "An identifier of your end user.", "text", group="serving"),
+    Param("metadata", "json", "Metadata stored with the request for tracing.", "json",
+          shape=_dict, shape_help="an object", group="serving"),
+)
+
+PARAMS: Final[Mapping[str, Param]] = {p.name: p for p in _TABLE}
+"""Every request parameter, by name, in display order."""
+
+# Set by the client itself, never through **params.
+RESERVED: Final = frozenset({"model", "messages", "stream"})
+
+
+def _check_one(p: Param, value: Any) -> None:
+    if value is None:  # explicit null: the API accepts null for every parameter
+        return
+    kind = p.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ParameterError(p.name, f"{p.name}={value!r} is not a bool", p.allowed)
+        return
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ParameterError(p.name, f"{p.name}={value!r} is not a string", p.allowed)
+        return
+    if kind == "enum":
+        if value not in p.choices:
+            raise ParameterError(p.name, f"{p.name}={value!r} is not one of the choices",
+                                 p.allowed)
+        return
+    if kind in ("int", "float"):
+        ok_types: tuple[type, ...] = (int,) if kind == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, ok_types):
+            if kind == "int" and isinstance(value, float) and value.is_integer():
+                pass  # 3.0 for an int parameter is fine
+            else:
+                raise ParameterError(p.name, f"{p.name}={value!r} is not an {kind}"
+                                     if kind == "int" else f"{p.name}={value!r} is not a number",
+                                     p.allowed)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ParameterError(p.name, f"{p.name}={value!r} is not finite", p.allowed)
+        lo, hi = p.minimum, p.maximum
+        below = lo is not None and (value <= lo if p.exclusive_minimum else value < lo)
+        if below or (hi is not None and value > hi):
+            raise ParameterError(p.name, f"{p.name}={value!r} is out of range", p.allowed)
+        return
+    # json
+    if p.shape is not None:
+        problem = p.shape(value)
+        if problem is not None:
+            raise ParameterError(p.name, f"{p.name}={value!r} is not valid: {problem}",
+                                 p.allowed)
+
+
+def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Check request parameters against :data:`PARAMS` and return those to send.
+
+    Values equal to :data:`NOT_GIVEN` are dropped; an explicit ``None`` is kept (sent as
+    JSON null). Raises :class:`~tmlab.ParameterError` naming the parameter and what is
+    allowed, for unknown names, wrong types, out-of-range values, unknown choices and the
+    combinations the API rejects.
+    """
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if value is NOT_GIVEN:
+            continue
+        if name in RESERVED:
+            raise ParameterError(name, f"{name!r} is set by the client, not as a parameter",
+                                 "pass it as chat()'s own argument")
+        p = PARAMS.get(name)
+        if p is None:
+            close = [k for k in PARAMS if k.startswith(name[:4])] if len(name) >= 4 else []
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ParameterError(name, f"unknown parameter {name!r}{hint}",
+                                 "a parameter of tmlab.PARAMS, or pass it in extra_body={...}")
+        _check_one(p, value)
+        if p.kind == "int" and isinstance(value, float):
+            value = int(value)
+        out[name] = value
+    _check_combinations(out)
+    return out
+
+
+def _check_combinations(p: Mapping[str, Any]) -> None:
+    top = p.get("top_logprobs")
+    if top is not None and top > 0 and not p.get("logprobs"):
+        raise ParameterError("top_logprobs", f"top_logprobs={top} needs logprobs=True",
+                             "0..20, with logprobs=True")
+    n = p.get("n")
+    if n is not None and n > 1 and p.get("temperature") == 0:
+        raise ParameterError("n", f"n={n} with temperature=0 would give {n} identical "
+                             "greedy answers; the API rejects it",
+                             "n=1 with temperature=0, or temperature > 0")
+    if p.get("max_tokens") is not None and p.get("max_completion_tokens") is not None:
+        raise ParameterError("max_completion_tokens", "max_tokens and max_completion_tokens "
+                             "are both set", "one of max_tokens or max_completion_tokens")
+
+
+def params_table() -> Any:
+    """The parameter table as a pandas DataFrame (name, type, allowed, control, help)."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [{"name": p.name, "group": p.group, "type": p.kind, "allowed": p.allowed,
+          "default": "not sent", "control": p.control, "help": p.help}
+         for p in PARAMS.values()]
+    )

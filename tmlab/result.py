@@ -1,0 +1,301 @@
+"""ChatResult: one chat-completions response, with typed accessors over the raw JSON.
+
+A streamed response is reassembled (by the client) into the same JSON a non-streaming call
+returns, so everything here reads one shape. Logprobs are read in the OpenAI shape and in the
+legacy ``{tokens, token_logprobs, top_logprobs}`` shape; reasoning from ``message.reasoning``,
+``message.reasoning_content`` or ``<think>…</think>`` inside the content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "ChatResult",
+    "Choice",
+    "Timing",
+    "TokenLogprob",
+    "TopLogprob",
+    "Usage",
+    "split_think",
+]
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+def split_think(content: str) -> tuple[str, str | None]:
+    """Split ``<think>…</think>`` out of ``content``: returns ``(answer, reasoning)``.
+
+    Handles an unclosed ``<think>`` (the answer was cut off while reasoning) and a closing tag
+    without an opening one (some parsers drop the opening tag). ``reasoning`` is ``None`` when
+    there is no tag at all.
+    """
+    start = content.find(THINK_OPEN)
+    end = content.find(THINK_CLOSE)
+    if start == -1 and end == -1:
+        return content, None
+    if start != -1 and (end == -1 or end < start):
+        before = content[:start]
+        rest = content[start + len(THINK_OPEN):]
+        end2 = rest.find(THINK_CLOSE)
+        if end2 == -1:
+            return before, rest
+        return (before + rest[end2 + len(THINK_CLOSE):]).lstrip("\n"), rest[:end2]
+    if start == -1:
+        return content[end + len(THINK_CLOSE):].lstrip("\n"), content[:end]
+    reasoning = content[start + len(THINK_OPEN):end]
+    answer = content[:start] + content[end + len(THINK_CLOSE):]
+    return answer.lstrip("\n"), reasoning
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    """One alternative at a position: its token and log-probability."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The generated token at one position, its log-probability and the alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    token_id: int | None = None
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one response; ``None`` where the server did not say."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    @classmethod
+    def from_raw(cls, usage: dict[str, Any] | None) -> Usage:
+        """Read an OpenAI-style ``usage`` object."""
+        if not isinstance(usage, dict):
+            return cls()
+        ptd = usage.get("prompt_tokens_details") or {}
+        ctd = usage.get("completion_tokens_details") or {}
+        return cls(
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            total_tokens=usage.get("total_tokens"),
+            cached_tokens=ptd.get("cached_tokens") if isinstance(ptd, dict) else None,
+            reasoning_tokens=ctd.get("reasoning_tokens") if isinstance(ctd, dict) else None,
+        )
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock timing measured by the client.
+
+    ``latency_s``: request sent → last byte. ``ttft_s``: request sent → first content or
+    reasoning token (streams; for a non-streaming call it equals the latency).
+    ``tokens_per_s``: completion tokens / (latency − ttft) for streams, completion tokens /
+    latency otherwise; ``None`` when the token count is unknown.
+    """
+
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    tokens_per_s: float | None = None
+
+
+def _parse_legacy(lp: dict[str, Any]) -> list[TokenLogprob]:
+    tokens = lp.get("tokens") or []
+    values = lp.get("token_logprobs") or []
+    tops = lp.get("top_logprobs") or []
+    out = []
+    for i, tok in enumerate(tokens):
+        top_i = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        alts = tuple(TopLogprob(str(t), float(v)) for t, v in top_i.items() if v is not None)
+        alts = tuple(sorted(alts, key=lambda a: -a.logprob))
+        value = values[i] if i < len(values) else None
+        out.append(TokenLogprob(str(tok), float(value) if value is not None else float("nan"),
+                                top=alts))
+    return out
+
+
+def _parse_openai(content: list[dict[str, Any]]) -> list[TokenLogprob]:
+    out = []
+    for item in content:
+        top = tuple(
+            TopLogprob(t.get("token", ""), float(t["logprob"]), t.get("bytes"), t.get("token_id"))
+            for t in item.get("top_logprobs") or []
+            if t.get("logprob") is not None
+        )
+        value = item.get("logprob")
+        out.append(TokenLogprob(item.get("token", ""),
+                                float(value) if value is not None else float("nan"),
+                                item.get("bytes"), item.get("token_id"), top))
+    return out
+
+
+def parse_logprobs(lp: Any) -> list[TokenLogprob] | None:
+    """Read a choice's ``logprobs`` in either shape; ``None`` when there are none."""
+    if not isinstance(lp, dict):
+        return None
+    if isinstance(lp.get("content"), list):
+        return _parse_openai(lp["content"])
+    if isinstance(lp.get("tokens"), list):
+        return _parse_legacy(lp)
+    return None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One choice of a response."""
+
+    index: int
+    text: str
+    reasoning: str | None
+    tool_calls: list[dict[str, Any]]
+    finish_reason: str | None
+    logprobs: list[TokenLogprob] | None
+    token_ids: list[int] | None
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_raw(cls, choice: dict[str, Any]) -> Choice:
+        """Read one element of ``choices``."""
+        msg = choice.get("message") or {}
+        content = msg.get("content")
+        if isinstance(content, list):  # content parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        content = content or ""
+        reasoning = msg.get("reasoning")
+        if reasoning is None:
+            reasoning = msg.get("reasoning_content")
+        answer, inline = split_think(content)
+        if inline is not None:
+            reasoning = inline if reasoning is None else reasoning + inline
+            content = answer
+        return cls(
+            index=int(choice.get("index", 0) or 0),
+            text=content,
+            reasoning=reasoning,
+            tool_calls=list(msg.get("tool_calls") or []),
+            finish_reason=choice.get("finish_reason"),
+            logprobs=parse_logprobs(choice.get("logprobs")),
+            token_ids=choice.get("token_ids"),
+            raw=choice,
+        )
+
+
+class ChatResult:
+    """One chat-completions response.
+
+    ``text``, ``reasoning``, ``tool_calls``, ``finish_reason`` are those of the first choice;
+    ``choices`` holds all. ``request`` is what was sent (never the API key), ``raw`` the JSON
+    received (for streams: reassembled into the non-streaming shape).
+    """
+
+    def __init__(
+        self,
+        raw: dict[str, Any],
+        *,
+        request: dict[str, Any] | None = None,
+        timing: Timing | None = None,
+        complete: bool = True,
+    ) -> None:
+        self.raw = raw
+        self.request = request or {}
+        self.timing = timing or Timing()
+        self.complete = complete
+        choices = raw.get("choices") or []
+        self.choices = sorted((Choice.from_raw(c) for c in choices), key=lambda c: c.index)
+        self.usage = Usage.from_raw(raw.get("usage"))
+
+    @property
+    def _first(self) -> Choice | None:
+        return self.choices[0] if self.choices else None
+
+    @property
+    def text(self) -> str:
+        """The answer text of the first choice ('' if none)."""
+        return self._first.text if self._first else ""
+
+    @property
+    def reasoning(self) -> str | None:
+        """The reasoning of the first choice, if the model gave any."""
+        return self._first.reasoning if self._first else None
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The tool calls of the first choice."""
+        return self._first.tool_calls if self._first else []
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why the first choice stopped: 'stop', 'length', 'tool_calls' …"""
+        return self._first.finish_reason if self._first else None
+
+    @property
+    def model(self) -> str | None:
+        """The model that answered, as the server names it."""
+        return self.raw.get("model") or self.request.get("model")
+
+    @property
+    def id(self) -> str | None:
+        """The response id."""
+        return self.raw.get("id")
+
+    @property
+    def prompt_token_ids(self) -> list[int] | None:
+        """Token ids of the prompt, when the server returned them (return_token_ids)."""
+        return self.raw.get("prompt_token_ids")
+
+    @property
+    def perf_metrics(self) -> dict[str, Any] | None:
+        """Server-side performance metrics (perf_metrics_in_response)."""
+        return self.raw.get("perf_metrics")
+
+    def logprobs_frame(self, long: bool = False) -> pd.DataFrame:
+        """Same as :func:`tmlab.logprobs_frame`."""
+        from tmlab.frames import logprobs_frame
+
+        return logprobs_frame(self, long=long)
+
+    def usage_frame(self, prices: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Same as :func:`tmlab.usage_frame`."""
+        from tmlab.frames import usage_frame
+
+        return usage_frame(self, prices=prices)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary: request, raw response, timing."""
+        return {"request": self.request, "response": self.raw,
+                "timing": self.timing.__dict__, "complete": self.complete}
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        text = self.text if len(self.text) <= 60 else self.text[:57] + "..."
+        return (f"ChatResult(model={self.model!r}, text={text!r}, "
+                f"finish_reason={self.finish_reason!r}, usage={self.usage.completion_tokens}"
+                f" completion tokens)")
+
+    def _repr_html_(self) -> str:
+        from tmlab.display import chat_result_html
+
+        return chat_result_html(self)
+
+    def _repr_markdown_(self) -> str:
+        from tmlab.display import chat_result_markdown
+
+        return chat_result_markdown(self)
