@@ -116,8 +116,11 @@ class APIStatusError(APIError):
 
     def __str__(self) -> str:
         parts = [f"{self.status_code}: {self.message}"]
-        extra = [f"{k}={v!r}" for k, v in (("type", self.type), ("param", self.param),
-                                            ("code", self.code)) if v is not None]
+        extra = [
+            f"{k}={v!r}"
+            for k, v in (("type", self.type), ("param", self.param), ("code", self.code))
+            if v is not None
+        ]
         if self.request_id:
             extra.append(f"request_id={self.request_id!r}")
         if extra:
@@ -219,16 +222,23 @@ def _error_fields(body: Any) -> tuple[str | None, str | None, str | None, str | 
                         loc = [str(p) for p in item.get("loc", []) if p != "body"]
                         if loc and param is None:
                             param = ".".join(loc)
-                        msgs.append(f"{'.'.join(loc)}: {item.get('msg', item)}" if loc
-                                    else str(item.get("msg", item)))
+                        msgs.append(
+                            f"{'.'.join(loc)}: {item.get('msg', item)}"
+                            if loc
+                            else str(item.get("msg", item))
+                        )
                     else:
                         msgs.append(str(item))
                 return "; ".join(msgs), None, param, None
             return json.dumps(detail), None, None, None
         if isinstance(body.get("message"), str):
             code = body.get("code")
-            return (body["message"], body.get("type"), body.get("param"),
-                    code if isinstance(code, str | int) else None)
+            return (
+                body["message"],
+                body.get("type"),
+                body.get("param"),
+                code if isinstance(code, str | int) else None,
+            )
     return None, None, None, None
 
 

@@ -175,99 +175,372 @@ def _list(v: Any) -> str | None:
 
 _TABLE: tuple[Param, ...] = (
     # sampling
-    Param("temperature", "float", "Sampling temperature; 0 is greedy, higher is more random.",
-          "slider", minimum=0, maximum=2, ui_min=0, ui_max=2, step=0.05),
-    Param("top_k", "int", "Keep only the K most likely tokens at each step (0 or -1: off).",
-          "int_slider", minimum=-1, ui_min=0, ui_max=100, step=1),
-    Param("top_p", "float", "Nucleus sampling: keep the smallest set of tokens whose mass ≥ p.",
-          "slider", minimum=0, maximum=1, ui_min=0, ui_max=1, step=0.01),
-    Param("min_p", "float", "Drop tokens whose probability is below min_p × the top token's.",
-          "slider", minimum=0, maximum=1, ui_min=0, ui_max=1, step=0.01),
-    Param("typical_p", "float", "Typical sampling: keep tokens of near-typical information.",
-          "slider", minimum=0, maximum=1, exclusive_minimum=True, ui_min=0.01, ui_max=1,
-          step=0.01),
-    Param("repetition_penalty", "float", "Divide the logits of tokens already seen (1 = off).",
-          "slider", minimum=0, exclusive_minimum=True, ui_min=0.5, ui_max=2, step=0.05),
-    Param("presence_penalty", "float", "Penalise tokens that appeared at all so far.",
-          "slider", minimum=-2, maximum=2, ui_min=-2, ui_max=2, step=0.1),
-    Param("frequency_penalty", "float", "Penalise tokens by how often they appeared so far.",
-          "slider", minimum=-2, maximum=2, ui_min=-2, ui_max=2, step=0.1),
-    Param("mirostat_target", "float", "Mirostat v2 target surprise (perplexity target).",
-          "slider", minimum=0, ui_min=0, ui_max=10, step=0.1),
-    Param("mirostat_lr", "float", "Mirostat v2 learning rate.",
-          "slider", minimum=0, ui_min=0, ui_max=1, step=0.01),
-    Param("seed", "int", "Random seed for best-effort reproducible sampling.",
-          "text", minimum=-(2**63), maximum=2**64 - 1),
-    Param("logit_bias", "json", "Add a bias (-100..100) to the logits of token ids.",
-          "json", shape=_logit_bias, shape_help="a dict of token id -> bias in -100..100"),
+    Param(
+        "temperature",
+        "float",
+        "Sampling temperature; 0 is greedy, higher is more random.",
+        "slider",
+        minimum=0,
+        maximum=2,
+        ui_min=0,
+        ui_max=2,
+        step=0.05,
+    ),
+    Param(
+        "top_k",
+        "int",
+        "Keep only the K most likely tokens at each step (0 or -1: off).",
+        "int_slider",
+        minimum=-1,
+        ui_min=0,
+        ui_max=100,
+        step=1,
+    ),
+    Param(
+        "top_p",
+        "float",
+        "Nucleus sampling: keep the smallest set of tokens whose mass ≥ p.",
+        "slider",
+        minimum=0,
+        maximum=1,
+        ui_min=0,
+        ui_max=1,
+        step=0.01,
+    ),
+    Param(
+        "min_p",
+        "float",
+        "Drop tokens whose probability is below min_p × the top token's.",
+        "slider",
+        minimum=0,
+        maximum=1,
+        ui_min=0,
+        ui_max=1,
+        step=0.01,
+    ),
+    Param(
+        "typical_p",
+        "float",
+        "Typical sampling: keep tokens of near-typical information.",
+        "slider",
+        minimum=0,
+        maximum=1,
+        exclusive_minimum=True,
+        ui_min=0.01,
+        ui_max=1,
+        step=0.01,
+    ),
+    Param(
+        "repetition_penalty",
+        "float",
+        "Divide the logits of tokens already seen (1 = off).",
+        "slider",
+        minimum=0,
+        exclusive_minimum=True,
+        ui_min=0.5,
+        ui_max=2,
+        step=0.05,
+    ),
+    Param(
+        "presence_penalty",
+        "float",
+        "Penalise tokens that appeared at all so far.",
+        "slider",
+        minimum=-2,
+        maximum=2,
+        ui_min=-2,
+        ui_max=2,
+        step=0.1,
+    ),
+    Param(
+        "frequency_penalty",
+        "float",
+        "Penalise tokens by how often they appeared so far.",
+        "slider",
+        minimum=-2,
+        maximum=2,
+        ui_min=-2,
+        ui_max=2,
+        step=0.1,
+    ),
+    Param(
+        "mirostat_target",
+        "float",
+        "Mirostat v2 target surprise (perplexity target).",
+        "slider",
+        minimum=0,
+        ui_min=0,
+        ui_max=10,
+        step=0.1,
+    ),
+    Param(
+        "mirostat_lr",
+        "float",
+        "Mirostat v2 learning rate.",
+        "slider",
+        minimum=0,
+        ui_min=0,
+        ui_max=1,
+        step=0.01,
+    ),
+    Param(
+        "seed",
+        "int",
+        "Random seed for best-effort reproducible sampling.",
+        "text",
+        minimum=-(2**63),
+        maximum=2**64 - 1,
+    ),
+    Param(
+        "logit_bias",
+        "json",
+        "Add a bias (-100..100) to the logits of token ids.",
+        "json",
+        shape=_logit_bias,
+        shape_help="a dict of token id -> bias in -100..100",
+    ),
     # length and stopping
-    Param("max_tokens", "int", "Maximum number of tokens to generate.",
-          "int_slider", minimum=1, ui_min=1, ui_max=1024, step=1, group="length"),
-    Param("max_completion_tokens", "int", "Alternative name for max_tokens (not both).",
-          "int_slider", minimum=1, ui_min=1, ui_max=1024, step=1, group="length"),
-    Param("n", "int", "How many choices to generate (needs temperature > 0 when > 1).",
-          "int_slider", minimum=1, maximum=128, ui_min=1, ui_max=8, step=1, group="length"),
-    Param("stop", "json", "Stop sequence(s): generation ends before any of them.",
-          "text", shape=_stop, shape_help="a string or a list of up to 4 strings",
-          group="length"),
-    Param("ignore_eos", "bool", "Keep generating past the end-of-sequence token.",
-          "toggle", group="length"),
-    Param("prompt_truncate_len", "int", "Truncate the prompt to this many tokens, oldest "
-          "messages first.", "text", minimum=1, group="length"),
-    Param("context_length_exceeded_behavior", "enum", "When prompt + max_tokens exceed the "
-          "context: clamp (truncate) or fail (error).", "dropdown",
-          choices=("truncate", "error"), group="length"),
+    Param(
+        "max_tokens",
+        "int",
+        "Maximum number of tokens to generate.",
+        "int_slider",
+        minimum=1,
+        ui_min=1,
+        ui_max=1024,
+        step=1,
+        group="length",
+    ),
+    Param(
+        "max_completion_tokens",
+        "int",
+        "Alternative name for max_tokens (not both).",
+        "int_slider",
+        minimum=1,
+        ui_min=1,
+        ui_max=1024,
+        step=1,
+        group="length",
+    ),
+    Param(
+        "n",
+        "int",
+        "How many choices to generate (needs temperature > 0 when > 1).",
+        "int_slider",
+        minimum=1,
+        maximum=128,
+        ui_min=1,
+        ui_max=8,
+        step=1,
+        group="length",
+    ),
+    Param(
+        "stop",
+        "json",
+        "Stop sequence(s): generation ends before any of them.",
+        "text",
+        shape=_stop,
+        shape_help="a string or a list of up to 4 strings",
+        group="length",
+    ),
+    Param(
+        "ignore_eos",
+        "bool",
+        "Keep generating past the end-of-sequence token.",
+        "toggle",
+        group="length",
+    ),
+    Param(
+        "prompt_truncate_len",
+        "int",
+        "Truncate the prompt to this many tokens, oldest messages first.",
+        "text",
+        minimum=1,
+        group="length",
+    ),
+    Param(
+        "context_length_exceeded_behavior",
+        "enum",
+        "When prompt + max_tokens exceed the context: clamp (truncate) or fail (error).",
+        "dropdown",
+        choices=("truncate", "error"),
+        group="length",
+    ),
     # output
-    Param("logprobs", "bool", "Return the log-probability of each generated token.",
-          "toggle", group="output"),
-    Param("top_logprobs", "int", "How many most likely alternatives to return per token "
-          "(needs logprobs).", "int_slider", minimum=0, maximum=20, ui_min=0, ui_max=20, step=1,
-          group="output"),
-    Param("echo", "bool", "Echo the prompt in front of the completion.", "toggle",
-          group="output"),
-    Param("echo_last", "int", "Echo the last N tokens of the prompt.", "text", minimum=0,
-          group="output"),
-    Param("return_token_ids", "bool", "Return token ids (choices[].token_ids, "
-          "prompt_token_ids).", "toggle", group="output"),
-    Param("raw_output", "bool", "Return the templated prompt and the raw completion.",
-          "toggle", group="output"),
-    Param("perf_metrics_in_response", "bool", "Include server performance metrics.",
-          "toggle", group="output"),
-    Param("response_format", "json", "Force the output format, e.g. {'type': 'json_object'}.",
-          "json", shape=_response_format, shape_help="{'type': 'json_object'} or "
-          "{'type': 'text'}", group="output"),
-    Param("stream_options", "json", "Streaming options, e.g. {'include_usage': True}.",
-          "json", shape=_stream_options, shape_help="{'include_usage': bool}", group="output"),
+    Param(
+        "logprobs",
+        "bool",
+        "Return the log-probability of each generated token.",
+        "toggle",
+        group="output",
+    ),
+    Param(
+        "top_logprobs",
+        "int",
+        "How many most likely alternatives to return per token (needs logprobs).",
+        "int_slider",
+        minimum=0,
+        maximum=20,
+        ui_min=0,
+        ui_max=20,
+        step=1,
+        group="output",
+    ),
+    Param("echo", "bool", "Echo the prompt in front of the completion.", "toggle", group="output"),
+    Param(
+        "echo_last",
+        "int",
+        "Echo the last N tokens of the prompt.",
+        "text",
+        minimum=0,
+        group="output",
+    ),
+    Param(
+        "return_token_ids",
+        "bool",
+        "Return token ids (choices[].token_ids, prompt_token_ids).",
+        "toggle",
+        group="output",
+    ),
+    Param(
+        "raw_output",
+        "bool",
+        "Return the templated prompt and the raw completion.",
+        "toggle",
+        group="output",
+    ),
+    Param(
+        "perf_metrics_in_response",
+        "bool",
+        "Include server performance metrics.",
+        "toggle",
+        group="output",
+    ),
+    Param(
+        "response_format",
+        "json",
+        "Force the output format, e.g. {'type': 'json_object'}.",
+        "json",
+        shape=_response_format,
+        shape_help="{'type': 'json_object'} or {'type': 'text'}",
+        group="output",
+    ),
+    Param(
+        "stream_options",
+        "json",
+        "Streaming options, e.g. {'include_usage': True}.",
+        "json",
+        shape=_stream_options,
+        shape_help="{'include_usage': bool}",
+        group="output",
+    ),
     # reasoning
-    Param("reasoning_effort", "enum", "How much the model reasons before answering.",
-          "dropdown", choices=("none", "low", "medium", "high"), group="reasoning"),
-    Param("reasoning_history", "enum", "How earlier assistant reasoning enters the prompt.",
-          "dropdown", choices=("disabled", "interleaved", "preserved"), group="reasoning"),
-    Param("thinking", "json", "Anthropic-style reasoning config, e.g. {'type': 'enabled'}.",
-          "json", shape=_dict, shape_help="an object", group="reasoning"),
+    Param(
+        "reasoning_effort",
+        "enum",
+        "How much the model reasons before answering.",
+        "dropdown",
+        choices=("none", "low", "medium", "high"),
+        group="reasoning",
+    ),
+    Param(
+        "reasoning_history",
+        "enum",
+        "How earlier assistant reasoning enters the prompt.",
+        "dropdown",
+        choices=("disabled", "interleaved", "preserved"),
+        group="reasoning",
+    ),
+    Param(
+        "thinking",
+        "json",
+        "Anthropic-style reasoning config, e.g. {'type': 'enabled'}.",
+        "json",
+        shape=_dict,
+        shape_help="an object",
+        group="reasoning",
+    ),
     # tools
-    Param("tools", "json", "Functions the model may call.", "json", shape=_tools,
-          shape_help="a list of {'type': 'function', 'function': {...}}", group="tools"),
-    Param("tool_choice", "json", "Which tool, if any, the model must call.", "dropdown",
-          choices=("auto", "none", "required"), shape=_tool_choice,
-          shape_help="'auto' | 'none' | 'required' | {'type': 'function', 'function': "
-          "{'name': ...}}", group="tools"),
-    Param("parallel_tool_calls", "bool", "Allow several tool calls in one answer.", "toggle",
-          group="tools"),
-    Param("functions", "json", "Deprecated: use tools.", "json", shape=_list,
-          shape_help="a list", group="tools"),
-    Param("function_call", "json", "Deprecated: use tool_choice.", "json",
-          shape=_function_call, shape_help="'auto' | 'none' | {'name': ...}", group="tools"),
+    Param(
+        "tools",
+        "json",
+        "Functions the model may call.",
+        "json",
+        shape=_tools,
+        shape_help="a list of {'type': 'function', 'function': {...}}",
+        group="tools",
+    ),
+    Param(
+        "tool_choice",
+        "json",
+        "Which tool, if any, the model must call.",
+        "dropdown",
+        choices=("auto", "none", "required"),
+        shape=_tool_choice,
+        shape_help="'auto' | 'none' | 'required' | {'type': 'function', 'function': {'name': ...}}",
+        group="tools",
+    ),
+    Param(
+        "parallel_tool_calls",
+        "bool",
+        "Allow several tool calls in one answer.",
+        "toggle",
+        group="tools",
+    ),
+    Param(
+        "functions",
+        "json",
+        "Deprecated: use tools.",
+        "json",
+        shape=_list,
+        shape_help="a list",
+        group="tools",
+    ),
+    Param(
+        "function_call",
+        "json",
+        "Deprecated: use tool_choice.",
+        "json",
+        shape=_function_call,
+        shape_help="'auto' | 'none' | {'name': ...}",
+        group="tools",
+    ),
     # serving
-    Param("speculation", "json", "Speculative decoding prompt or token ids.", "text",
-          shape=_speculation, shape_help="a string or a list of token ids", group="serving"),
-    Param("prediction", "json", "Predicted output for speculative decoding.", "json",
-          shape=_dict, shape_help="an object", group="serving"),
-    Param("prompt_cache_isolation_key", "str", "Isolation key for prompt caching.", "text",
-          group="serving"),
+    Param(
+        "speculation",
+        "json",
+        "Speculative decoding prompt or token ids.",
+        "text",
+        shape=_speculation,
+        shape_help="a string or a list of token ids",
+        group="serving",
+    ),
+    Param(
+        "prediction",
+        "json",
+        "Predicted output for speculative decoding.",
+        "json",
+        shape=_dict,
+        shape_help="an object",
+        group="serving",
+    ),
+    Param(
+        "prompt_cache_isolation_key",
+        "str",
+        "Isolation key for prompt caching.",
+        "text",
+        group="serving",
+    ),
     Param("user", "str", "An identifier of your end user.", "text", group="serving"),
-    Param("metadata", "json", "Metadata stored with the request for tracing.", "json",
-          shape=_dict, shape_help="an object", group="serving"),
+    Param(
+        "metadata",
+        "json",
+        "Metadata stored with the request for tracing.",
+        "json",
+        shape=_dict,
+        shape_help="an object",
+        group="serving",
+    ),
 )
 
 PARAMS: Final[Mapping[str, Param]] = {p.name: p for p in _TABLE}
@@ -291,8 +564,7 @@ def _check_one(p: Param, value: Any) -> None:
         return
     if kind == "enum":
         if value not in p.choices:
-            raise ParameterError(p.name, f"{p.name}={value!r} is not one of the choices",
-                                 p.allowed)
+            raise ParameterError(p.name, f"{p.name}={value!r} is not one of the choices", p.allowed)
         return
     if kind in ("int", "float"):
         ok_types: tuple[type, ...] = (int,) if kind == "int" else (int, float)
@@ -300,9 +572,13 @@ def _check_one(p: Param, value: Any) -> None:
             if kind == "int" and isinstance(value, float) and value.is_integer():
                 pass  # 3.0 for an int parameter is fine
             else:
-                raise ParameterError(p.name, f"{p.name}={value!r} is not an {kind}"
-                                     if kind == "int" else f"{p.name}={value!r} is not a number",
-                                     p.allowed)
+                raise ParameterError(
+                    p.name,
+                    f"{p.name}={value!r} is not an {kind}"
+                    if kind == "int"
+                    else f"{p.name}={value!r} is not a number",
+                    p.allowed,
+                )
         if isinstance(value, float) and not math.isfinite(value):
             raise ParameterError(p.name, f"{p.name}={value!r} is not finite", p.allowed)
         lo, hi = p.minimum, p.maximum
@@ -314,8 +590,7 @@ def _check_one(p: Param, value: Any) -> None:
     if p.shape is not None:
         problem = p.shape(value)
         if problem is not None:
-            raise ParameterError(p.name, f"{p.name}={value!r} is not valid: {problem}",
-                                 p.allowed)
+            raise ParameterError(p.name, f"{p.name}={value!r} is not valid: {problem}", p.allowed)
 
 
 def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -331,14 +606,20 @@ def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
         if value is NOT_GIVEN:
             continue
         if name in RESERVED:
-            raise ParameterError(name, f"{name!r} is set by the client, not as a parameter",
-                                 "pass it as chat()'s own argument")
+            raise ParameterError(
+                name,
+                f"{name!r} is set by the client, not as a parameter",
+                "pass it as chat()'s own argument",
+            )
         p = PARAMS.get(name)
         if p is None:
             close = [k for k in PARAMS if k.startswith(name[:4])] if len(name) >= 4 else []
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ParameterError(name, f"unknown parameter {name!r}{hint}",
-                                 "a parameter of tmlab.PARAMS, or pass it in extra_body={...}")
+            raise ParameterError(
+                name,
+                f"unknown parameter {name!r}{hint}",
+                "a parameter of tmlab.PARAMS, or pass it in extra_body={...}",
+            )
         _check_one(p, value)
         if p.kind == "int" and isinstance(value, float):
             value = int(value)
@@ -350,16 +631,22 @@ def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
 def _check_combinations(p: Mapping[str, Any]) -> None:
     top = p.get("top_logprobs")
     if top is not None and top > 0 and not p.get("logprobs"):
-        raise ParameterError("top_logprobs", f"top_logprobs={top} needs logprobs=True",
-                             "0..20, with logprobs=True")
+        raise ParameterError(
+            "top_logprobs", f"top_logprobs={top} needs logprobs=True", "0..20, with logprobs=True"
+        )
     n = p.get("n")
     if n is not None and n > 1 and p.get("temperature") == 0:
-        raise ParameterError("n", f"n={n} with temperature=0 would give {n} identical "
-                             "greedy answers; the API rejects it",
-                             "n=1 with temperature=0, or temperature > 0")
+        raise ParameterError(
+            "n",
+            f"n={n} with temperature=0 would give {n} identical greedy answers; the API rejects it",
+            "n=1 with temperature=0, or temperature > 0",
+        )
     if p.get("max_tokens") is not None and p.get("max_completion_tokens") is not None:
-        raise ParameterError("max_completion_tokens", "max_tokens and max_completion_tokens "
-                             "are both set", "one of max_tokens or max_completion_tokens")
+        raise ParameterError(
+            "max_completion_tokens",
+            "max_tokens and max_completion_tokens are both set",
+            "one of max_tokens or max_completion_tokens",
+        )
 
 
 def params_table() -> Any:
@@ -367,7 +654,16 @@ def params_table() -> Any:
     import pandas as pd
 
     return pd.DataFrame(
-        [{"name": p.name, "group": p.group, "type": p.kind, "allowed": p.allowed,
-          "default": "not sent", "control": p.control, "help": p.help}
-         for p in PARAMS.values()]
+        [
+            {
+                "name": p.name,
+                "group": p.group,
+                "type": p.kind,
+                "allowed": p.allowed,
+                "default": "not sent",
+                "control": p.control,
+                "help": p.help,
+            }
+            for p in PARAMS.values()
+        ]
     )

@@ -41,15 +41,15 @@ def split_think(content: str) -> tuple[str, str | None]:
         return content, None
     if start != -1 and (end == -1 or end < start):
         before = content[:start]
-        rest = content[start + len(THINK_OPEN):]
+        rest = content[start + len(THINK_OPEN) :]
         end2 = rest.find(THINK_CLOSE)
         if end2 == -1:
             return before, rest
-        return (before + rest[end2 + len(THINK_CLOSE):]).lstrip("\n"), rest[:end2]
+        return (before + rest[end2 + len(THINK_CLOSE) :]).lstrip("\n"), rest[:end2]
     if start == -1:
-        return content[end + len(THINK_CLOSE):].lstrip("\n"), content[:end]
-    reasoning = content[start + len(THINK_OPEN):end]
-    answer = content[:start] + content[end + len(THINK_CLOSE):]
+        return content[end + len(THINK_CLOSE) :].lstrip("\n"), content[:end]
+    reasoning = content[start + len(THINK_OPEN) : end]
+    answer = content[:start] + content[end + len(THINK_CLOSE) :]
     return answer.lstrip("\n"), reasoning
 
 
@@ -125,8 +125,9 @@ def _parse_legacy(lp: dict[str, Any]) -> list[TokenLogprob]:
         alts = tuple(TopLogprob(str(t), float(v)) for t, v in top_i.items() if v is not None)
         alts = tuple(sorted(alts, key=lambda a: -a.logprob))
         value = values[i] if i < len(values) else None
-        out.append(TokenLogprob(str(tok), float(value) if value is not None else float("nan"),
-                                top=alts))
+        out.append(
+            TokenLogprob(str(tok), float(value) if value is not None else float("nan"), top=alts)
+        )
     return out
 
 
@@ -139,9 +140,15 @@ def _parse_openai(content: list[dict[str, Any]]) -> list[TokenLogprob]:
             if t.get("logprob") is not None
         )
         value = item.get("logprob")
-        out.append(TokenLogprob(item.get("token", ""),
-                                float(value) if value is not None else float("nan"),
-                                item.get("bytes"), item.get("token_id"), top))
+        out.append(
+            TokenLogprob(
+                item.get("token", ""),
+                float(value) if value is not None else float("nan"),
+                item.get("bytes"),
+                item.get("token_id"),
+                top,
+            )
+        )
     return out
 
 
@@ -278,17 +285,23 @@ class ChatResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary: request, raw response, timing."""
-        return {"request": self.request, "response": self.raw,
-                "timing": self.timing.__dict__, "complete": self.complete}
+        return {
+            "request": self.request,
+            "response": self.raw,
+            "timing": self.timing.__dict__,
+            "complete": self.complete,
+        }
 
     def __str__(self) -> str:
         return self.text
 
     def __repr__(self) -> str:
         text = self.text if len(self.text) <= 60 else self.text[:57] + "..."
-        return (f"ChatResult(model={self.model!r}, text={text!r}, "
-                f"finish_reason={self.finish_reason!r}, usage={self.usage.completion_tokens}"
-                f" completion tokens)")
+        return (
+            f"ChatResult(model={self.model!r}, text={text!r}, "
+            f"finish_reason={self.finish_reason!r}, usage={self.usage.completion_tokens}"
+            f" completion tokens)"
+        )
 
     def _repr_html_(self) -> str:
         from tmlab.display import chat_result_html

@@ -1,0 +1,244 @@
+"""Frames: ChatResults → plain pandas DataFrames with fixed column names.
+
+Frames know nothing of HTTP or display. Every number says which distribution it describes:
+
+- ``logprob``/``prob`` are what the server returned for the generated token. For the embedded
+  server (and vLLM by default) that is the model's raw distribution: log-softmax of the
+  logits *before* temperature, penalties and truncation — not the distribution the token was
+  sampled from.
+- ``rank``, ``entropy``, ``top_mass`` and ``other_mass`` are computed over the *returned*
+  alternatives (``top_logprobs``), the only part of the distribution the server sent.
+  ``entropy = -Σ p·ln p`` over those alternatives, in nats: a lower bound of the entropy of the
+  full distribution (the missing terms are all ≥ 0). ``other_mass = 1 - top_mass`` is the
+  probability outside the returned alternatives, shown rather than hidden.
+
+The same notes travel with each frame in ``df.attrs["notes"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from tmlab.result import ChatResult
+
+__all__ = ["LOGPROBS_COLUMNS", "LONG_COLUMNS", "USAGE_COLUMNS", "logprobs_frame", "usage_frame"]
+
+LOGPROBS_COLUMNS = [
+    "choice",
+    "position",
+    "token",
+    "token_id",
+    "logprob",
+    "prob",
+    "rank",
+    "entropy",
+    "top_mass",
+    "other_mass",
+    "top_tokens",
+    "top_logprobs",
+]
+LONG_COLUMNS = [
+    "choice",
+    "position",
+    "token",
+    "alt_rank",
+    "alt_token",
+    "alt_token_id",
+    "alt_logprob",
+    "alt_prob",
+    "is_sampled",
+]
+USAGE_COLUMNS = [
+    "model",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "latency_s",
+    "ttft_s",
+    "tokens_per_s",
+    "finish_reason",
+]
+
+LOGPROBS_NOTES = (
+    "logprob/prob: as returned by the server for the generated token (embedded server: the "
+    "model's raw distribution, before temperature, penalties and truncation). rank, entropy, "
+    "top_mass, other_mass: over the returned top_logprobs alternatives only; entropy is in nats "
+    "and is a lower bound of the full distribution's entropy; other_mass is the probability "
+    "outside the returned alternatives. rank is <NA> when the generated token is not among them."
+)
+
+
+def _rows(res: ChatResult) -> Iterable[tuple[int, int, Any]]:
+    for choice in res.choices:
+        for pos, tok in enumerate(choice.logprobs or ()):
+            yield choice.index, pos, tok
+
+
+def logprobs_frame(res: ChatResult, long: bool = False) -> pd.DataFrame:
+    """One row per generated token (or, with ``long=True``, one row per alternative).
+
+    Columns: ``choice, position, token, token_id, logprob, prob, rank, entropy, top_mass,
+    other_mass, top_tokens, top_logprobs`` — see the module docstring for what each number
+    describes. Empty (with the columns) when the response carries no logprobs.
+    """
+    rows = list(_rows(res))
+    if long:
+        return _long_frame(rows)
+    n = len(rows)
+    lp = np.fromiter((t.logprob for _, _, t in rows), dtype=float, count=n)
+    n_alts = np.fromiter((len(t.top) for _, _, t in rows), dtype=np.int64, count=n)
+    alt_lp = np.fromiter(
+        (a.logprob for _, _, t in rows for a in t.top), dtype=float, count=int(n_alts.sum())
+    )
+    row_of_alt = np.repeat(np.arange(n), n_alts)
+
+    alt_p = np.exp(alt_lp)
+    # 0·ln 0 = 0: an alternative of probability 0 contributes nothing.
+    contrib = np.zeros_like(alt_p)
+    positive = alt_p > 0
+    contrib[positive] = -alt_p[positive] * alt_lp[positive]
+    has_alts = n_alts > 0
+    entropy = np.where(has_alts, np.bincount(row_of_alt, weights=contrib, minlength=n), np.nan)
+    top_mass = np.where(has_alts, np.bincount(row_of_alt, weights=alt_p, minlength=n), np.nan)
+    other_mass = np.where(has_alts, np.clip(1.0 - top_mass, 0.0, 1.0), np.nan)
+
+    # rank = 1 + number of alternatives strictly more likely than the generated token, but only
+    # when the generated token is among the alternatives (otherwise its rank is unknown).
+    sampled_in_top = np.fromiter((_contains(t) for _, _, t in rows), dtype=bool, count=n)
+    above = np.bincount(row_of_alt, weights=(alt_lp > lp[row_of_alt]).astype(float), minlength=n)
+    rank = pd.array(np.where(sampled_in_top, above + 1, 0).astype(np.int64), dtype="Int64")
+    rank[~sampled_in_top] = pd.NA
+
+    df = pd.DataFrame(
+        {
+            "choice": np.fromiter((c for c, _, _ in rows), dtype=np.int64, count=n),
+            "position": np.fromiter((p for _, p, _ in rows), dtype=np.int64, count=n),
+            "token": [t.token for _, _, t in rows],
+            "token_id": pd.array([t.token_id for _, _, t in rows], dtype="Int64"),
+            "logprob": lp,
+            "prob": np.exp(lp),
+            "rank": rank,
+            "entropy": entropy,
+            "top_mass": top_mass,
+            "other_mass": other_mass,
+            "top_tokens": [[a.token for a in t.top] for _, _, t in rows],
+            "top_logprobs": [[a.logprob for a in t.top] for _, _, t in rows],
+        },
+        columns=LOGPROBS_COLUMNS,
+    )
+    df.attrs["notes"] = LOGPROBS_NOTES
+    return df
+
+
+def _contains(tok: Any) -> bool:
+    if tok.token_id is not None and all(a.token_id is not None for a in tok.top):
+        return any(a.token_id == tok.token_id for a in tok.top)
+    return any(a.token == tok.token for a in tok.top)
+
+
+def _long_frame(rows: list[tuple[int, int, Any]]) -> pd.DataFrame:
+    flat = [(c, p, t, i, a) for c, p, t in rows for i, a in enumerate(t.top, start=1)]
+    alt_lp = np.fromiter((a.logprob for *_, a in flat), dtype=float, count=len(flat))
+    df = pd.DataFrame(
+        {
+            "choice": np.fromiter((f[0] for f in flat), dtype=np.int64, count=len(flat)),
+            "position": np.fromiter((f[1] for f in flat), dtype=np.int64, count=len(flat)),
+            "token": [f[2].token for f in flat],
+            "alt_rank": np.fromiter((f[3] for f in flat), dtype=np.int64, count=len(flat)),
+            "alt_token": [a.token for *_, a in flat],
+            "alt_token_id": pd.array([a.token_id for *_, a in flat], dtype="Int64"),
+            "alt_logprob": alt_lp,
+            "alt_prob": np.exp(alt_lp),
+            "is_sampled": [
+                (a.token_id == t.token_id)
+                if a.token_id is not None and t.token_id is not None
+                else a.token == t.token
+                for _, _, t, _, a in flat
+            ],
+        },
+        columns=LONG_COLUMNS,
+    )
+    df.attrs["notes"] = (
+        "one row per returned alternative (top_logprobs), alt_rank 1 = most "
+        "likely; probabilities as returned by the server."
+    )
+    return df
+
+
+def _price(prices: Mapping[str, Any] | None, model: str | None) -> Mapping[str, float] | None:
+    if not prices:
+        return None
+    if "input" in prices or "output" in prices:
+        return prices
+    entry = prices.get(model or "")
+    return entry if isinstance(entry, Mapping) else None
+
+
+def usage_frame(
+    results: ChatResult | Iterable[ChatResult],
+    prices: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """One row per response: token counts, latency, time to first token, tokens/s, cost.
+
+    ``prices`` in USD per million tokens, either ``{"input": 0.3, "output": 1.2,
+    "cached_input": 0.0}`` for every model or ``{model_name: {...}}``. Cached input tokens are
+    billed at ``cached_input`` (default 0, as on Tensormesh). A ``cost_usd`` column is added
+    when prices are given; it is <NA> for a model without a price.
+    """
+    from tmlab.result import ChatResult
+
+    items = [results] if isinstance(results, ChatResult) else list(results)
+    records = []
+    for r in items:
+        u, t = r.usage, r.timing
+        records.append(
+            {
+                "model": r.model,
+                "prompt_tokens": u.prompt_tokens,
+                "cached_tokens": u.cached_tokens,
+                "completion_tokens": u.completion_tokens,
+                "reasoning_tokens": u.reasoning_tokens,
+                "total_tokens": u.total_tokens,
+                "latency_s": t.latency_s,
+                "ttft_s": t.ttft_s,
+                "tokens_per_s": t.tokens_per_s,
+                "finish_reason": r.finish_reason,
+            }
+        )
+    df = pd.DataFrame.from_records(records, columns=USAGE_COLUMNS)
+    for col in (
+        "prompt_tokens",
+        "cached_tokens",
+        "completion_tokens",
+        "reasoning_tokens",
+        "total_tokens",
+    ):
+        df[col] = pd.array(df[col].tolist(), dtype="Int64")
+    for col in ("latency_s", "ttft_s", "tokens_per_s"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    if prices:
+        costs = []
+        for r in items:
+            price = _price(prices, r.model)
+            u = r.usage
+            if price is None or u.prompt_tokens is None or u.completion_tokens is None:
+                costs.append(None)
+                continue
+            cached = u.cached_tokens or 0
+            costs.append(
+                (
+                    (u.prompt_tokens - cached) * float(price.get("input", 0.0))
+                    + cached * float(price.get("cached_input", 0.0))
+                    + u.completion_tokens * float(price.get("output", 0.0))
+                )
+                / 1e6
+            )
+        df["cost_usd"] = pd.array(costs, dtype="Float64")
+    return df
