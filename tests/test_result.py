@@ -1,0 +1,124 @@
+"""ChatResult accessors, reasoning extraction and display."""
+
+from __future__ import annotations
+
+import pytest
+
+from tmlab import ChatResult, Timing
+from tmlab.display import chat_result_html, chat_result_markdown, style_logprobs, usage_line
+from tmlab.result import split_think
+
+
+@pytest.mark.parametrize(
+    ("content", "answer", "reasoning"),
+    [
+        ("plain answer", "plain answer", None),
+        ("<think>weigh it</think>\n\nYes.", "Yes.", "weigh it"),
+        ("<think>cut off while thin", "", "cut off while thin"),
+        ("no opening tag</think>Answer", "Answer", "no opening tag"),
+        ("Pre <think>r</think>post", "Pre post", "r"),
+        ("<think></think>Just this", "Just this", ""),
+    ],
+)
+def test_split_think(content: str, answer: str, reasoning: str | None) -> None:
+    assert split_think(content) == (answer, reasoning)
+
+
+def _raw(message: dict, **extra: object) -> dict:
+    return {
+        "id": "r1",
+        "model": "m",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop", **extra}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+    }
+
+
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
+def test_reasoning_fields(field: str) -> None:
+    res = ChatResult(_raw({"role": "assistant", "content": "42", field: "6 times 7"}))
+    assert (res.text, res.reasoning) == ("42", "6 times 7")
+
+
+def test_inline_think_tags_become_reasoning() -> None:
+    res = ChatResult(_raw({"role": "assistant", "content": "<think>hmm</think>\n42"}))
+    assert (res.text, res.reasoning) == ("42", "hmm")
+    # raw keeps what the server sent
+    assert res.raw["choices"][0]["message"]["content"] == "<think>hmm</think>\n42"
+
+
+def test_accessors_and_choices_sorted_by_index() -> None:
+    raw = {
+        "model": "m",
+        "choices": [
+            {"index": 1, "message": {"content": "second"}, "finish_reason": "length"},
+            {
+                "index": 0,
+                "message": {
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": '{"x": 1}'},
+                        }
+                    ],
+                },
+                "finish_reason": "tool_calls",
+                "token_ids": [1, 2],
+            },
+        ],
+        "prompt_token_ids": [9, 8],
+        "perf_metrics": {"ttft": 0.1},
+    }
+    res = ChatResult(raw, request={"model": "m", "messages": []})
+    assert [c.index for c in res.choices] == [0, 1]
+    assert res.text == ""
+    assert res.finish_reason == "tool_calls"
+    assert res.tool_calls[0]["function"]["name"] == "f"
+    assert res.choices[0].token_ids == [1, 2]
+    assert res.prompt_token_ids == [9, 8]
+    assert res.perf_metrics == {"ttft": 0.1}
+    assert res.usage.prompt_tokens is None
+
+
+def test_usage_details() -> None:
+    raw = _raw({"content": "x"})
+    raw["usage"]["prompt_tokens_details"] = {"cached_tokens": 3}
+    raw["usage"]["completion_tokens_details"] = {"reasoning_tokens": 4}
+    u = ChatResult(raw).usage
+    assert (u.prompt_tokens, u.completion_tokens, u.total_tokens) == (5, 7, 12)
+    assert (u.cached_tokens, u.reasoning_tokens) == (3, 4)
+
+
+def test_html_escapes_and_shows_reasoning_and_usage() -> None:
+    res = ChatResult(
+        _raw({"content": "<b>bold</b> & co", "reasoning": "because <x>"}),
+        timing=Timing(latency_s=1.5, ttft_s=0.25, tokens_per_s=5.6),
+    )
+    html = chat_result_html(res)
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; co" in html
+    assert "<details" in html and "because &lt;x&gt;" in html
+    assert "5 prompt + 7 completion tokens" in html
+    assert "TTFT 0.25 s" in html and "5.6 tok/s" in html
+    assert res._repr_html_() == html
+    md = chat_result_markdown(res)
+    assert "> because <x>" in md and "<b>bold</b> & co" in md
+
+
+def test_incomplete_result_says_so() -> None:
+    res = ChatResult(_raw({"content": "half"}), complete=False)
+    assert "INCOMPLETE" in usage_line(res)
+
+
+def test_repr_is_short() -> None:
+    res = ChatResult(_raw({"content": "y" * 500}))
+    assert len(repr(res)) < 200
+    assert str(res) == "y" * 500
+
+
+def test_style_logprobs_renders_with_notes() -> None:
+    content = [{"token": "a", "logprob": -0.1, "top_logprobs": [{"token": "a", "logprob": -0.1}]}]
+    res = ChatResult(_raw({"content": "a"}, logprobs={"content": content}))
+    html = style_logprobs(res.logprobs_frame()).to_html()
+    assert "0.9048" in html  # exp(-0.1)
+    assert "lower bound" in html

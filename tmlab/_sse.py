@@ -1,0 +1,161 @@
+"""A fast server-sent events (SSE) decoder: bytes or lines in, events out.
+
+Chat-completion streams are ``data: {json}`` lines separated by blank lines and closed by
+``data: [DONE]``. The decoder follows the SSE rules that matter for them: ``data:`` lines
+(several in one event are joined with ``\\n``), ``event:`` names, ``:`` comments, LF, CRLF and
+lone CR line ends (also split across chunks), and a line or event spread over many chunks.
+``id:`` and ``retry:`` fields are read and ignored: a chat stream is never resumed.
+
+Speed matters because a long stream is tens of thousands of events: the decoder works on
+whole chunks (one ``split`` per chunk, one UTF-8 decode per chunk), never per character, and
+emits each event as a plain ``(event_name, data)`` tuple. JSON is parsed by the caller, once
+per event (:func:`iter_json`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
+
+__all__ = ["DONE", "SSEDecodeError", "SSEDecoder", "SSEEvent", "iter_events", "iter_json"]
+
+DONE: Final = "[DONE]"
+"""The data of the event that ends an OpenAI-style stream."""
+
+SSEEvent = tuple[str | None, str]
+"""One event: ``(event name or None, data)``."""
+
+
+class SSEDecodeError(ValueError):
+    """A stream line could not be decoded (invalid UTF-8, or invalid JSON in ``data:``).
+
+    ``.data`` holds the offending text (truncated) for the error message.
+    """
+
+    def __init__(self, message: str, data: str = "") -> None:
+        self.data = data
+        super().__init__(message)
+
+
+class SSEDecoder:
+    """Incremental SSE decoder.
+
+    Feed it raw chunks as they arrive (:meth:`feed`) or already split lines
+    (:meth:`feed_line`); call :meth:`flush` at the end of the stream.
+    """
+
+    __slots__ = ("_data", "_event", "_pending")
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []  # bytes of an unfinished line
+        self._data: list[str] = []  # data lines of the event being built
+        self._event: str | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Decode one chunk of bytes; return the events it completed (often one)."""
+        if b"\n" not in chunk and b"\r" not in chunk:
+            # No line end: keep the piece; joining once later avoids quadratic copies.
+            if chunk:
+                self._pending.append(chunk)
+            return []
+        if self._pending:
+            self._pending.append(chunk)
+            chunk = b"".join(self._pending)
+            self._pending.clear()
+        if b"\r" in chunk:
+            # A trailing CR may be the first half of a CRLF split across two chunks.
+            hold_cr = chunk.endswith(b"\r")
+            if hold_cr:
+                chunk = chunk[:-1]
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            end = chunk.rfind(b"\n")
+            rest = chunk[end + 1 :] + b"\r" if hold_cr else chunk[end + 1 :]
+            if rest:
+                self._pending.append(rest)
+            if end < 0:
+                return []
+        else:
+            end = chunk.rfind(b"\n")
+            if end + 1 < len(chunk):
+                self._pending.append(chunk[end + 1 :])
+        try:
+            text = chunk[:end].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SSEDecodeError(f"stream is not valid UTF-8: {exc}") from None
+        return self._lines(text.split("\n"))
+
+    def feed_line(self, line: str) -> SSEEvent | None:
+        """Decode one line (without its line end); return the event it completes, if any."""
+        events = self._lines((line,))
+        return events[0] if events else None
+
+    def flush(self) -> list[SSEEvent]:
+        """End of stream: decode an unterminated last line and dispatch a pending event.
+
+        The SSE spec drops an event that the stream did not close with a blank line; chat
+        servers sometimes end with ``data: [DONE]`` and no blank line, so it is kept.
+        """
+        lines: list[str] = []
+        if self._pending:
+            tail = b"".join(self._pending).rstrip(b"\r")
+            self._pending.clear()
+            try:
+                lines.append(tail.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise SSEDecodeError(f"stream is not valid UTF-8: {exc}") from None
+        lines.append("")
+        return self._lines(lines)
+
+    def _lines(self, lines: Iterable[str]) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        data = self._data
+        for line in lines:
+            if not line:  # blank line: dispatch
+                if data:
+                    events.append((self._event, data[0] if len(data) == 1 else "\n".join(data)))
+                    data = self._data = []
+                self._event = None
+            elif line[:6] == "data: ":  # the common case, first
+                data.append(line[6:])
+            elif line[0] == ":":  # comment (keep-alive)
+                continue
+            else:
+                name, _, value = line.partition(":")
+                if value[:1] == " ":
+                    value = value[1:]
+                if name == "data":
+                    data.append(value)
+                elif name == "event":
+                    self._event = value
+                # id, retry and unknown fields are ignored.
+        return events
+
+
+def iter_events(chunks: Iterable[bytes]) -> Iterator[SSEEvent]:
+    """Decode an iterable of byte chunks into events, flushing at the end."""
+    decoder = SSEDecoder()
+    for chunk in chunks:
+        yield from decoder.feed(chunk)
+    yield from decoder.flush()
+
+
+def parse_data(data: str) -> Any:
+    """Parse one event's data as JSON; :class:`SSEDecodeError` (never a raw JSON error)."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        snippet = data if len(data) <= 200 else data[:197] + "..."
+        raise SSEDecodeError(f"malformed SSE data line ({exc}): {snippet!r}", snippet) from None
+
+
+def iter_json(chunks: Iterable[bytes]) -> Iterator[Any]:
+    """Decode chunks into parsed JSON objects, one per event, stopping at ``[DONE]``."""
+    loads = json.loads
+    for _event, data in iter_events(chunks):
+        if data == DONE:
+            return
+        try:
+            yield loads(data)
+        except ValueError:
+            parse_data(data)  # raises SSEDecodeError with context
