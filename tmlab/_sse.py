@@ -18,7 +18,15 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
-__all__ = ["DONE", "SSEDecodeError", "SSEDecoder", "SSEEvent", "iter_events", "iter_json"]
+__all__ = [
+    "DONE",
+    "SSEDecodeError",
+    "SSEDecoder",
+    "SSEEvent",
+    "iter_events",
+    "iter_json",
+    "parse_data",
+]
 
 DONE: Final = "[DONE]"
 """The data of the event that ends an OpenAI-style stream."""
@@ -54,6 +62,20 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Decode one chunk of bytes; return the events it completed (often one)."""
+        if (
+            chunk[-2:] == b"\n\n"
+            and chunk[:6] == b"data: "
+            and not self._pending
+            and not self._data
+            and chunk.count(b"\n") == 2
+            and b"\r" not in chunk
+        ):
+            # Fast path: a live server sends one whole one-line event per chunk.
+            event, self._event = self._event, None
+            try:
+                return [(event, chunk[6:-2].decode("utf-8"))]
+            except UnicodeDecodeError as exc:
+                raise SSEDecodeError(f"stream is not valid UTF-8: {exc}") from None
         if b"\n" not in chunk and b"\r" not in chunk:
             # No line end: keep the piece; joining once later avoids quadratic copies.
             if chunk:
@@ -98,10 +120,10 @@ class SSEDecoder:
         """
         lines: list[str] = []
         if self._pending:
-            tail = b"".join(self._pending).rstrip(b"\r")
+            tail = b"".join(self._pending).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             self._pending.clear()
             try:
-                lines.append(tail.decode("utf-8"))
+                lines = tail.decode("utf-8").split("\n")
             except UnicodeDecodeError as exc:
                 raise SSEDecodeError(f"stream is not valid UTF-8: {exc}") from None
         lines.append("")

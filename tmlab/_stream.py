@@ -1,0 +1,481 @@
+"""Stream reassembly: chat-completion chunks in, the non-streaming response JSON out.
+
+:class:`StreamAccumulator` merges parsed ``chat.completion.chunk`` dicts into exactly the
+JSON a non-streaming call returns, so :class:`~tmlab.ChatResult` reads one shape. Per choice
+(keyed by ``index``): ``content``, ``reasoning``, ``reasoning_content`` and ``refusal`` are
+concatenated; tool calls are merged by their ``index`` (``id``, ``type`` and the function
+``name`` set once, ``arguments`` concatenated); every list in ``logprobs`` is concatenated
+(``content`` in the OpenAI shape; ``tokens``, ``token_logprobs``, ``top_logprobs``,
+``text_offset`` in the legacy shape); ``token_ids`` are concatenated; ``finish_reason``,
+``stop_reason``, ``raw_output`` and unknown keys keep the last value sent. ``usage``,
+``perf_metrics``, ``prompt_token_ids``, ``id``, ``model``, ``created`` come from whichever
+chunk carries them (usage on a final ``choices: []`` chunk or on the finish chunk).
+
+While accumulating, each choice's piece is handed to ``on_delta`` as a :class:`Delta`, with
+``<think>…</think>`` inside ``content`` routed to ``Delta.reasoning`` live, even when a tag is
+split across chunks. The raw content keeps the tags as sent; ``ChatResult`` splits them.
+
+:class:`StreamReader` drives a decoder and an accumulator over raw bytes; the client's sync
+and async loops only move bytes into it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tmlab._sse import DONE, SSEDecodeError, SSEDecoder
+from tmlab.errors import StreamError, redact
+from tmlab.result import THINK_CLOSE, THINK_OPEN, ChatResult, Timing, TokenLogprob, parse_logprobs
+
+__all__ = ["Delta", "StreamAccumulator", "StreamReader", "make_timing"]
+
+# Concatenated string fields of a message delta.
+_TEXT_FIELDS = ("content", "reasoning", "reasoning_content", "refusal")
+
+
+@dataclass(slots=True)
+class Delta:
+    """One streamed piece of one choice, as passed to ``on_delta``.
+
+    ``text`` is answer text and ``reasoning`` reasoning text (from ``reasoning`` /
+    ``reasoning_content`` fields, or from ``<think>…</think>`` inside the content, routed
+    live); concatenating them over a stream gives ``res.text`` and ``res.reasoning``.
+    ``tool_calls`` are the raw fragments of this chunk, ``logprobs`` the tokens of this
+    piece, ``chunk`` the raw chunk it came from.
+    """
+
+    choice: int
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+    chunk: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def _partial_tag(s: str) -> int:
+    """Length of the longest suffix of ``s`` that could begin a think tag (0 if none)."""
+    start = s.rfind("<", max(0, len(s) - len(THINK_CLOSE) + 1))
+    if start < 0:
+        return 0
+    tail = s[start:]
+    return len(tail) if THINK_OPEN.startswith(tail) or THINK_CLOSE.startswith(tail) else 0
+
+
+class _ThinkRouter:
+    """Routes streamed content into (answer, reasoning) the way ``split_think`` does.
+
+    Only the first ``<think>…</think>`` block is reasoning (as in ``split_think``); text
+    after it passes through unchanged, except that newlines right after the block are
+    dropped while no answer text has been seen. A possible partial tag at the end of a piece
+    is held back until the next piece shows whether it is one.
+    """
+
+    __slots__ = ("hold", "inside", "seen_text", "state")
+
+    def __init__(self) -> None:
+        self.hold = ""
+        self.inside = False
+        self.seen_text = False
+        self.state = 0  # 0: no tag seen yet, 1: inside the block, 2: block closed
+
+    def feed(self, piece: str) -> tuple[str, str]:
+        if self.state == 2 and self.seen_text:
+            return piece, ""
+        s = self.hold + piece if self.hold else piece
+        self.hold = ""
+        text = reasoning = ""
+        while s:
+            if self.state == 0:
+                i = s.find(THINK_OPEN)
+                j = s.find(THINK_CLOSE)
+                if j >= 0 and (i < 0 or j < i):
+                    # A closing tag with no opening one: some parsers drop "<think>". What
+                    # came before was already shown as text; drop the tag itself.
+                    text += s[:j]
+                    s = s[j + len(THINK_CLOSE) :]
+                    self.state = 2
+                    continue
+                if i >= 0:
+                    text += s[:i]
+                    s = s[i + len(THINK_OPEN) :]
+                    self.state = 1
+                    continue
+            elif self.state == 1:
+                j = s.find(THINK_CLOSE)
+                if j >= 0:
+                    reasoning += s[:j]
+                    s = s[j + len(THINK_CLOSE) :]
+                    self.state = 2
+                    continue
+            else:  # closed: split_think strips newlines at the start of the answer
+                if not self.seen_text and not text:
+                    s = s.lstrip("\n")
+                text += s
+                break
+            keep = _partial_tag(s)
+            if keep:
+                self.hold = s[-keep:]
+                s = s[:-keep]
+            if self.state == 1:
+                reasoning += s
+            else:
+                text += s
+            break
+        if text:
+            self.seen_text = True
+        return text, reasoning
+
+    def flush(self) -> tuple[str, str]:
+        held, self.hold = self.hold, ""
+        if self.state == 1:
+            return "", held
+        if self.state == 2 and not self.seen_text:
+            held = held.lstrip("\n")
+        return held, ""
+
+
+class _Choice:
+    """Accumulated state of one choice."""
+
+    __slots__ = ("extra", "logprobs", "msg_extra", "parts", "role", "router", "token_ids", "tools")
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[str]] = {}
+        self.role: str | None = None
+        self.msg_extra: dict[str, Any] = {}
+        self.tools: dict[int, dict[str, Any]] = {}
+        self.logprobs: dict[str, Any] | None = None
+        self.token_ids: list[int] | None = None
+        self.extra: dict[str, Any] = {"finish_reason": None, "logprobs": None}
+        self.router: _ThinkRouter | None = None
+
+    def add_tool_fragment(self, position: int, frag: dict[str, Any]) -> None:
+        index = frag.get("index", position)
+        call = self.tools.get(index)
+        if call is None:
+            call = self.tools[index] = {
+                "id": None,
+                "type": "function",
+                "function": {"name": None, "arguments": ""},
+            }
+        for key, value in frag.items():
+            if key == "function" and isinstance(value, dict):
+                fn = call["function"]
+                for fkey, fvalue in value.items():
+                    if fkey == "arguments":
+                        if fvalue:
+                            fn["arguments"] += fvalue
+                    elif fvalue is not None and fn.get(fkey) is None:
+                        fn[fkey] = fvalue
+            elif key != "index" and value is not None and call.get(key) is None:
+                call[key] = value
+            elif key == "type" and value:
+                call["type"] = value
+
+    def add_logprobs(self, lp: dict[str, Any]) -> None:
+        acc = self.logprobs
+        if acc is None:
+            acc = self.logprobs = {}
+        for key, value in lp.items():
+            if isinstance(value, list):
+                have = acc.get(key)
+                if isinstance(have, list):
+                    have.extend(value)
+                else:
+                    acc[key] = list(value)
+            elif value is not None or key not in acc:
+                acc[key] = value
+
+    def build(self, index: int) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": self.role or "assistant"}
+        content = self.parts.get("content")
+        message["content"] = "".join(content) if content is not None else None
+        for key in _TEXT_FIELDS[1:]:
+            if key in self.parts:
+                message[key] = "".join(self.parts[key])
+        if self.tools:
+            message["tool_calls"] = [self.tools[k] for k in sorted(self.tools)]
+        for key, value in self.msg_extra.items():
+            message.setdefault(key, value)
+        out: dict[str, Any] = {"index": index, "message": message}
+        out.update(self.extra)
+        if self.logprobs is not None:
+            out["logprobs"] = self.logprobs
+        if self.token_ids is not None:
+            out["token_ids"] = self.token_ids
+        return out
+
+
+class StreamAccumulator:
+    """Merge parsed stream chunks into the non-streaming response JSON.
+
+    ``on_delta`` (optional) is called with a :class:`Delta` for each choice of each chunk
+    that carries something. ``first_token_at`` is the ``clock()`` time of the first content,
+    reasoning or tool-call fragment (for time to first token).
+    """
+
+    def __init__(
+        self,
+        on_delta: Callable[[Delta], Any] | None = None,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.on_delta = on_delta
+        self.clock = clock
+        self.first_token_at: float | None = None
+        self.chunks = 0
+        self._top: dict[str, Any] = {}
+        self._choices: dict[int, _Choice] = {}
+
+    @property
+    def finished(self) -> bool:
+        """True when at least one choice arrived and every choice has a finish_reason."""
+        return bool(self._choices) and all(
+            c.extra.get("finish_reason") is not None for c in self._choices.values()
+        )
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        """Merge one parsed chunk (``{"choices": [{"delta": ...}], ...}``)."""
+        self.chunks += 1
+        top = self._top
+        for key, value in chunk.items():
+            if key == "choices" or key == "object":
+                continue
+            if value is not None or key not in top:
+                top[key] = value
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if isinstance(choice, dict):
+                    self._add_choice(choice, chunk)
+
+    def _add_choice(self, choice: dict[str, Any], chunk: dict[str, Any]) -> None:
+        index = choice.get("index") or 0
+        state = self._choices.get(index)
+        if state is None:
+            state = self._choices[index] = _Choice()
+        on_delta = self.on_delta
+        text = reasoning = ""
+        got_token = False
+        delta = choice.get("delta") or choice.get("message")
+        if not isinstance(delta, dict):
+            delta = {}
+        for key, value in delta.items():
+            if key in _TEXT_FIELDS:
+                if not isinstance(value, str):
+                    continue
+                parts = state.parts.get(key)
+                if parts is None:
+                    parts = state.parts[key] = []
+                parts.append(value)
+                if not value:
+                    continue
+                got_token = True
+                if on_delta is None:
+                    continue
+                if key == "content":
+                    router = state.router
+                    if router is None:
+                        router = state.router = _ThinkRouter()
+                    t, r = router.feed(value)
+                    text += t
+                    reasoning += r
+                elif key != "refusal":
+                    reasoning += value
+            elif key == "tool_calls":
+                for position, frag in enumerate(value or ()):
+                    if isinstance(frag, dict):
+                        state.add_tool_fragment(position, frag)
+                        got_token = True
+            elif key == "role":
+                if value and state.role is None:
+                    state.role = value
+            elif key == "function_call" and isinstance(value, dict):  # deprecated shape
+                fc = state.msg_extra.setdefault("function_call", {"name": None, "arguments": ""})
+                if value.get("name") and fc["name"] is None:
+                    fc["name"] = value["name"]
+                fc["arguments"] += value.get("arguments") or ""
+            elif value is not None:
+                state.msg_extra[key] = value
+        for key, value in choice.items():
+            if key in ("index", "delta", "message"):
+                continue
+            if key == "logprobs":
+                if isinstance(value, dict):
+                    state.add_logprobs(value)
+            elif key == "token_ids":
+                if isinstance(value, list):
+                    if state.token_ids is None:
+                        state.token_ids = []
+                    state.token_ids.extend(value)
+            elif value is not None or key not in state.extra:
+                state.extra[key] = value
+        if got_token and self.first_token_at is None:
+            self.first_token_at = self.clock()
+        if on_delta is None:
+            return
+        finish = choice.get("finish_reason")
+        if finish is not None and state.router is not None:
+            t, r = state.router.flush()
+            text += t
+            reasoning += r
+        tools = delta.get("tool_calls") or []
+        lp = choice.get("logprobs")
+        logprobs = parse_logprobs(lp) if lp else None
+        if text or reasoning or tools or logprobs or finish is not None:
+            on_delta(Delta(index, text, reasoning, list(tools), logprobs, finish, chunk))
+
+    def flush(self) -> None:
+        """End of stream: hand out text held back as a possible partial think tag."""
+        if self.on_delta is None:
+            return
+        for index, state in self._choices.items():
+            if state.router is not None and state.router.hold:
+                t, r = state.router.flush()
+                self.on_delta(Delta(index, t, r))
+
+    def build(self) -> dict[str, Any]:
+        """The response JSON assembled so far, in the non-streaming shape."""
+        top = self._top
+        out: dict[str, Any] = {
+            "id": top.get("id"),
+            "object": "chat.completion",
+            "created": top.get("created"),
+            "model": top.get("model"),
+            "choices": [self._choices[i].build(i) for i in sorted(self._choices)],
+        }
+        for key, value in top.items():
+            if key not in out:
+                out[key] = value
+        return out
+
+
+def make_timing(
+    start: float, first: float | None, end: float, completion_tokens: int | None
+) -> Timing:
+    """Timing of a request sent at ``start`` that ended at ``end`` (perf_counter times).
+
+    ``first`` is the first token's time (streams) or ``None`` (then ttft = latency).
+    """
+    latency = end - start
+    ttft = latency if first is None else first - start
+    generating = latency - ttft if first is not None else latency
+    tps = None
+    if completion_tokens is not None and generating > 0:
+        tps = completion_tokens / generating
+    return Timing(latency_s=latency, ttft_s=ttft, tokens_per_s=tps)
+
+
+class StreamReader:
+    """Bytes of a chat-completion SSE stream in, a :class:`ChatResult` out.
+
+    Feed raw chunks with :meth:`feed`; at the end of the body call :meth:`result`, or
+    :meth:`broken` when the transport failed. ``received`` says whether any byte arrived
+    (after which the request must not be retried). Raises
+    :class:`~tmlab.StreamError` for in-band errors and malformed data, with ``.partial``.
+    """
+
+    def __init__(
+        self,
+        request: dict[str, Any],
+        on_delta: Callable[[Delta], Any] | None = None,
+        *,
+        start: float | None = None,
+        secret: str | None = None,
+    ) -> None:
+        self.request = request
+        self.secret = secret
+        self.start = time.perf_counter() if start is None else start
+        self.decoder = SSEDecoder()
+        self.acc = StreamAccumulator(on_delta)
+        self.received = False
+        self.done = False
+
+    def feed(self, chunk: bytes) -> None:
+        """Decode one chunk of the body and merge its events."""
+        if not chunk:
+            return
+        self.received = True
+        if self.done:
+            return  # bytes after [DONE] are drained, not read
+        try:
+            events = self.decoder.feed(chunk)
+        except SSEDecodeError as exc:
+            raise self._error(str(exc)) from None
+        self._events(events)
+
+    def _events(self, events: list[tuple[str | None, str]]) -> None:
+        loads = json.loads
+        add = self.acc.add
+        for name, data in events:
+            if self.done:
+                return
+            if data == DONE:
+                self.done = True
+                return
+            try:
+                obj = loads(data)
+            except ValueError:
+                snippet = data if len(data) <= 200 else data[:197] + "..."
+                raise self._error(f"malformed SSE data line: {snippet!r}") from None
+            if not isinstance(obj, dict):
+                raise self._error(f"SSE data is not a JSON object: {data[:200]!r}")
+            if ("error" in obj and obj["error"] is not None) or name == "error":
+                self._in_band_error(obj)
+            add(obj)
+
+    def _in_band_error(self, obj: dict[str, Any]) -> None:
+        err = obj.get("error", obj)
+        if isinstance(err, dict):
+            message = err.get("message") or json.dumps(err)
+            etype, code = err.get("type"), err.get("code")
+        else:
+            message, etype, code = str(err), None, None
+        raise self._error(
+            f"the server reported an error mid-stream: {message}",
+            type=etype if isinstance(etype, str) else None,
+            code=code if isinstance(code, str | int) else None,
+        )
+
+    def partial(self) -> ChatResult:
+        """What arrived so far, as an incomplete ChatResult."""
+        return self._result(complete=False)
+
+    def _result(self, complete: bool) -> ChatResult:
+        raw = self.acc.build()
+        usage = raw.get("usage")
+        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        timing = make_timing(self.start, self.acc.first_token_at, time.perf_counter(), tokens)
+        return ChatResult(raw, request=self.request, timing=timing, complete=complete)
+
+    def _error(self, message: str, **kw: Any) -> StreamError:
+        return StreamError(redact(message, self.secret), partial=self.partial(), **kw)
+
+    def result(self) -> ChatResult:
+        """The body ended: the complete result, or StreamError if it ended too early."""
+        if not self.done:
+            try:
+                self._events(self.decoder.flush())
+            except SSEDecodeError as exc:
+                raise self._error(str(exc)) from None
+        self.acc.flush()
+        if not self.done and not self.acc.finished:
+            raise self._error(
+                "the stream ended before [DONE] and before a finish_reason "
+                f"({self.acc.chunks} chunks received); .partial holds what arrived"
+            )
+        return self._result(complete=True)
+
+    def broken(self, exc: BaseException) -> StreamError:
+        """The transport failed after data arrived: StreamError with the partial answer."""
+        self.acc.flush()
+        detail = str(exc) or type(exc).__name__
+        return self._error(
+            f"the stream broke off after {self.acc.chunks} chunks ({detail}); "
+            ".partial holds what arrived"
+        )

@@ -1,0 +1,217 @@
+"""Start the embedded local server from Python.
+
+:func:`start` runs ``python -m tmlab.server`` in a subprocess (a llama.cpp crash cannot take
+the Jupyter kernel with it), waits until ``/health`` answers and returns a
+:class:`LocalServer` handle. The child watches this process and exits when it is gone.
+:func:`ensure_server` starts one shared server per process, for ``tmlab.Client()`` with no
+API key and no base URL.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from types import TracebackType
+from typing import IO
+
+from tmlab.errors import LocalServerError
+
+__all__ = ["NOTICE", "LocalServer", "ensure_server", "start"]
+
+NOTICE = (
+    "tmlab: using the local SmolLM2-135M-Instruct model; set "
+    "TENSORMESH_INFERENCE_API_KEY to use Tensormesh"
+)
+READY_PREFIX = "TMLAB_SERVER_READY "
+
+
+class LocalServer:
+    """A running local server: ``.base_url`` for clients, ``.stop()`` when done."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen[str],
+        url: str,
+        *,
+        api_key: str | None,
+        stderr_tail: collections.deque[str],
+    ) -> None:
+        self.process = process
+        self.url = url
+        self.api_key = api_key
+        self._stderr_tail = stderr_tail
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL, ``http://127.0.0.1:PORT/v1``."""
+        return self.url + "/v1"
+
+    @property
+    def port(self) -> int:
+        """The TCP port it listens on."""
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout`` seconds)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+
+    def __enter__(self) -> LocalServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else f"exited({self.process.returncode})"
+        return f"<LocalServer {self.base_url} pid={self.process.pid} {state}>"
+
+
+def _drain(stream: IO[str], tail: collections.deque[str], echo: bool) -> None:
+    for line in stream:
+        tail.append(line.rstrip("\n"))
+        if echo:
+            sys.stderr.write(line)
+    stream.close()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2.0) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start(
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    model_path: str | None = None,
+    api_key: str | None = None,
+    quiet: bool = False,
+    timeout: float = 120.0,
+) -> LocalServer:
+    """Start a local server in a subprocess and wait until ``/health`` answers.
+
+    ``port=None`` picks a free port. Raises :class:`~tmlab.LocalServerError` (with the
+    server's last stderr lines) if it exits or is not healthy within ``timeout`` seconds.
+    Unless ``quiet``, prints progress to stderr when starting takes more than a moment.
+    """
+    cmd = [
+        sys.executable,
+        "-m",
+        "tmlab.server",
+        "--host",
+        host,
+        "--port",
+        str(port or 0),
+        "--parent-pid",
+        str(os.getpid()),
+        "--quiet",
+    ]
+    if model_path is not None:
+        cmd += ["--model-path", str(model_path)]
+    env = dict(os.environ)
+    if api_key is not None:
+        env["TMLAB_SERVER_API_KEY"] = api_key  # not on the command line, where ps shows it
+    else:
+        env.pop("TMLAB_SERVER_API_KEY", None)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    threading.Thread(target=_drain, args=(proc.stderr, tail, False), daemon=True).start()
+    url_box: list[str] = []
+
+    def read_ready() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(READY_PREFIX) and not url_box:
+                url_box.append(line[len(READY_PREFIX) :].strip())
+        proc.stdout.close()
+
+    threading.Thread(target=read_ready, daemon=True).start()
+    shown = False
+    while True:
+        if proc.poll() is not None:
+            time.sleep(0.1)  # let the stderr reader catch up
+            detail = "\n".join(tail) or "(no output)"
+            raise LocalServerError(
+                f"the local server exited with status {proc.returncode}:\n{detail}"
+            )
+        elapsed = time.monotonic() - t0
+        if url_box and _healthy(url_box[0]):
+            break
+        if elapsed > timeout:
+            proc.kill()
+            proc.wait()
+            raise LocalServerError(
+                f"the local server did not become healthy within "
+                f"{timeout:.0f}s:\n" + "\n".join(tail)
+            )
+        if not quiet and not shown and elapsed > 1.0:
+            print("tmlab: starting the local model server …", file=sys.stderr, flush=True)
+            shown = True
+        time.sleep(0.05)
+    if shown:
+        print(
+            f"tmlab: local model server ready in {time.monotonic() - t0:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return LocalServer(proc, url_box[0], api_key=api_key, stderr_tail=tail)
+
+
+_shared: LocalServer | None = None
+_shared_lock = threading.Lock()
+
+
+def ensure_server() -> LocalServer:
+    """The process's shared local server, started on first use (thread-safe).
+
+    Prints the one-line notice to stderr when it starts; it is stopped at exit.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is not None and _shared.running:
+            return _shared
+        first = _shared is None
+        _shared = start(quiet=False)
+        if first:
+            atexit.register(_stop_shared)
+            print(NOTICE, file=sys.stderr, flush=True)
+        return _shared
+
+
+def _stop_shared() -> None:
+    if _shared is not None:
+        _shared.stop()

@@ -23,7 +23,7 @@ import ctypes
 import importlib.resources
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,8 +83,8 @@ class Step:
     top: list[tuple[int, float]] | None = None  # (token id, logprob), most likely first
 
 
-# How many of the last tokens the penalties look at (llama.cpp: -1 = the whole context).
-PENALTY_LAST_N = -1
+# How many of the last generated tokens the penalties look at (llama.cpp reads -1 as 0: off).
+PENALTY_LAST_N = 256
 
 
 class Engine:
@@ -121,6 +121,8 @@ class Engine:
         self.n_ctx = self.llm.n_ctx()
         self.n_vocab = self.llm.n_vocab()
         self._vocab = self.llm._model.vocab
+        self._pieces: dict[int, bytes] = {}
+        self._special: dict[int, bytes] = {}
         meta = self.llm.metadata
         template = meta.get("tokenizer.chat_template") or _CHATML
         self._bos_text = self.token_text(self.llm.token_bos())
@@ -130,9 +132,6 @@ class Engine:
         )
         self._add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
         self.eog_ids = [t for t in range(self.n_vocab) if self.is_eog(t)]
-        self._pieces: dict[int, bytes] = {}
-        self._special: dict[int, bytes] = {}
-        self._owner: threading.Thread | None = None
 
     # --- tokens ------------------------------------------------------------------------
 
@@ -169,8 +168,12 @@ class Engine:
         out = b"".join(self.token_bytes(t) for t in tokens)
         return out.decode("utf-8", errors="replace")
 
-    def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True,
-               ) -> str:
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+    ) -> str:
         """Render messages with the model's own chat template (GGUF metadata)."""
         self._formatter.add_generation_prompt = add_generation_prompt
         text = self._formatter(messages=messages).prompt
@@ -188,8 +191,9 @@ class Engine:
         self._lib.llama_sampler_free(smpl)
         return gbnf
 
-    def _chain(self, s: Sampling, *, grammar: str | None, lazy_trigger: str | None,
-               ban: Sequence[int] = ()) -> Any:
+    def _chain(
+        self, s: Sampling, *, grammar: str | None, lazy_trigger: str | None, ban: Sequence[int] = ()
+    ) -> Any:
         from llama_cpp._internals import LlamaSampler
 
         lib = self._lib
@@ -200,8 +204,13 @@ class Engine:
         if bias:
             chain.add_logit_bias(self.n_vocab, bias)
         if (s.repetition_penalty, s.frequency_penalty, s.presence_penalty) != (1.0, 0.0, 0.0):
-            chain.add_penalties(self.n_vocab, PENALTY_LAST_N, s.repetition_penalty,
-                                s.frequency_penalty, s.presence_penalty)
+            chain.add_penalties(
+                self.n_vocab,
+                PENALTY_LAST_N,
+                s.repetition_penalty,
+                s.frequency_penalty,
+                s.presence_penalty,
+            )
         if grammar is not None:
             if lazy_trigger is None:
                 smpl = lib.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
@@ -210,7 +219,8 @@ class Engine:
                 pats = (ctypes.c_char_p * 1)(pattern)
                 no_tokens = (lib.llama_token * 0)()
                 smpl = lib.llama_sampler_init_grammar_lazy_patterns(
-                    self._vocab, grammar.encode(), b"root", pats, 1, no_tokens, 0)
+                    self._vocab, grammar.encode(), b"root", pats, 1, no_tokens, 0
+                )
             if not smpl:
                 raise GrammarError("the grammar could not be compiled")
             lib.llama_sampler_chain_add(chain.sampler, smpl)
@@ -273,7 +283,6 @@ class Engine:
         """
         if not prompt:
             raise ValueError("empty prompt")
-        lib = self._lib
         ctx = self.llm._ctx
         cached = self.prefill(prompt)
         if on_prefill is not None:
@@ -282,8 +291,9 @@ class Engine:
         chain = self._chain(sampling, grammar=grammar, lazy_trigger=lazy_trigger, ban=ban)
         early = None
         if min_tokens > 0 and not ignore_eos:
-            early = self._chain(sampling, grammar=grammar, lazy_trigger=lazy_trigger,
-                                ban=self.eog_ids)
+            early = self._chain(
+                sampling, grammar=grammar, lazy_trigger=lazy_trigger, ban=self.eog_ids
+            )
         room = self.n_ctx - len(prompt)
         for i in range(min(max_tokens, room)):
             if cancel is not None and cancel.is_set():
@@ -334,8 +344,3 @@ _CHATML = (
     "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-def apply_logit_bias(bias: Mapping[str, float]) -> dict[int, float]:
-    """Logit bias keys (token ids as strings) to ints."""
-    return {int(k): float(v) for k, v in bias.items()}

@@ -1,0 +1,101 @@
+"""Overhead of the local server: tokens/s through HTTP ÷ the same llama.cpp model in-process.
+
+Same GGUF file, thread count, prompt, greedy settings and token budget on both sides. Two
+cases: without logprobs (peer: ``Llama.create_completion`` on a model loaded with
+``logits_all=False``) and with ``logprobs`` + ``top_logprobs=5`` (peer: llama-cpp-python's
+own logprobs, which need a model loaded with ``logits_all=True``). Prints one ratio per case;
+the target is ≥ 0.9.
+
+    python bench/server_overhead.py [--tokens 64] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import httpx
+
+import tmlab.local
+from tmlab.server.engine import MODEL_NAME, default_model_path
+
+PROMPT = "Tell me a long story about a dragon who learns to paint."
+
+
+def direct_rate(llm: object, prompt: list[int], tokens: int, logprobs: int | None) -> float:
+    """Completion tokens per second of ``llm.create_completion``."""
+    t0 = time.perf_counter()
+    out = llm.create_completion(
+        prompt,
+        max_tokens=tokens,
+        temperature=0.0,  # type: ignore
+        logprobs=logprobs,
+    )
+    return out["usage"]["completion_tokens"] / (time.perf_counter() - t0)
+
+
+def http_rate(client: httpx.Client, tokens: int, logprobs: bool) -> float:
+    """Completion tokens per second of one non-streaming request, seen by the client."""
+    body = {
+        "model": MODEL_NAME,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": tokens,
+        "temperature": 0,
+    }
+    if logprobs:
+        body |= {"logprobs": True, "top_logprobs": 5}
+    t0 = time.perf_counter()
+    r = client.post("/v1/chat/completions", json=body)
+    elapsed = time.perf_counter() - t0
+    r.raise_for_status()
+    return r.json()["usage"]["completion_tokens"] / elapsed
+
+
+def main() -> None:
+    """Run both cases and print the ratios."""
+    from llama_cpp import Llama
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    threads = max(1, min(8, os.cpu_count() or 1))
+    path = str(default_model_path())
+    with (
+        tmlab.local.start(quiet=True) as server,
+        httpx.Client(base_url=server.url, timeout=300) as client,
+    ):
+        prompt = client.post(
+            "/tokenize", json={"messages": [{"role": "user", "content": PROMPT}]}
+        ).json()["tokens"]
+        print(
+            f"model {MODEL_NAME}, {threads} threads, prompt {len(prompt)} tokens, "
+            f"{args.tokens} completion tokens, median of {args.repeats}"
+        )
+        for label, logits_all, top in (
+            ("without logprobs", False, None),
+            ("with logprobs (top 5)", True, 5),
+        ):
+            llm = Llama(
+                model_path=path,
+                n_ctx=8192,
+                n_threads=threads,
+                n_threads_batch=threads,
+                logits_all=logits_all,
+                verbose=False,
+            )
+            direct_rate(llm, prompt, 8, top)  # warm up both sides
+            http_rate(client, 8, top is not None)
+            d, h = [], []
+            for _ in range(args.repeats):
+                d.append(direct_rate(llm, prompt, args.tokens, top))
+                h.append(http_rate(client, args.tokens, top is not None))
+            llm.close()
+            dm, hm = statistics.median(d), statistics.median(h)
+            print(f"{label:24s} direct {dm:7.1f} tok/s  http {hm:7.1f} tok/s  ratio {hm / dm:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Shared fixtures: one real local server (the real model, a real socket) per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import tmlab.local
+from tmlab.local import LocalServer
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="session")
+def local_server() -> Iterator[LocalServer]:
+    """A :func:`tmlab.local.start` handle serving SmolLM2-135M-Instruct, for every e2e test."""
+    server = tmlab.local.start(quiet=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def model_name() -> str:
+    """The model the local server serves."""
+    return MODEL
+
+
+@pytest.fixture(scope="session")
+def http(local_server: LocalServer) -> Iterator[object]:
+    """An ``httpx.Client`` on the local server's root URL."""
+    import httpx
+
+    with httpx.Client(base_url=local_server.url, timeout=120.0) as client:
+        yield client

@@ -1,0 +1,149 @@
+"""Every error-body shape servers send maps to the right class, message and fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from _fake_server import BASE, KEY, Script
+
+from tmlab import Client
+from tmlab.errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    status_error_from_response,
+)
+
+
+def error_for(status: int, headers: dict[str, str] | None = None, **content: Any) -> APIStatusError:
+    """The error a client raises for one answer (no retries)."""
+    script = Script(httpx.Response(status, headers=headers, **content))
+    client = Client(
+        base_url=BASE, api_key=KEY, model="m", max_retries=0, transport=script.transport()
+    )
+    with pytest.raises(APIStatusError) as info:
+        client.chat("Hi")
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, BadRequestError),
+        (422, BadRequestError),
+        (401, AuthenticationError),
+        (403, PermissionDeniedError),
+        (404, NotFoundError),
+        (429, RateLimitError),
+        (500, ServerError),
+        (502, ServerError),
+        (503, ServerError),
+        (418, APIStatusError),
+    ],
+)
+def test_status_maps_to_class(status: int, cls: type[APIStatusError]) -> None:
+    err = error_for(status, json={"error": {"message": "nope"}})
+    assert type(err) is cls
+    assert err.status_code == status
+    assert err.message == "nope"
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "etype", "param", "code"),
+    [
+        (
+            {
+                "error": {
+                    "message": "bad temp",
+                    "type": "invalid_request_error",
+                    "param": "temperature",
+                    "code": "invalid_value",
+                }
+            },
+            "bad temp",
+            "invalid_request_error",
+            "temperature",
+            "invalid_value",
+        ),
+        (
+            {"error": {"message": "too many", "type": "rate", "code": 400}},
+            "too many",
+            "rate",
+            None,
+            400,
+        ),
+        (
+            {"error": {"message": "m", "type": None, "param": None, "code": None}},
+            "m",
+            None,
+            None,
+            None,
+        ),
+        ({"error": "plain string error"}, "plain string error", None, None, None),
+        ({"detail": "Model not found"}, "Model not found", None, None, None),
+        (
+            {
+                "detail": [
+                    {
+                        "loc": ["body", "temperature"],
+                        "msg": "must be <= 2",
+                        "type": "less_than_equal",
+                    },
+                    {"loc": ["body", "n"], "msg": "must be >= 1"},
+                ]
+            },
+            "temperature: must be <= 2; n: must be >= 1",
+            None,
+            "temperature",
+            None,
+        ),
+        ({"message": "flat message", "code": "E1"}, "flat message", None, None, "E1"),
+    ],
+)
+def test_json_error_shapes(
+    body: dict, message: str, etype: str | None, param: str | None, code: str | int | None
+) -> None:
+    err = error_for(400, json=body)
+    assert (err.message, err.type, err.param, err.code) == (message, etype, param, code)
+    assert err.body == body
+    assert message in str(err)
+
+
+def test_non_json_html_body() -> None:
+    html = "<html><body><h1>502 Bad Gateway</h1></body></html>"
+    err = error_for(502, text=html, headers={"content-type": "text/html"})
+    assert isinstance(err, ServerError)
+    assert "502 Bad Gateway" in err.message
+    assert err.type is None and err.code is None
+
+
+def test_empty_body_uses_the_reason_phrase() -> None:
+    err = error_for(503, content=b"")
+    assert err.message == "Service Unavailable"
+
+
+def test_request_id_from_headers() -> None:
+    err = error_for(500, json={"error": {"message": "x"}}, headers={"x-request-id": "req_42"})
+    assert err.request_id == "req_42"
+    assert "req_42" in str(err)
+
+
+def test_key_echoed_by_the_server_is_redacted() -> None:
+    err = error_for(401, json={"error": {"message": f"Incorrect API key: {KEY}"}})
+    assert KEY not in str(err) and KEY not in repr(err)
+    assert "Incorrect API key: ***" in err.message
+
+
+def test_status_error_from_response_directly() -> None:
+    response = httpx.Response(
+        404, json={"detail": "no such model"}, request=httpx.Request("POST", BASE)
+    )
+    err = status_error_from_response(response)
+    assert isinstance(err, NotFoundError)
+    assert err.request is response.request and err.response is response

@@ -1,0 +1,39 @@
+"""Load: 32 concurrent clients against one model are all answered, in turn, none refused."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+def test_32_concurrent_clients_are_all_answered(local_server: Any) -> None:
+    import httpx
+
+    async def one(client: httpx.AsyncClient, i: int) -> tuple[int, str]:
+        body = {
+            "model": MODEL,
+            "max_tokens": 4,
+            "temperature": 0,
+            "stream": i % 2 == 1,
+            "messages": [{"role": "user", "content": f"Say the number {i}."}],
+        }
+        r = await client.post("/v1/chat/completions", json=body)
+        return r.status_code, r.text
+
+    async def main() -> list[tuple[int, str]]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(
+            base_url=local_server.url, timeout=180.0, limits=limits
+        ) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(32)))
+
+    results = asyncio.run(main())
+    assert [status for status, _ in results] == [200] * 32
+    for i, (_, text) in enumerate(results):
+        assert ("data: [DONE]" in text) if i % 2 else ('"chat.completion"' in text)

@@ -1,0 +1,163 @@
+"""End to end: SSE streams in the OpenAI shape, and a client that leaves stops its generation."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+MODEL = "SmolLM2-135M-Instruct"
+STORY = [{"role": "user", "content": "Tell me a short story about a dragon."}]
+
+
+def stream(http: Any, **body: Any) -> list[Any]:
+    body = {"model": MODEL, "messages": STORY, "stream": True, **body}
+    events: list[Any] = []
+    with http.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                data = line[6:]
+                events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def content(events: list[Any], index: int = 0) -> str:
+    return "".join(
+        c["delta"].get("content") or ""
+        for e in events
+        if e != "[DONE]"
+        for c in e["choices"]
+        if c["index"] == index
+    )
+
+
+def test_stream_matches_non_stream_and_ends_with_usage_and_done(http: Any) -> None:
+    events = stream(
+        http,
+        temperature=0,
+        max_tokens=12,
+        stream_options={"include_usage": True},
+        logprobs=True,
+        top_logprobs=3,
+    )
+    assert events[-1] == "[DONE]"
+    usage_chunk = events[-2]
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 12
+    assert all(e["object"] == "chat.completion.chunk" for e in events[:-1])
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    finish = [c["finish_reason"] for e in events[:-1] for c in e["choices"] if c["finish_reason"]]
+    assert finish == ["length"]
+    body = {
+        "model": MODEL,
+        "messages": STORY,
+        "temperature": 0,
+        "max_tokens": 12,
+        "logprobs": True,
+        "top_logprobs": 3,
+    }
+    full = http.post("/v1/chat/completions", json=body).json()
+    assert content(events) == full["choices"][0]["message"]["content"]
+    lps = [
+        x
+        for e in events[:-1]
+        for c in e["choices"]
+        if c.get("logprobs")
+        for x in c["logprobs"]["content"]
+    ]
+    assert lps == full["choices"][0]["logprobs"]["content"]
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(http: Any) -> None:
+    events = stream(http, temperature=0, max_tokens=3)
+    assert all("usage" not in e for e in events[:-1])
+
+
+def test_stream_stop_never_shows_the_stop_text(http: Any) -> None:
+    full = http.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": STORY, "temperature": 0, "max_tokens": 30},
+    ).json()
+    text = full["choices"][0]["message"]["content"]
+    stop = text.split()[4][:3]
+    events = stream(http, temperature=0, max_tokens=30, stop=stop)
+    assert content(events) == text[: text.index(stop)]
+
+
+def test_stream_reasoning_deltas_and_n(http: Any) -> None:
+    events = stream(
+        http,
+        reasoning_effort="low",
+        temperature=0,
+        max_tokens=6,
+        stream_options={"include_usage": True},
+    )
+    reasoning = "".join(
+        c["delta"].get("reasoning") or "" for e in events[:-1] for c in e["choices"]
+    )
+    assert reasoning.strip()
+    assert events[-2]["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+    multi = stream(http, n=2, temperature=1.0, seed=3, max_tokens=4)
+    assert content(multi, 0) and content(multi, 1)
+
+
+def test_stream_tool_call_and_extras(http: Any) -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {
+                "type": "object",
+                "properties": {"tz": {"type": "string", "maxLength": 20}},
+                "required": ["tz"],
+            },
+        },
+    }
+    events = stream(
+        http,
+        tools=[tool],
+        tool_choice="required",
+        temperature=0,
+        max_tokens=40,
+        return_token_ids=True,
+        raw_output=True,
+        perf_metrics_in_response=True,
+    )
+    calls = [
+        tc for e in events[:-1] for c in e["choices"] for tc in c["delta"].get("tool_calls") or []
+    ]
+    assert calls[0]["function"]["name"] == "get_time"
+    json.loads(calls[0]["function"]["arguments"])
+    assert "prompt_token_ids" in events[0]
+    last = next(c for e in events[:-1] for c in e["choices"] if c["finish_reason"])
+    assert last["finish_reason"] == "tool_calls" and "raw_output" in last
+    assert events[-2]["perf_metrics"]["time_to_first_token"] > 0
+
+
+def test_client_that_disconnects_stops_its_generation(local_server: Any, http: Any) -> None:
+    body = json.dumps(
+        {"model": MODEL, "messages": STORY, "stream": True, "ignore_eos": True, "max_tokens": 4000}
+    ).encode()
+    host, port = local_server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        got = b""
+        while got.count(b"data: ") < 5:
+            got += sock.recv(4096)
+    # the 4000-token generation must not hold the model: the next request is answered now
+    t0 = time.monotonic()
+    r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": STORY, "max_tokens": 2})
+    assert r.status_code == 200
+    assert time.monotonic() - t0 < 5.0

@@ -1,0 +1,17 @@
+"""The embedded local server: an OpenAI-compatible chat API over a real small model.
+
+``python -m tmlab.server`` (or ``tmlab serve``) serves SmolLM2-135M-Instruct, run by llama.cpp,
+with the Tensormesh chat surface: every request parameter accepted, logprobs that are the
+model's raw log-probabilities, SSE streams, and errors in the OpenAI envelope. From Python,
+:func:`tmlab.local.start` runs it in a subprocess.
+
+Modules: ``engine`` (llama.cpp: template, sampling loop, logprobs), ``protocol`` (request
+validation), ``prompting`` (templating, tools, limits), ``chat`` (choices, streams),
+``worker`` (the one model thread), ``app`` (Starlette routes), ``__main__`` (the process).
+"""
+
+from __future__ import annotations
+
+from tmlab.server.engine import MODEL_NAME, default_model_path
+
+__all__ = ["MODEL_NAME", "default_model_path"]

@@ -1,0 +1,115 @@
+"""``python -m tmlab.server``: load the model, bind a socket, serve until told to stop.
+
+Prints one line ``TMLAB_SERVER_READY http://HOST:PORT`` on stdout once it answers, which is
+how :func:`tmlab.local.start` learns the port when it asked for port 0. With
+``--parent-pid`` it exits when that process is gone, so a crashed kernel leaves no server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+READY_PREFIX = "TMLAB_SERVER_READY "
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The server's command-line options (shared with ``tmlab serve``)."""
+    p = parser or argparse.ArgumentParser(
+        prog="python -m tmlab.server", description="Serve the local model."
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    p.add_argument("--model-path", default=None, help="a GGUF file (default: SmolLM2-135M)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("TMLAB_SERVER_API_KEY"),
+        help="require 'Authorization: Bearer KEY' for chat",
+    )
+    p.add_argument("--n-ctx", type=int, default=8192, help="context size in tokens")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp")
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true", help="no progress or access log")
+    return p
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _watch_parent(pid: int, server: object) -> None:
+    while _alive(pid) and os.getppid() != 1:
+        time.sleep(1.0)
+    server.should_exit = True  # type: ignore[attr-defined]
+    time.sleep(5.0)
+    os._exit(0)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Load the model and serve until interrupted; return an exit status."""
+    import uvicorn
+
+    from tmlab.server.app import create_app
+    from tmlab.server.engine import Engine
+
+    t0 = time.perf_counter()
+    if not args.quiet:
+        print("loading the model …", file=sys.stderr, flush=True)
+    engine = Engine(args.model_path, n_ctx=args.n_ctx, n_threads=args.threads)
+    if not args.quiet:
+        print(
+            f"loaded {engine.model_name} ({engine.model_path.name}) in "
+            f"{time.perf_counter() - t0:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+    app = create_app(engine, api_key=args.api_key)
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        print(f"cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(
+        app,
+        log_level="warning" if args.quiet else "info",
+        access_log=not args.quiet,
+        timeout_graceful_shutdown=3,
+        backlog=256,
+    )
+    server = uvicorn.Server(config)
+    if args.parent_pid:
+        threading.Thread(target=_watch_parent, args=(args.parent_pid, server), daemon=True).start()
+    shown = host if ":" not in host else f"[{host}]"
+
+    def announce() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.02)
+        if server.started:
+            print(f"{READY_PREFIX}http://{shown}:{port}", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    server.run(sockets=[sock])
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m tmlab.server``."""
+    return serve(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

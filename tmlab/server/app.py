@@ -1,0 +1,264 @@
+"""The Starlette app: routes, auth, SSE, and the error envelope for every failure.
+
+Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, ``GET /version``,
+``POST /tokenize``, ``POST /detokenize``. With an API key, the routes that use the model need
+``Authorization: Bearer KEY``; models, health and version stay open, as on Tensormesh.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import threading
+import time
+from collections.abc import AsyncIterator
+from importlib import metadata
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tmlab.server.chat import Timing, run_chat
+from tmlab.server.engine import Engine
+from tmlab.server.prompting import plan_request
+from tmlab.server.protocol import (
+    RequestError,
+    bad,
+    error_body,
+    parse_chat_request,
+    parse_json,
+)
+from tmlab.server.worker import DONE, Worker
+
+__all__ = ["create_app"]
+
+_READY = object()
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, default=_default)
+
+
+def _default(obj: Any) -> Any:
+    # numpy scalars and the like: never let a number type break the response
+    if hasattr(obj, "item"):
+        value = obj.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            return -9999.0
+        return value
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return _dumps(content).encode("utf-8")
+
+
+def _error(exc: RequestError) -> Response:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return _JSON(exc.body(), status_code=exc.status, headers=headers)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("tmlab")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
+        return "0+unknown"
+
+
+class _Server:
+    """The state behind the routes: one engine, its worker, and the optional key."""
+
+    def __init__(self, engine: Engine, api_key: str | None) -> None:
+        self.engine = engine
+        self.worker = Worker()
+        self.api_key = api_key
+        self.created = int(time.time())
+
+    def check_auth(self, request: Request) -> None:
+        if not self.api_key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self.api_key.encode()
+        ):
+            raise RequestError(
+                401,
+                "Missing or incorrect API key: send 'Authorization: Bearer <key>'",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
+
+    async def body(self, request: Request) -> Any:
+        return parse_json(await request.body())
+
+    # --- routes ------------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        timing = Timing(arrived=time.perf_counter())
+        self.check_auth(request)
+        req = parse_chat_request(
+            await self.body(request), [self.engine.model_name], self.engine.n_vocab
+        )
+        cancel = threading.Event()
+        engine = self.engine
+        if not req.stream:
+
+            def complete() -> dict[str, Any] | None:
+                plan = plan_request(engine, req)
+                return run_chat(engine, req, plan, timing=timing, cancel=cancel)
+
+            try:
+                result = await self.worker.call(complete, cancel)
+            finally:
+                cancel.set()
+            return _JSON(result)
+
+        def produce(emit: Any) -> None:
+            plan = plan_request(engine, req)
+            emit(_READY)
+            run_chat(engine, req, plan, timing=timing, cancel=cancel, emit=emit)
+
+        items = self.worker.stream(produce, cancel)
+        first = await anext(items)
+        if isinstance(first, RequestError):
+            cancel.set()
+            return _error(first)
+        if first is not _READY:  # an unexpected failure before the first token
+            cancel.set()
+            raise first if isinstance(first, Exception) else RuntimeError("stream ended")
+
+        async def sse() -> AsyncIterator[str]:
+            try:
+                async for item in items:
+                    if item is DONE:
+                        break
+                    if isinstance(item, Exception):
+                        err = (
+                            item.body()
+                            if isinstance(item, RequestError)
+                            else error_body(f"generation failed: {item}", "server_error")
+                        )
+                        yield f"data: {_dumps(err)}\n\n"
+                        continue
+                    yield f"data: {_dumps(item)}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:
+                cancel.set()  # also when the client went away: stop generating
+
+        return StreamingResponse(
+            sse(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def models(self, request: Request) -> Response:
+        return _JSON(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": self.engine.model_name,
+                        "object": "model",
+                        "created": self.created,
+                        "owned_by": "tmlab",
+                        "max_model_len": self.engine.n_ctx,
+                    }
+                ],
+            }
+        )
+
+    async def health(self, request: Request) -> Response:
+        return _JSON({"status": "ok", "model": self.engine.model_name})
+
+    async def version(self, request: Request) -> Response:
+        try:
+            llama = metadata.version("llama_cpp_python")
+        except metadata.PackageNotFoundError:  # pragma: no cover
+            llama = None
+        return _JSON(
+            {"version": _version(), "llama_cpp_python": llama, "model": self.engine.model_name}
+        )
+
+    async def tokenize(self, request: Request) -> Response:
+        self.check_auth(request)
+        body = await self.body(request)
+        if not isinstance(body, dict):
+            raise bad("the request body must be a JSON object")
+        engine = self.engine
+        if body.get("messages") is not None:
+            req = parse_chat_request(
+                {**body, "model": engine.model_name}, [engine.model_name], engine.n_vocab
+            )
+            tokens = await self.worker.call(lambda: plan_request(engine, req).prompt_tokens)
+        else:
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str):
+                raise bad("send {'prompt': str} or {'messages': [...]}", "prompt")
+            tokens = await self.worker.call(lambda: engine.tokenize(prompt, special=True))
+        return _JSON({"tokens": tokens, "count": len(tokens), "max_model_len": engine.n_ctx})
+
+    async def detokenize(self, request: Request) -> Response:
+        self.check_auth(request)
+        body = await self.body(request)
+        tokens = body.get("tokens") if isinstance(body, dict) else None
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in tokens
+        ):
+            raise bad("send {'tokens': [int, ...]}", "tokens")
+        n = self.engine.n_vocab
+        if any(not 0 <= t < n for t in tokens):
+            raise bad(f"token ids must be in 0..{n - 1}", "tokens")
+        engine = self.engine
+        text = await self.worker.call(lambda: engine.detokenize(tokens))
+        return _JSON({"prompt": text})
+
+
+async def _request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    return _error(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return _JSON(
+        error_body(f"{request.method} {request.url.path}: {exc.detail}", kind),
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return _JSON(
+        error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"), status_code=500
+    )
+
+
+def create_app(engine: Engine, *, api_key: str | None = None) -> Starlette:
+    """The ASGI app serving ``engine``."""
+    s = _Server(engine, api_key)
+    routes = [
+        Route("/v1/chat/completions", s.chat, methods=["POST"]),
+        Route("/chat/completions", s.chat, methods=["POST"]),
+        Route("/v1/models", s.models, methods=["GET"]),
+        Route("/health", s.health, methods=["GET"]),
+        Route("/version", s.version, methods=["GET"]),
+        Route("/tokenize", s.tokenize, methods=["POST"]),
+        Route("/detokenize", s.detokenize, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            RequestError: _request_error,
+            HTTPException: _http_error,
+            Exception: _server_error,
+        },
+    )
+    app.state.server = s
+    return app

@@ -1,0 +1,493 @@
+"""Run a planned chat request on the engine: choices, reasoning, stops, tools, logprobs.
+
+:func:`run_chat` runs in the worker thread that owns the model. It builds the whole
+``chat.completion`` response, and when streaming it also hands ``chat.completion.chunk``
+dicts to ``emit`` as tokens arrive. All numbers are plain Python types (no numpy floats).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tmlab.server.engine import Engine, Sampling, Step
+from tmlab.server.prompting import (
+    ANSWER_PREFIX,
+    REASONING_PREFIX,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    Plan,
+)
+from tmlab.server.protocol import ChatRequest
+
+__all__ = ["Emit", "run_chat", "sampling_of"]
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+def sampling_of(req: ChatRequest, choice_index: int = 0) -> Sampling:
+    """The llama.cpp sampling settings of a request (choice ``i`` gets seed + i)."""
+    seed = req.get("seed")
+    top_k = req.get("top_k", 0)
+    return Sampling(
+        temperature=float(req.get("temperature", 1.0)),
+        top_k=max(0, int(top_k)),
+        top_p=float(req.get("top_p", 1.0)),
+        min_p=float(req.get("min_p", 0.0)),
+        typical_p=float(req.get("typical_p", 1.0)),
+        repetition_penalty=float(req.get("repetition_penalty", 1.0)),
+        presence_penalty=float(req.get("presence_penalty", 0.0)),
+        frequency_penalty=float(req.get("frequency_penalty", 0.0)),
+        mirostat_target=(
+            float(req.get("mirostat_target")) if req.get("mirostat_target") is not None else None
+        ),
+        mirostat_lr=float(req.get("mirostat_lr", 0.1)),
+        seed=None if seed is None else int(seed) + choice_index,
+        logit_bias={int(k): float(v) for k, v in (req.get("logit_bias") or {}).items()},
+    )
+
+
+class TextStream:
+    """Bytes in, text out: incremental UTF-8, stop strings, and the tool-call marker.
+
+    Text that could still be the start of a stop string (or of the marker) is held back
+    until it is certain, so streamed deltas never show text that a stop removes.
+    """
+
+    def __init__(self, stop: list[str], marker: str | None) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stop = stop
+        self.marker = marker
+        self.text = ""  # all content text so far (up to a stop or marker)
+        self.released = 0
+        self.stopped: str | None = None  # the stop string that ended it
+        self.in_call = False
+        self.call_text = ""
+
+    def feed(self, data: bytes, final: bool = False) -> str:
+        """Add bytes; return the content text that is now certain."""
+        new = self._decoder.decode(data, final)
+        if self.stopped is not None:
+            return ""
+        if self.in_call:
+            self.call_text += new
+            return ""
+        start = max(0, len(self.text) - max([len(s) for s in self.stop] + [len(self.marker or "")]))
+        self.text += new
+        for s in self.stop:
+            at = self.text.find(s, start)
+            if at >= 0:
+                self.text = self.text[:at]
+                self.stopped = s
+                return self._release(len(self.text))
+        if self.marker:
+            at = self.text.find(self.marker, start)
+            if at >= 0:
+                self.call_text = self.text[at:]
+                self.text = self.text[:at]
+                self.in_call = True
+                return self._release(len(self.text))
+        if final:
+            return self._release(len(self.text))
+        hold = 0
+        for s in [*self.stop, *([self.marker] if self.marker else [])]:
+            for k in range(min(len(s) - 1, len(self.text)), 0, -1):
+                if self.text.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        return self._release(len(self.text) - hold)
+
+    def _release(self, upto: int) -> str:
+        out = self.text[self.released : upto]
+        self.released = max(self.released, upto)
+        return out
+
+
+@dataclass
+class Timing:
+    """Times of one request, in ``time.perf_counter`` seconds."""
+
+    arrived: float
+    started: float = 0.0
+    first_token: float | None = None
+
+
+@dataclass
+class ChoiceResult:
+    """One finished choice, with everything the response may show."""
+
+    index: int
+    content: str
+    reasoning: str | None
+    tool_calls: list[dict[str, Any]] | None
+    finish_reason: str
+    stop_reason: str | None
+    token_ids: list[int]
+    logprobs: list[dict[str, Any]] | None
+    reasoning_tokens: int
+    raw_completion: str
+    cached: int
+    raw_prompts: list[str] = field(default_factory=list)
+
+
+def _lp_entry(engine: Engine, token: int, logprob: float) -> dict[str, Any]:
+    b = engine.token_bytes(token)
+    return {
+        "token": b.decode("utf-8", errors="replace"),
+        "logprob": logprob,
+        "bytes": list(b),
+        "token_id": token,
+    }
+
+
+def logprob_content(engine: Engine, step: Step) -> dict[str, Any]:
+    """The OpenAI logprobs entry of one step (raw log-softmax, exact alternatives)."""
+    assert step.logprob is not None
+    entry = _lp_entry(engine, step.token_id, step.logprob)
+    entry["top_logprobs"] = [_lp_entry(engine, t, lp) for t, lp in step.top or []]
+    return entry
+
+
+def _parse_call(text: str) -> dict[str, Any] | None:
+    body = text.strip()
+    if body.startswith(TOOL_CALL_OPEN):
+        body = body[len(TOOL_CALL_OPEN) :]
+    body = body.removesuffix(TOOL_CALL_CLOSE).strip()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        return None
+    return {
+        "id": "call_" + secrets.token_hex(12),
+        "type": "function",
+        "function": {"name": data["name"], "arguments": json.dumps(data.get("arguments", {}))},
+    }
+
+
+class ChatRun:
+    """One chat request being generated: all its choices, in turn."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        req: ChatRequest,
+        plan: Plan,
+        *,
+        timing: Timing,
+        cancel: threading.Event,
+        emit: Emit | None,
+    ) -> None:
+        self.engine = engine
+        self.req = req
+        self.plan = plan
+        self.timing = timing
+        self.cancel = cancel
+        self.emit = emit
+        self.id = "chatcmpl-" + secrets.token_hex(12)
+        self.created = int(time.time())
+        want = req.get("logprobs", False)
+        self.top_logprobs: int | None = req.get("top_logprobs", 0) if want else None
+
+    # --- streaming helpers ---------------------------------------------------------------
+
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        """A ``chat.completion.chunk`` dict."""
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.req.model,
+            "choices": choices,
+            **extra,
+        }
+
+    def _send(
+        self,
+        index: int,
+        delta: dict[str, Any],
+        *,
+        logprobs: list[Any] | None = None,
+        token_ids: list[int] | None = None,
+        finish: str | None = None,
+        **extra: Any,
+    ) -> None:
+        if self.emit is None:
+            return
+        choice: dict[str, Any] = {
+            "index": index,
+            "delta": delta,
+            "logprobs": None if logprobs is None else {"content": logprobs},
+            "finish_reason": finish,
+        }
+        if token_ids is not None:
+            choice["token_ids"] = token_ids
+        choice.update(extra)
+        self.emit(self.chunk([choice]))
+
+    def _first_token(self) -> None:
+        if self.timing.first_token is None:
+            self.timing.first_token = time.perf_counter()
+
+    # --- generation ----------------------------------------------------------------------
+
+    def _reason(self, index: int, budget: tuple[int, int]) -> tuple[str, int, str]:
+        """The reasoning phase; returns (reasoning text, tokens, answer prompt text)."""
+        prompt_text = self.plan.prompt_text + REASONING_PREFIX
+        tokens = self.engine.tokenize(prompt_text)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        parts: list[str] = []
+        n = 0
+        for step in self.engine.generate(
+            tokens,
+            sampling_of(self.req, index),
+            max_tokens=budget[1],
+            min_tokens=budget[0],
+            cancel=self.cancel,
+        ):
+            self._first_token()
+            n += 1
+            delta = decoder.decode(step.piece)
+            parts.append(delta)
+            if delta and self.emit is not None:
+                self._send(index, {"reasoning": delta})
+        parts.append(decoder.decode(b"", True))
+        reasoning = "".join(parts).strip()
+        return reasoning, n, prompt_text + reasoning + ANSWER_PREFIX
+
+    def run_choice(self, index: int) -> ChoiceResult:
+        """Generate choice ``index`` (reasoning first when asked)."""
+        plan, req, engine = self.plan, self.req, self.engine
+        reasoning = None
+        reasoning_tokens = 0
+        prompt_text = plan.prompt_text
+        prompt = plan.prompt_tokens
+        raw_prompts = [plan.prompt_text]
+        if plan.reasoning is not None:
+            reasoning, reasoning_tokens, prompt_text = self._reason(index, plan.reasoning)
+            prompt = engine.tokenize(prompt_text)
+            raw_prompts = [plan.prompt_text + REASONING_PREFIX, prompt_text]
+        marker = TOOL_CALL_OPEN if plan.tool_mode == "auto" else None
+        stop = [] if plan.tool_mode == "forced" else plan.stop
+        text = TextStream(stop, marker)
+        want_ids = bool(req.get("return_token_ids"))
+        if plan.echo_text and self.emit is not None:
+            self._send(index, {"content": plan.echo_text})
+        token_ids: list[int] = []
+        logprobs: list[dict[str, Any]] | None = [] if self.top_logprobs is not None else None
+        raw = bytearray()
+        finish = "length"
+        cached = [0]
+        max_tokens = plan.max_tokens
+        for step in engine.generate(
+            prompt,
+            sampling_of(req, index),
+            max_tokens=max_tokens,
+            top_logprobs=self.top_logprobs,
+            grammar=plan.grammar,
+            lazy_trigger=marker,
+            ignore_eos=bool(req.get("ignore_eos")),
+            cancel=self.cancel,
+            on_prefill=lambda c: cached.__setitem__(0, c),
+        ):
+            self._first_token()
+            token_ids.append(step.token_id)
+            raw += engine.token_bytes(step.token_id)
+            if step.eog:
+                finish = "stop"
+                break
+            delta = text.feed(step.piece)
+            entry = None
+            if logprobs is not None:
+                entry = logprob_content(engine, step)
+                logprobs.append(entry)
+            if self.emit is not None and plan.tool_mode != "forced" and not text.in_call:
+                self._send(
+                    index,
+                    {"content": delta},
+                    logprobs=None if entry is None else [entry],
+                    token_ids=[step.token_id] if want_ids else None,
+                )
+            if text.stopped is not None:
+                finish = "stop"
+                break
+        tail = text.feed(b"", final=True)
+        if tail and self.emit is not None and plan.tool_mode != "forced":
+            self._send(index, {"content": tail}, logprobs=[] if logprobs is not None else None)
+        content = text.text
+        tool_calls = None
+        if plan.tool_mode == "forced":
+            call = _parse_call(content)
+            if call is not None:
+                tool_calls, content, finish = [call], "", "tool_calls"
+        elif text.in_call:
+            call = _parse_call(text.call_text)
+            if call is not None:
+                tool_calls, finish = [call], "tool_calls"
+            else:
+                content += text.call_text
+        if self.emit is not None and (tool_calls or (plan.tool_mode == "forced" and content)):
+            if tool_calls:
+                calls = [{"index": i, **c} for i, c in enumerate(tool_calls)]
+                self._send(index, {"tool_calls": calls})
+            else:
+                self._send(index, {"content": content})
+        return ChoiceResult(
+            index=index,
+            content=plan.echo_text + content,
+            reasoning=reasoning,
+            tool_calls=tool_calls,
+            finish_reason=finish,
+            stop_reason=text.stopped,
+            token_ids=token_ids,
+            logprobs=logprobs,
+            reasoning_tokens=reasoning_tokens,
+            raw_completion=raw.decode("utf-8", errors="replace"),
+            cached=cached[0],
+            raw_prompts=raw_prompts,
+        )
+
+    # --- the response --------------------------------------------------------------------
+
+    def usage(self, results: list[ChoiceResult]) -> dict[str, Any]:
+        """OpenAI usage: completion tokens include reasoning tokens (counted apart too)."""
+        prompt = len(self.plan.prompt_tokens)
+        completion = sum(len(r.token_ids) + r.reasoning_tokens for r in results)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": results[0].cached if results else 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": sum(r.reasoning_tokens for r in results)
+            },
+        }
+
+    def perf_metrics(self, results: list[ChoiceResult]) -> dict[str, Any]:
+        """Server-side timings, in seconds."""
+        t = self.timing
+        end = time.perf_counter()
+        completion = sum(len(r.token_ids) + r.reasoning_tokens for r in results)
+        gen_time = end - (t.first_token or end)
+        return {
+            "prompt_tokens": len(self.plan.prompt_tokens),
+            "cached_prompt_tokens": results[0].cached if results else 0,
+            "completion_tokens": completion,
+            "queue_time": round(t.started - t.arrived, 6),
+            "time_to_first_token": round((t.first_token or end) - t.arrived, 6),
+            "processing_time": round(end - t.started, 6),
+            "total_time": round(end - t.arrived, 6),
+            "tokens_per_second": round((completion - 1) / gen_time, 3)
+            if gen_time > 0 and completion > 1
+            else None,
+        }
+
+    def raw_output(self, r: ChoiceResult) -> dict[str, Any]:
+        """The prompt text as templated and the raw completion (special tokens included)."""
+        return {
+            "prompt_fragments": r.raw_prompts,
+            "completion": r.raw_completion,
+            "prompt_token_ids": self.plan.prompt_tokens,
+            "completion_token_ids": r.token_ids,
+        }
+
+    def choice_dict(self, r: ChoiceResult) -> dict[str, Any]:
+        """A finished choice in the ``chat.completion`` shape."""
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": None if r.tool_calls and not r.content else r.content,
+        }
+        if r.reasoning is not None:
+            message["reasoning"] = r.reasoning
+        if r.tool_calls:
+            message["tool_calls"] = r.tool_calls
+        choice: dict[str, Any] = {
+            "index": r.index,
+            "message": message,
+            "logprobs": None if r.logprobs is None else {"content": r.logprobs},
+            "finish_reason": r.finish_reason,
+            "stop_reason": r.stop_reason,
+        }
+        if self.req.get("return_token_ids"):
+            choice["token_ids"] = r.token_ids
+        if self.req.get("raw_output"):
+            choice["raw_output"] = self.raw_output(r)
+        return choice
+
+
+def run_chat(
+    engine: Engine,
+    req: ChatRequest,
+    plan: Plan,
+    *,
+    timing: Timing,
+    cancel: threading.Event,
+    emit: Emit | None = None,
+) -> dict[str, Any] | None:
+    """Generate every choice; return the response dict (None when cancelled).
+
+    With ``emit``, stream chunks are sent as they come, then the final chunks (finish
+    reasons, usage when ``stream_options.include_usage``).
+    """
+    timing.started = time.perf_counter()
+    run = ChatRun(engine, req, plan, timing=timing, cancel=cancel, emit=emit)
+    n = req.get("n", 1)
+    results = []
+    first_extra: dict[str, Any] = {}
+    if req.get("return_token_ids"):
+        first_extra["prompt_token_ids"] = plan.prompt_tokens
+    for i in range(n):
+        if emit is not None:
+            emit(
+                run.chunk(
+                    [
+                        {
+                            "index": i,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ],
+                    **(first_extra if i == 0 else {}),
+                )
+            )
+        r = run.run_choice(i)
+        if cancel.is_set():
+            return None
+        results.append(r)
+        if emit is not None:
+            extra: dict[str, Any] = {"stop_reason": r.stop_reason}
+            if req.get("raw_output"):
+                extra["raw_output"] = run.raw_output(r)
+            run._send(i, {}, finish=r.finish_reason, **extra)
+    usage = run.usage(results)
+    perf = run.perf_metrics(results) if req.get("perf_metrics_in_response") else None
+    if emit is not None:
+        tail: dict[str, Any] = {}
+        if (req.get("stream_options") or {}).get("include_usage"):
+            tail["usage"] = usage
+        if perf is not None:
+            tail["perf_metrics"] = perf
+        if tail:
+            emit(run.chunk([], **tail))
+        return None
+    body: dict[str, Any] = {
+        "id": run.id,
+        "object": "chat.completion",
+        "created": run.created,
+        "model": req.model,
+        "choices": [run.choice_dict(r) for r in results],
+        "usage": usage,
+    }
+    if perf is not None:
+        body["perf_metrics"] = perf
+    if req.get("return_token_ids"):
+        body["prompt_token_ids"] = plan.prompt_tokens
+    return body

@@ -1,0 +1,95 @@
+"""The one thread that owns the model, and the bridge from it to asyncio.
+
+A llama.cpp context is not thread-safe (two threads on one ``Llama`` abort the process), so
+every use of the engine is a job on :class:`Worker`'s queue, run in turn. Each job carries a
+cancel flag that the generation loop checks at every token; a job cancelled while still
+queued is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+__all__ = ["DONE", "Worker"]
+
+T = TypeVar("T")
+
+DONE = object()
+"""Sentinel that ends a job's event stream."""
+
+
+class Worker:
+    """A single thread running jobs one at a time, in arrival order."""
+
+    def __init__(self, name: str = "tmlab-model") -> None:
+        self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any], threading.Event] | None]
+        self._jobs = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            fn, fut, cancel = item
+            if cancel.is_set():  # its client is gone
+                fut.cancel()
+                continue
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # handed to the awaiting request
+                fut.set_exception(exc)
+
+    def submit(self, fn: Callable[[], T], cancel: threading.Event | None = None) -> Future[T]:
+        """Queue ``fn``; its result (or exception) arrives in the returned future."""
+        fut: Future[T] = Future()
+        self._jobs.put((fn, fut, cancel or threading.Event()))
+        return fut
+
+    async def call(self, fn: Callable[[], T], cancel: threading.Event | None = None) -> T:
+        """Run ``fn`` on the worker and await its result."""
+        return await asyncio.wrap_future(self.submit(fn, cancel))
+
+    def stream(
+        self, fn: Callable[[Callable[[Any], None]], None], cancel: threading.Event
+    ) -> AsyncIterator[Any]:
+        """Run ``fn(emit)`` on the worker; iterate over what it emits, then :data:`DONE`.
+
+        An exception raised by ``fn`` is yielded as an item before :data:`DONE`.
+        """
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+
+        def emit(item: Any) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        def job() -> None:
+            try:
+                fn(emit)
+            except Exception as exc:
+                emit(exc)
+            finally:
+                emit(DONE)
+
+        self.submit(job, cancel)
+
+        async def items() -> AsyncIterator[Any]:
+            while True:
+                item = await events.get()
+                yield item
+                if item is DONE:
+                    return
+
+        return items()
+
+    def close(self) -> None:
+        """Stop the thread after the jobs already queued."""
+        self._jobs.put(None)
