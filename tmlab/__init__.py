@@ -10,8 +10,9 @@ or — with no API key — to an embedded local SmolLM2-135M-Instruct model::
 
 from __future__ import annotations
 
-from typing import Any
-
+from tmlab import local
+from tmlab._stream import Delta
+from tmlab.client import AsyncClient, Client
 from tmlab.errors import (
     APIConnectionError,
     APIError,
@@ -33,22 +34,6 @@ from tmlab.params import NOT_GIVEN, PARAMS, Param, params_table, validate_params
 from tmlab.result import ChatResult, Choice, Timing, TokenLogprob, TopLogprob, Usage
 
 __version__ = "0.1.0"
-
-_LAZY = {"Client": "tmlab.client", "AsyncClient": "tmlab.client", "Delta": "tmlab._stream"}
-
-
-def __getattr__(name: str) -> Any:
-    # The clients load httpx and the local module loads nothing heavy, but importing them
-    # lazily keeps `import tmlab` fast in a notebook that only wants the frames.
-    if name == "local":
-        import importlib
-
-        return importlib.import_module("tmlab.local")
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tmlab' has no attribute {name!r}")
 
 
 __all__ = [
