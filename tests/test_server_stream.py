@@ -161,3 +161,24 @@ def test_client_that_disconnects_stops_its_generation(local_server: Any, http: A
     r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": STORY, "max_tokens": 2})
     assert r.status_code == 200
     assert time.monotonic() - t0 < 5.0
+
+
+def test_client_that_leaves_a_non_streaming_request_stops_it(local_server: Any, http: Any) -> None:
+    # A notebook user interrupts a long request: the connection closes before any answer.
+    body = json.dumps(
+        {"model": MODEL, "messages": STORY, "ignore_eos": True, "max_tokens": 4000}
+    ).encode()
+    host, port = local_server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        time.sleep(1.0)  # generation is under way
+    t0 = time.monotonic()
+    r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": STORY, "max_tokens": 2})
+    assert r.status_code == 200
+    assert time.monotonic() - t0 < 5.0

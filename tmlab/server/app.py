@@ -7,12 +7,13 @@ Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, ``GE
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from importlib import metadata
 from typing import Any
 
@@ -37,6 +38,8 @@ from tmlab.server.worker import DONE, Worker
 __all__ = ["create_app"]
 
 _READY = object()
+_GONE = object()
+_DISCONNECT_POLL_S = 0.25
 
 
 def _dumps(obj: Any) -> str:
@@ -114,9 +117,11 @@ class _Server:
                 return run_chat(engine, req, plan, timing=timing, cancel=cancel)
 
             try:
-                result = await self.worker.call(complete, cancel)
+                result = await _unless_disconnected(request, self.worker.call(complete, cancel))
             finally:
                 cancel.set()
+            if result is _GONE:
+                return Response(status_code=499)  # nobody is listening any more
             return _JSON(result)
 
         def produce(emit: Any) -> None:
@@ -125,7 +130,12 @@ class _Server:
             run_chat(engine, req, plan, timing=timing, cancel=cancel, emit=emit)
 
         items = self.worker.stream(produce, cancel)
-        first = await anext(items)
+        # Headers go out when generation starts; a client that leaves while its request is
+        # still queued behind others must not cost the model a generation.
+        first = await _unless_disconnected(request, anext(items))
+        if first is _GONE:
+            cancel.set()
+            return Response(status_code=499)
         if isinstance(first, RequestError):
             cancel.set()
             return _error(first)
@@ -217,6 +227,24 @@ class _Server:
         engine = self.engine
         text = await self.worker.call(lambda: engine.detokenize(tokens))
         return _JSON({"prompt": text})
+
+
+async def _unless_disconnected(request: Request, awaitable: Awaitable[Any]) -> Any:
+    """Await ``awaitable``; return :data:`_GONE` early if the client disconnects meanwhile.
+
+    The caller sets the job's cancel flag, so a queued job is skipped and a running one
+    stops at its next token.
+    """
+    task = asyncio.ensure_future(awaitable)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            # the job ends on its own once cancelled; retrieve its outcome so that nothing
+            # is logged as "never retrieved"
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            return _GONE
 
 
 async def _request_error(request: Request, exc: Exception) -> Response:

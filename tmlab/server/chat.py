@@ -80,12 +80,13 @@ class TextStream:
             return ""
         start = max(0, len(self.text) - max([len(s) for s in self.stop] + [len(self.marker or "")]))
         self.text += new
-        for s in self.stop:
-            at = self.text.find(s, start)
-            if at >= 0:
-                self.text = self.text[:at]
-                self.stopped = s
-                return self._release(len(self.text))
+        # the stop that occurs first in the text wins, whatever the order of the list
+        found = [(at, s) for s in self.stop if (at := self.text.find(s, start)) >= 0]
+        if found:
+            at, s = min(found)
+            self.text = self.text[:at]
+            self.stopped = s
+            return self._release(len(self.text))
         if self.marker:
             at = self.text.find(self.marker, start)
             if at >= 0:
