@@ -302,3 +302,14 @@ def test_reader_in_band_error() -> None:
 def test_reader_ignores_bytes_after_done() -> None:
     res = read(sse(chunk("ok", role="assistant", finish="stop")) + b"data: garbage\n\n")
     assert res.text == "ok"
+
+
+def test_timing_formulas() -> None:
+    from tmlab._stream import make_timing
+
+    streamed = make_timing(10.0, 10.5, 12.5, 9)  # first token at +0.5 s, 8 more in 2 s
+    assert (streamed.latency_s, streamed.ttft_s, streamed.tokens_per_s) == (2.5, 0.5, 4.0)
+    whole = make_timing(10.0, None, 12.0, 9)  # non-streaming: all at once
+    assert (whole.latency_s, whole.ttft_s, whole.tokens_per_s) == (2.0, 2.0, 4.5)
+    assert make_timing(10.0, 10.5, 12.5, 1).tokens_per_s is None  # no interval to measure
+    assert make_timing(10.0, None, 12.0, None).tokens_per_s is None

@@ -363,11 +363,17 @@ def make_timing(
     ``first`` is the first token's time (streams) or ``None`` (then ttft = latency).
     """
     latency = end - start
-    ttft = latency if first is None else first - start
-    generating = latency - ttft if first is not None else latency
     tps = None
-    if completion_tokens is not None and generating > 0:
-        tps = completion_tokens / generating
+    if first is None:  # non-streaming: the whole answer arrives at once
+        ttft = latency
+        if completion_tokens is not None and latency > 0:
+            tps = completion_tokens / latency
+    else:
+        # After the first token arrived, the other n - 1 were generated in latency - ttft.
+        ttft = first - start
+        generating = latency - ttft
+        if completion_tokens is not None and completion_tokens > 1 and generating > 0:
+            tps = (completion_tokens - 1) / generating
     return Timing(latency_s=latency, ttft_s=ttft, tokens_per_s=tps)
 
 

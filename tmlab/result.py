@@ -106,8 +106,9 @@ class Timing:
 
     ``latency_s``: request sent → last byte. ``ttft_s``: request sent → first content or
     reasoning token (streams; for a non-streaming call it equals the latency).
-    ``tokens_per_s``: completion tokens / (latency − ttft) for streams, completion tokens /
-    latency otherwise; ``None`` when the token count is unknown.
+    ``tokens_per_s``: for streams, the tokens after the first over the time after the first,
+    (completion tokens − 1) / (latency − ttft); otherwise completion tokens / latency
+    (prompt processing included). ``None`` when the token count is unknown.
     """
 
     latency_s: float | None = None
