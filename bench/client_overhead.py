@@ -6,7 +6,10 @@
    the same JSON body, and ÷ the ``openai`` SDK's ``chat.completions.create``, all against one
    loopback uvicorn server (a tiny ASGI app answering a fixed completion), started by this
    script in a child process so that it does not share the GIL with the clients.
-2. SSE decoding of a 20,000-chunk stream: tmlab's decoder ÷ the openai SDK's ``SSEDecoder``,
+2. A whole streamed request of 20,000 chunks over the same server, text reassembled:
+   ``tmlab.Client.chat(stream=True)`` against the openai SDK's stream iterator and raw httpx
+   ``iter_lines`` + ``json.loads``.
+3. SSE decoding of a 20,000-chunk stream: tmlab's decoder ÷ the openai SDK's ``SSEDecoder``,
    both fed the same bytes in memory (so the network is not measured), each event's data
    parsed with ``json.loads`` (as both libraries do), in two chunkings: one event per chunk
    (as a live server sends) and 64 KiB chunks (as a fast network delivers).
@@ -82,6 +85,10 @@ def sse_events(n: int) -> list[bytes]:
     return out
 
 
+STREAM_CHUNKS = 20_000
+STREAM = b"".join(sse_events(STREAM_CHUNKS))
+
+
 # -- the server (child process) ----------------------------------------------------------
 
 
@@ -89,10 +96,25 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """A tiny ASGI app: every POST gets the fixed completion, GET /health gets ok."""
     if scope["type"] != "http":
         return
-    more = True
+    more, body = True, b""
     while more:
         message = await receive()
+        body += message.get("body", b"")
         more = message.get("more_body", False)
+    if body and json.loads(body).get("stream"):
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        for i in range(0, len(STREAM), 65536):
+            await send(
+                {"type": "http.response.body", "body": STREAM[i : i + 65536], "more_body": True}
+            )
+        await send({"type": "http.response.body", "body": b""})
+        return
     await send(
         {
             "type": "http.response.start",
@@ -202,6 +224,60 @@ def bench_requests(base_url: str, rounds: int, batch: int) -> None:
     oa.close()
 
 
+def bench_streaming(base_url: str, rounds: int) -> None:
+    """Whole streamed requests over loopback: what a user of each client waits for."""
+    import httpx
+    import openai
+
+    import tmlab
+
+    url = base_url + "/chat/completions"
+    raw = httpx.Client(headers={"Authorization": "Bearer bench-key"})
+    tm = tmlab.Client(base_url=base_url, api_key="bench-key", model="bench-model")
+    oa = openai.OpenAI(base_url=base_url, api_key="bench-key", max_retries=0)
+    body = {**BODY, "stream": True}
+    prompt = BODY["messages"][0]["content"]
+
+    def tm_stream() -> int:
+        return len(tm.chat(prompt, stream=True).text)
+
+    def raw_stream() -> int:
+        parts = []
+        with raw.stream("POST", url, json=body) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    delta = json.loads(line[6:])["choices"][0]["delta"]
+                    parts.append(delta.get("content") or "")
+        return len("".join(parts))
+
+    def oa_stream() -> int:
+        parts = []
+        for chunk in oa.chat.completions.create(
+            model="bench-model", messages=BODY["messages"], stream=True
+        ):
+            parts.append(chunk.choices[0].delta.content or "")
+        return len("".join(parts))
+
+    assert tm_stream() == raw_stream() == oa_stream() > 0
+    med = interleaved({"tmlab": tm_stream, "httpx": raw_stream, "openai": oa_stream}, rounds, 1)
+    print(
+        f"streamed chat of {STREAM_CHUNKS} chunks over loopback, text reassembled, "
+        f"median of {rounds}:"
+    )
+    print(
+        f"  tmlab.Client.chat(stream=True) {med['tmlab'] * 1e3:7.1f} ms   "
+        f"httpx iter_lines + json.loads {med['httpx'] * 1e3:7.1f} ms   "
+        f"openai SDK stream {med['openai'] * 1e3:7.1f} ms"
+    )
+    print(
+        f"  speed-up openai/tmlab = {med['openai'] / med['tmlab']:.2f}x   "
+        f"ratio tmlab / raw httpx = {med['tmlab'] / med['httpx']:.2f}"
+    )
+    tm.close()
+    raw.close()
+    oa.close()
+
+
 def bench_sse(rounds: int, n: int = 20_000) -> None:
     from openai._streaming import SSEDecoder as OpenAIDecoder
 
@@ -264,6 +340,7 @@ def main() -> None:
     proc, base_url = start_server()
     try:
         bench_requests(base_url, args.rounds, args.batch)
+        bench_streaming(base_url, max(5, args.rounds // 3))
     finally:
         proc.terminate()
         proc.wait(timeout=10)
