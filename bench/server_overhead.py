@@ -3,8 +3,10 @@
 Same GGUF file, thread count, prompt, greedy settings and token budget on both sides. Two
 cases: without logprobs (peer: ``Llama.create_completion`` on a model loaded with
 ``logits_all=False``) and with ``logprobs`` + ``top_logprobs=5`` (peer: llama-cpp-python's
-own logprobs, which need a model loaded with ``logits_all=True``). Prints one ratio per case;
-the target is ≥ 0.9.
+own logprobs, which need a model loaded with ``logits_all=True``). A third line compares the
+server with logprobs to its own generation loop (:class:`~tmlab.server.engine.Engine`) called
+in-process: the cost of HTTP, JSON and building the logprobs entries alone. Prints one ratio
+per case; the target is ≥ 0.9.
 
     python bench/server_overhead.py [--tokens 64] [--repeats 5]
 """
@@ -20,7 +22,7 @@ from typing import Any
 import httpx
 
 import tmlab.local
-from tmlab.server.engine import MODEL_NAME, default_model_path
+from tmlab.server.engine import MODEL_NAME, Engine, Sampling, default_model_path
 
 PROMPT = "Tell me a long story about a dragon who learns to paint."
 
@@ -35,6 +37,18 @@ def direct_rate(llm: Any, prompt: list[int], tokens: int, logprobs: int | None) 
         logprobs=logprobs,
     )
     return out["usage"]["completion_tokens"] / (time.perf_counter() - t0)
+
+
+def engine_rate(engine: Engine, prompt: list[int], tokens: int) -> float:
+    """Tokens per second of the server's generation loop called in-process, top 5 logprobs."""
+    t0 = time.perf_counter()
+    n = sum(
+        1
+        for _ in engine.generate(
+            prompt, Sampling(temperature=0.0), max_tokens=tokens, top_logprobs=5
+        )
+    )
+    return n / (time.perf_counter() - t0)
 
 
 def http_rate(client: httpx.Client, tokens: int, logprobs: bool) -> float:
@@ -96,6 +110,21 @@ def main() -> None:
             llm.close()
             dm, hm = statistics.median(d), statistics.median(h)
             print(f"{label:24s} direct {dm:7.1f} tok/s  http {hm:7.1f} tok/s  ratio {hm / dm:.2f}")
+        # The server's own generation loop in-process, with logprobs: what HTTP, JSON and
+        # the response building cost on top of the same computation.
+        engine = Engine(path, n_threads=threads)
+        engine_rate(engine, prompt, 8)
+        http_rate(client, 8, True)
+        e, h = [], []
+        for _ in range(args.repeats):
+            e.append(engine_rate(engine, prompt, args.tokens))
+            h.append(http_rate(client, args.tokens, True))
+        engine.close()
+        em, hm = statistics.median(e), statistics.median(h)
+        print(
+            f"{'logprobs vs own loop':24s} direct {em:7.1f} tok/s  http {hm:7.1f} tok/s  "
+            f"ratio {hm / em:.2f}"
+        )
 
 
 if __name__ == "__main__":
