@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -29,8 +30,11 @@ format: $(STAMP)
 test: lint
 	$(BIN)/pytest --nbval-lax tests notebooks
 
+# JupyterLab refuses to run as root without --allow-root (containers, CI machines).
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(LAB_FLAGS) $(LABARGS) notebooks/
 
 bench: $(STAMP)
 	$(BIN)/python bench/client_overhead.py

@@ -35,3 +35,17 @@ def http(local_server: LocalServer) -> Iterator[object]:
 
     with httpx.Client(base_url=local_server.url, timeout=120.0) as client:
         yield client
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Close the two /dev/null files llama_cpp opens at import and never closes.
+
+    Otherwise every test run that loaded llama_cpp in-process ends with two ResourceWarnings.
+    """
+    import sys
+
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        handle = getattr(utils, name, None)
+        if handle is not None:
+            handle.close()

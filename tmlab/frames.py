@@ -224,7 +224,7 @@ def usage_frame(
     for col in ("latency_s", "ttft_s", "tokens_per_s"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     if prices:
-        costs = []
+        costs: list[float | None] = []
         for r in items:
             price = _price(prices, r.model)
             u = r.usage

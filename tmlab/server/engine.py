@@ -176,7 +176,8 @@ class Engine:
     ) -> str:
         """Render messages with the model's own chat template (GGUF metadata)."""
         self._formatter.add_generation_prompt = add_generation_prompt
-        text = self._formatter(messages=messages).prompt
+        # the formatter only reads role/content; its TypedDict annotation is stricter
+        text = self._formatter(messages=messages).prompt  # type: ignore[arg-type]
         if self._add_bos and not text.startswith(self._bos_text):
             text = self._bos_text + text
         return text
