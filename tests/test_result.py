@@ -117,8 +117,16 @@ def test_repr_is_short() -> None:
 
 
 def test_style_logprobs_renders_with_notes() -> None:
-    content = [{"token": "a", "logprob": -0.1, "top_logprobs": [{"token": "a", "logprob": -0.1}]}]
-    res = ChatResult(_raw({"content": "a"}, logprobs={"content": content}))
+    content = [
+        {"token": " a", "logprob": -0.1, "top_logprobs": [{"token": " a", "logprob": -0.1}]},
+        {"token": "\n", "logprob": -0.2, "top_logprobs": []},
+    ]
+    res = ChatResult(_raw({"content": " a\n"}, logprobs={"content": content}))
     html = style_logprobs(res.logprobs_frame()).to_html()
     assert "0.9048" in html  # exp(-0.1)
+    assert '>" a"<' in html  # the leading space stays visible
+    assert '>"\\n"<' in html  # so does a newline
+    assert "[-0.100]" in html
     assert "lower bound" in html
+    long = style_logprobs(res.logprobs_frame(long=True)).to_html()
+    assert "0.9048" in long

@@ -91,24 +91,38 @@ def chat_result_markdown(res: ChatResult) -> str:
 def style_logprobs(df: pd.DataFrame) -> Styler:
     """A Styler of a logprobs frame: probability bars, compact lists, the notes as caption."""
     shown = df.copy()
-    for col in ("top_tokens", "top_logprobs"):
+    # Tokens as JSON strings, so that a leading space or a newline is visible.
+    for col in ("token", "alt_token"):
         if col in shown:
-            shown[col] = [
-                json.dumps(
-                    v if col == "top_tokens" else [round(x, 3) for x in v], ensure_ascii=False
-                )
-                for v in shown[col]
-            ]
+            shown[col] = [json.dumps(t, ensure_ascii=False) for t in shown[col]]
+    if "top_tokens" in shown:
+        shown["top_tokens"] = [
+            "[" + ", ".join(json.dumps(t, ensure_ascii=False) for t in v) + "]"
+            for v in shown["top_tokens"]
+        ]
+    if "top_logprobs" in shown:
+        shown["top_logprobs"] = [
+            "[" + ", ".join(f"{x:.3f}" for x in v) + "]" for v in shown["top_logprobs"]
+        ]
     styler = shown.style.format(
         {
             c: "{:.4f}"
-            for c in ("logprob", "prob", "entropy", "top_mass", "other_mass")
+            for c in (
+                "logprob",
+                "prob",
+                "entropy",
+                "top_mass",
+                "other_mass",
+                "alt_logprob",
+                "alt_prob",
+            )
             if c in shown
         },
         na_rep="—",
     )
-    if "prob" in shown:
-        styler = styler.bar(subset=["prob"], vmin=0.0, vmax=1.0, color="#8fbcd4")
+    for col in ("prob", "alt_prob"):
+        if col in shown:
+            styler = styler.bar(subset=[col], vmin=0.0, vmax=1.0, color="#8fbcd4", height=40)
     notes = df.attrs.get("notes")
     if notes:
         styler = styler.set_caption(html.escape(notes))
