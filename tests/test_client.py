@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 import types
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from _fake_server import (
@@ -16,6 +18,7 @@ from _fake_server import (
     KEY,
     USAGE,
     LiveServer,
+    Pieces,
     Script,
     chunk,
     completion,
@@ -384,11 +387,174 @@ def test_the_key_appears_nowhere(caplog: pytest.LogCaptureFixture) -> None:
         with pytest.raises(Exception) as info:
             client.chat("Hi")
         texts += [str(info.value), repr(info.value)]
+        shown = "".join(traceback.format_exception(info.value))
+        texts.append(shown)
     texts += [r.getMessage() for r in caplog.records]
     assert "api_key='***'" in repr(client)
     assert "invalid key ***" in texts[5]
     assert all(KEY not in t for t in texts)
+    assert "ConnectError: boom ***" in str(info.value)  # the kind of failure is still told
     assert "authorization" not in {k.lower() for k in res.request}
+
+
+def test_a_stream_broken_by_an_error_quoting_the_key_does_not_chain_it() -> None:
+    body = sse(chunk("Hal", role="assistant"), done=False)
+    script = Script(lambda r: sse_response(body, error=httpx.ReadError(f"reset {KEY}")))
+    with pytest.raises(StreamError) as info:
+        make(script).chat("Hi", stream=True)
+    shown = "".join(traceback.format_exception(info.value))
+    assert KEY not in shown and "ReadError" in shown
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["sk-AAAA\nBBBBSECRET", "sk-SECRET\u200bKEY123", "sk-SECRET KEY123", "sk-SECRÉTKEY123"],
+)
+def test_an_api_key_that_cannot_be_sent_is_rejected_without_quoting_it(
+    key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = Script(ok())
+    for source in ("argument", "environment"):
+        with pytest.raises(ParameterError) as info:
+            if source == "argument":
+                Client(base_url=BASE, api_key=key, model="m", transport=script.transport())
+            else:
+                monkeypatch.setenv("TENSORMESH_INFERENCE_API_KEY", key)
+                Client(base_url=BASE, model="m", transport=script.transport())
+        err = info.value
+        assert err.param == "api_key"
+        shown = [str(err), repr(err), "".join(traceback.format_exception(err))]
+        assert all("SECRET" not in t and "KEY123" not in t for t in shown)
+        assert "API key" in str(err)
+    assert script.requests == []
+
+
+def test_a_key_with_surrounding_whitespace_is_still_fine() -> None:
+    script = Script(ok())
+    client = Client(base_url=BASE, api_key=f"  {KEY}\n", model="m", transport=script.transport())
+    client.chat("Hi")
+    assert script.requests[0].headers["authorization"] == f"Bearer {KEY}"
+
+
+# -- a body that breaks off ----------------------------------------------------------------
+
+
+def _cut_json(request: httpx.Request) -> httpx.Response:
+    cut = httpx.RemoteProtocolError("peer closed connection without sending complete body")
+    return httpx.Response(
+        200,
+        headers={"content-type": "application/json"},
+        stream=Pieces([b'{"choices": [', b'{"index"'], cut),
+    )
+
+
+def test_a_non_streaming_answer_that_breaks_off_is_not_sent_again() -> None:
+    script = Script(_cut_json, ok())
+    client = make(script)
+    with pytest.raises(APIConnectionError, match="broke off after 21 bytes") as info:
+        client.chat("Hi")
+    assert not isinstance(info.value, APITimeoutError)
+    assert "RemoteProtocolError" in str(info.value)
+    assert len(script.requests) == 1 and client.sleeps == []  # type: ignore[attr-defined]
+
+
+def test_a_failure_before_the_answer_started_is_still_retried() -> None:
+    script = Script(httpx.RemoteProtocolError("closed"), httpx.ReadError("reset"), ok())
+    assert make(script).chat("Hi").text == "Hello!"
+    assert len(script.requests) == 3
+
+
+@pytest.mark.anyio
+async def test_async_non_streaming_answer_that_breaks_off_is_not_sent_again() -> None:
+    script = Script(_cut_json, ok())
+    client = amake(script)
+    with pytest.raises(APIConnectionError, match="broke off after 21 bytes"):
+        await client.chat("Hi")
+    assert len(script.requests) == 1
+    await client.close()
+
+
+# -- [DONE] ends the stream ------------------------------------------------------------------
+
+
+class _OpenAfterDone(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """Sends a whole stream, then keeps the connection open until the read times out."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.read_after_done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.body
+        self.read_after_done = True
+        raise httpx.ReadTimeout("timed out")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.body
+        self.read_after_done = True
+        raise httpx.ReadTimeout("timed out")
+
+
+def test_the_stream_stops_reading_at_done() -> None:
+    body = _OpenAfterDone(simple_stream(["Hi", " there"]))
+    headers = {"content-type": "text/event-stream"}
+    script = Script(lambda r: httpx.Response(200, headers=headers, stream=body))
+    res = make(script).chat("Hi", stream=True)
+    assert res.complete and res.text == "Hi there"
+    assert not body.read_after_done
+
+
+@pytest.mark.anyio
+async def test_async_stream_stops_reading_at_done() -> None:
+    body = _OpenAfterDone(simple_stream(["Hi", " there"]))
+    headers = {"content-type": "text/event-stream"}
+    script = Script(lambda r: httpx.Response(200, headers=headers, stream=body))
+    async with amake(script) as client:
+        res = await client.chat("Hi", stream=True)
+    assert res.complete and res.text == "Hi there"
+    assert not body.read_after_done
+
+
+# -- on_delta ----------------------------------------------------------------------------------
+
+
+def test_sync_client_rejects_an_async_on_delta_before_sending() -> None:
+    async def on_delta(delta: Delta) -> None:
+        pass
+
+    script = Script(lambda r: sse_response(simple_stream(["Hi"])))
+    with pytest.raises(ParameterError, match="AsyncClient") as info:
+        make(script).chat("Hi", stream=True, on_delta=on_delta)
+    assert info.value.param == "on_delta"
+    assert script.requests == []
+
+
+@pytest.mark.anyio
+async def test_async_client_awaits_an_async_on_delta() -> None:
+    got: list[str] = []
+
+    async def on_delta(delta: Delta) -> None:
+        await anyio.sleep(0)
+        got.append(delta.text)
+
+    script = Script(lambda r: sse_response(simple_stream(["Hel", "lo"])))
+    async with amake(script) as client:
+        res = await client.chat("Hi", stream=True, on_delta=on_delta)
+        plain: list[str] = []
+        await client.chat("Hi", stream=True, on_delta=lambda d: plain.append(d.text))
+    assert res.text == "Hello"
+    assert got == plain == ["Hel", "lo", ""]
+
+
+# -- numbers from numpy ------------------------------------------------------------------------
+
+
+def test_numpy_numbers_are_sent_as_json_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    script = Script(ok())
+    make(script).chat("Hi", top_k=np.int64(5), temperature=np.float32(0.5), max_tokens=np.int32(7))
+    sent = script.bodies[0]
+    assert (sent["top_k"], sent["temperature"], sent["max_tokens"]) == (5, 0.5, 7)
 
 
 # -- live loopback server ----------------------------------------------------------------------

@@ -140,6 +140,29 @@ def test_key_echoed_by_the_server_is_redacted() -> None:
     assert "Incorrect API key: ***" in err.message
 
 
+def test_key_echoed_anywhere_in_the_body_is_redacted_from_every_attribute() -> None:
+    echo = {
+        "error": {"message": f"bad key {KEY}", "param": KEY, "details": [{"key": KEY}]},
+        "request": {"headers": [f"Bearer {KEY}"]},
+    }
+    err = error_for(401, json=echo)
+    assert err.body["error"]["details"] == [{"key": "***"}]
+    assert err.body["request"] == {"headers": ["Bearer ***"]}
+    assert err.param == "***"
+    shown = [str(err), repr(err), err.message, repr(err.body), err.response.text]  # type: ignore[union-attr]
+    shown.append(err.response.content.decode())  # type: ignore[union-attr]
+    assert all(KEY not in t for t in shown)
+    assert err.response.json()["request"] == {"headers": ["Bearer ***"]}  # type: ignore[union-attr]
+    text_err = error_for(401, text=f"no such key {KEY}")
+    assert text_err.body == "no such key ***" and KEY not in text_err.response.text  # type: ignore[union-attr]
+
+
+def test_key_cut_by_the_message_length_limit_leaves_no_prefix() -> None:
+    for pad in range(480, 500):
+        err = error_for(401, text="x" * pad + f" bad key {KEY}")
+        assert KEY[:6] not in err.message, pad
+
+
 def test_status_error_from_response_directly() -> None:
     response = httpx.Response(
         404, json={"detail": "no such model"}, request=httpx.Request("POST", BASE)

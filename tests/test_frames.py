@@ -72,6 +72,14 @@ def test_rank_is_unknown_when_sampled_token_is_not_among_alternatives() -> None:
     assert df.iloc[0]["other_mass"] == pytest.approx(0.1)
 
 
+def test_rank_is_unknown_when_the_sampled_logprob_is_null() -> None:
+    token = _openai_lp("A", 0.5, [("A", 0.5), ("B", 0.3)])
+    token["logprob"] = None
+    df = logprobs_frame(_result([token]))
+    assert pd.isna(df.iloc[0]["rank"]) and math.isnan(df.iloc[0]["logprob"])
+    assert df.iloc[0]["top_mass"] == pytest.approx(0.8)  # the alternatives are still known
+
+
 def test_ties_share_the_better_rank_and_ids_win_over_text() -> None:
     # Two alternatives render as the same text but have different ids (byte-level pieces).
     res = _result([_openai_lp("a", 0.4, [("a", 0.4), ("a", 0.4)], tid=8, alt_ids=[7, 8])])

@@ -118,6 +118,34 @@ def test_valid_values_pass_through_and_not_given_is_dropped() -> None:
     assert isinstance(sent["max_tokens"], int)
 
 
+def test_numpy_numbers_are_accepted_and_become_python_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    sent = validate_params(
+        {
+            "top_k": np.int64(5),
+            "temperature": np.float32(0.5),
+            "top_p": np.float64(0.9),
+            "max_tokens": np.float32(16.0),
+            "presence_penalty": np.int8(1),
+        }
+    )
+    assert sent == {
+        "top_k": 5,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "max_tokens": 16,
+        "presence_penalty": 1,
+    }
+    assert [type(v) for v in sent.values()] == [int, float, float, int, int]
+    for bad in ({"top_k": np.float64(2.5)}, {"temperature": np.float32("nan")}):
+        with pytest.raises(tmlab.ParameterError):
+            validate_params(bad)
+    with pytest.raises(tmlab.ParameterError, match="not a number"):
+        validate_params({"temperature": np.bool_(True)})
+    with pytest.raises(tmlab.ParameterError, match="not an int"):
+        validate_params({"top_k": True})
+
+
 def test_n_above_one_is_fine_with_sampling() -> None:
     assert validate_params({"n": 3, "temperature": 0.8}) == {"n": 3, "temperature": 0.8}
 

@@ -28,7 +28,9 @@ def decode(*chunks: bytes) -> list[tuple[str | None, str]]:
         (b"event: error\ndata: {}\n\ndata: next\n\n", [("error", "{}"), (None, "next")]),
         (b"id: 7\nretry: 100\ndata: x\n\n", [(None, "x")]),
         (b"event: ping\n\ndata: x\n\n", [(None, "x")]),  # no data: not dispatched
-        (b"data:\n\n", [(None, "")]),
+        (b"data:\n\n", []),  # empty data (a keep-alive): not dispatched, as the spec says
+        (b"data: \n\ndata: x\n\n", [(None, "x")]),
+        (b"data:\n\ndata:\ndata:\n\n", [(None, "\n")]),
         (b"\n\n\ndata: x\n\n", [(None, "x")]),
         (b"data: [DONE]", [(None, DONE)]),  # no final blank line: still seen at the end
         (b"data: caf\xc3\xa9\n\n", [(None, "café")]),

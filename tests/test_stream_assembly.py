@@ -313,3 +313,80 @@ def test_timing_formulas() -> None:
     assert (whole.latency_s, whole.ttft_s, whole.tokens_per_s) == (2.0, 2.0, 4.5)
     assert make_timing(10.0, 10.5, 12.5, 1).tokens_per_s is None  # no interval to measure
     assert make_timing(10.0, None, 12.0, None).tokens_per_s is None
+
+
+# -- odd but valid server output ---------------------------------------------------------------
+
+
+def _call(args: object, **frag: object) -> list[dict]:
+    return [{**frag, "function": {"arguments": args, **({"name": "f"} if "id" in frag else {})}}]
+
+
+def test_tool_call_arguments_sent_as_an_object_match_the_non_streaming_json() -> None:
+    # Whole call in one fragment: kept as the object, as a non-streaming answer would be.
+    raw = assemble(
+        chunk(role="assistant", tool_calls=_call({"x": 1}, index=0, id="a", type="function")),
+        chunk(finish="tool_calls"),
+    )
+    call = raw["choices"][0]["message"]["tool_calls"][0]
+    assert call == {"id": "a", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}
+    # Mixed with string fragments: everything becomes JSON text, concatenated in order.
+    raw = assemble(
+        chunk(role="assistant", tool_calls=_call({"x": 1}, index=0, id="a", type="function")),
+        chunk(tool_calls=_call(" ", index=0)),
+        chunk(finish="tool_calls"),
+    )
+    assert raw["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == '{"x": 1} '
+
+
+def test_tool_call_fragments_without_index_start_a_new_call_on_a_new_id() -> None:
+    raw = assemble(
+        chunk(role="assistant", tool_calls=_call('{"x"', id="a", type="function")),
+        chunk(tool_calls=_call(": 1}")),  # no index, no id: continues call "a"
+        chunk(tool_calls=_call('{"y": 2}', id="b", type="function")),
+        chunk(tool_calls=_call("", id="b")),  # the same id again: still call "b"
+        chunk(finish="tool_calls"),
+    )
+    calls = raw["choices"][0]["message"]["tool_calls"]
+    assert [(c["id"], c["function"]["arguments"]) for c in calls] == [
+        ("a", '{"x": 1}'),
+        ("b", '{"y": 2}'),
+    ]
+
+
+def test_content_sent_as_a_list_of_parts_is_joined() -> None:
+    deltas: list[Delta] = []
+    parts = [{"type": "text", "text": "Hel"}, {"type": "image_url"}, {"type": "text", "text": "lo"}]
+    raw = assemble(
+        chunk(parts, role="assistant"),  # type: ignore[arg-type]
+        chunk([{"type": "text", "text": "!"}], finish="stop"),  # type: ignore[arg-type]
+        on_delta=deltas.append,
+    )
+    assert ChatResult(raw).text == "Hello!"
+    assert "".join(d.text for d in deltas) == "Hello!"
+
+
+def test_reader_ignores_empty_keep_alive_events() -> None:
+    body = sse(chunk("Hi", role="assistant"), done=False)
+    body += b"data:\n\ndata: \n\n" + sse(chunk(" there", finish="stop"))
+    res = read(body)
+    assert res.complete and res.text == "Hi there"
+
+
+def test_reader_reports_a_non_json_error_event_as_the_servers_error() -> None:
+    body = sse(chunk("Par", role="assistant"), done=False) + b"event: error\ndata: overloaded\n\n"
+    with pytest.raises(StreamError) as info:
+        read(body)
+    assert "malformed" not in str(info.value)
+    assert str(info.value) == "the server reported an error mid-stream: overloaded"
+    assert info.value.partial is not None and info.value.partial.text == "Par"
+
+
+def test_reader_stops_at_done_and_times_the_answer_there() -> None:
+    reader = StreamReader({"model": "m"})
+    reader.feed(sse(chunk("ok", role="assistant", finish="stop")))
+    assert reader.done
+    ended = reader.end
+    assert ended is not None
+    res = reader.result()
+    assert res.timing.latency_s == pytest.approx(ended - reader.start)

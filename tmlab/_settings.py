@@ -98,6 +98,25 @@ def _clean(value: str | None) -> str | None:
     return value or None
 
 
+def _check_key(key: str, source: str) -> None:
+    """Reject a key that cannot go into an HTTP header, without ever quoting it.
+
+    An API key is printable ASCII without spaces; anything else (a newline or a zero-width
+    space pasted along with it, a typographic character) would otherwise fail deep in the
+    HTTP stack with an error that shows the key.
+    """
+    if key.isascii() and key.isprintable() and " " not in key:
+        return
+    pos, bad = next((i, c) for i, c in enumerate(key) if not ("!" <= c <= "~"))
+    what = "a space" if bad == " " else f"the character U+{ord(bad):04X}"
+    raise ParameterError(
+        "api_key",
+        f"the API key from {source} contains {what} at position {pos + 1} of {len(key)}, "
+        "which cannot be sent in an HTTP header; copy the key again",
+        "printable ASCII characters without spaces",
+    )
+
+
 def resolve_settings(
     base_url: str | None = None,
     api_key: str | None = None,
@@ -105,9 +124,18 @@ def resolve_settings(
     *,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Resolve settings from arguments, then the environment. Never starts anything."""
+    """Resolve settings from arguments, then the environment. Never starts anything.
+
+    Raises :class:`~tmlab.ParameterError` for an API key that cannot be sent in a header.
+    """
     env = os.environ if environ is None else environ
-    key = _clean(api_key) or _clean(env.get(ENV_API_KEY))
+    key = _clean(api_key)
+    if key is not None:
+        _check_key(key, "api_key=")
+    else:
+        key = _clean(env.get(ENV_API_KEY))
+        if key is not None:
+            _check_key(key, ENV_API_KEY)
     url = _clean(base_url) or _clean(env.get(ENV_BASE_URL))
     if url is None and key is not None:
         url = DEFAULT_BASE_URL

@@ -4,7 +4,9 @@ Chat-completion streams are ``data: {json}`` lines separated by blank lines and 
 ``data: [DONE]``. The decoder follows the SSE rules that matter for them: ``data:`` lines
 (several in one event are joined with ``\\n``), ``event:`` names, ``:`` comments, LF, CRLF and
 lone CR line ends (also split across chunks), and a line or event spread over many chunks.
-``id:`` and ``retry:`` fields are read and ignored: a chat stream is never resumed.
+``id:`` and ``retry:`` fields are read and ignored: a chat stream is never resumed. An event
+whose data is empty (``data:`` and a blank line, sent as a keep-alive) is not dispatched, as
+the spec says.
 
 Speed matters because a long stream is tens of thousands of events: the decoder works on
 whole chunks (one ``split`` per chunk, one UTF-8 decode per chunk), never per character, and
@@ -65,6 +67,7 @@ class SSEDecoder:
         if (
             chunk[-2:] == b"\n\n"
             and chunk[:6] == b"data: "
+            and len(chunk) > 8  # not "data: " + blank line: an empty event (not dispatched)
             and not self._pending
             and not self._data
             and chunk.count(b"\n") == 2
@@ -133,9 +136,11 @@ class SSEDecoder:
         events: list[SSEEvent] = []
         data = self._data
         for line in lines:
-            if not line:  # blank line: dispatch
+            if not line:  # blank line: dispatch, unless the data is empty (a keep-alive)
                 if data:
-                    events.append((self._event, data[0] if len(data) == 1 else "\n".join(data)))
+                    joined = data[0] if len(data) == 1 else "\n".join(data)
+                    if joined:
+                        events.append((self._event, joined))
                     data = self._data = []
                 self._event = None
             elif line[:6] == "data: ":  # the common case, first

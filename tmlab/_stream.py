@@ -3,8 +3,12 @@
 :class:`StreamAccumulator` merges parsed ``chat.completion.chunk`` dicts into exactly the
 JSON a non-streaming call returns, so :class:`~tmlab.ChatResult` reads one shape. Per choice
 (keyed by ``index``): ``content``, ``reasoning``, ``reasoning_content`` and ``refusal`` are
-concatenated; tool calls are merged by their ``index`` (``id``, ``type`` and the function
-``name`` set once, ``arguments`` concatenated); every list in ``logprobs`` is concatenated
+concatenated (content sent as a list of parts contributes its text parts, as in
+``Choice.from_raw``); tool calls are merged by their ``index`` (``id``, ``type`` and the
+function ``name`` set once, ``arguments`` concatenated; fragments without an ``index`` start a
+new call on a new ``id`` and otherwise continue the last call; ``arguments`` sent as a JSON
+object in one fragment stay an object, as a non-streaming answer has them, and are turned into
+JSON text when more fragments follow); every list in ``logprobs`` is concatenated
 (``content`` in the OpenAI shape; ``tokens``, ``token_logprobs``, ``top_logprobs``,
 ``text_offset`` in the legacy shape); ``token_ids`` are concatenated; ``finish_reason``,
 ``stop_reason``, ``raw_output`` and unknown keys keep the last value sent. ``usage``,
@@ -35,6 +39,28 @@ __all__ = ["Delta", "StreamAccumulator", "StreamReader", "make_timing"]
 
 # Concatenated string fields of a message delta.
 _TEXT_FIELDS = ("content", "reasoning", "reasoning_content", "refusal")
+
+
+def _text_of_parts(parts: list[Any]) -> str:
+    """The text of content sent as a list of parts (``[{"type": "text", "text": ...}]``)."""
+    return "".join(
+        p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
+    )
+
+
+def _add_arguments(fn: dict[str, Any], value: Any) -> None:
+    """Merge one ``arguments`` fragment into a function (tool) call being assembled."""
+    if value is None or value == "":
+        return
+    have = fn.get("arguments")
+    if have is None or have == "":
+        fn["arguments"] = value  # a string, or an object sent whole: kept as sent
+        return
+    if not isinstance(have, str):
+        have = json.dumps(have, ensure_ascii=False)
+    if not isinstance(value, str):
+        value = json.dumps(value, ensure_ascii=False)
+    fn["arguments"] = have + value
 
 
 @dataclass(slots=True)
@@ -142,20 +168,49 @@ class _ThinkRouter:
 class _Choice:
     """Accumulated state of one choice."""
 
-    __slots__ = ("extra", "logprobs", "msg_extra", "parts", "role", "router", "token_ids", "tools")
+    __slots__ = (
+        "extra",
+        "last_tool",
+        "logprobs",
+        "msg_extra",
+        "parts",
+        "role",
+        "router",
+        "token_ids",
+        "tools",
+    )
 
     def __init__(self) -> None:
         self.parts: dict[str, list[str]] = {}
         self.role: str | None = None
         self.msg_extra: dict[str, Any] = {}
         self.tools: dict[int, dict[str, Any]] = {}
+        self.last_tool: int | None = None  # key of the call the last fragment went to
         self.logprobs: dict[str, Any] | None = None
         self.token_ids: list[int] | None = None
         self.extra: dict[str, Any] = {"finish_reason": None, "logprobs": None}
         self.router: _ThinkRouter | None = None
 
-    def add_tool_fragment(self, position: int, frag: dict[str, Any]) -> None:
-        index = frag.get("index", position)
+    def _tool_key(self, frag: dict[str, Any]) -> int:
+        """Which call a fragment without an ``index`` belongs to."""
+        tools = self.tools
+        call_id = frag.get("id")
+        if call_id is not None:
+            for key, call in tools.items():
+                if call.get("id") == call_id:
+                    return key
+            last = self.last_tool
+            if last is not None and tools[last].get("id") is not None:
+                return max(tools) + 1  # a new id: a new call
+        if self.last_tool is not None:
+            return self.last_tool  # no id (or the first id of an id-less call): continue
+        return max(tools, default=-1) + 1
+
+    def add_tool_fragment(self, frag: dict[str, Any]) -> None:
+        index = frag.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            index = self._tool_key(frag)
+        self.last_tool = index
         call = self.tools.get(index)
         if call is None:
             call = self.tools[index] = {
@@ -168,8 +223,7 @@ class _Choice:
                 fn = call["function"]
                 for fkey, fvalue in value.items():
                     if fkey == "arguments":
-                        if fvalue:
-                            fn["arguments"] += fvalue
+                        _add_arguments(fn, fvalue)
                     elif fvalue is not None and fn.get(fkey) is None:
                         fn[fkey] = fvalue
             elif key != "index" and value is not None and call.get(key) is None:
@@ -268,7 +322,9 @@ class StreamAccumulator:
         for key, value in delta.items():
             if key in _TEXT_FIELDS:
                 if not isinstance(value, str):
-                    continue
+                    if not isinstance(value, list):
+                        continue
+                    value = _text_of_parts(value)
                 parts = state.parts.get(key)
                 if parts is None:
                     parts = state.parts[key] = []
@@ -288,9 +344,9 @@ class StreamAccumulator:
                 elif key != "refusal":
                     reasoning += value
             elif key == "tool_calls":
-                for position, frag in enumerate(value or ()):
+                for frag in value or ():
                     if isinstance(frag, dict):
-                        state.add_tool_fragment(position, frag)
+                        state.add_tool_fragment(frag)
                         got_token = True
             elif key == "role":
                 if value and state.role is None:
@@ -299,7 +355,7 @@ class StreamAccumulator:
                 fc = state.msg_extra.setdefault("function_call", {"name": None, "arguments": ""})
                 if value.get("name") and fc["name"] is None:
                     fc["name"] = value["name"]
-                fc["arguments"] += value.get("arguments") or ""
+                _add_arguments(fc, value.get("arguments"))
             elif value is not None:
                 state.msg_extra[key] = value
         for key, value in choice.items():
@@ -377,12 +433,17 @@ def make_timing(
     return Timing(latency_s=latency, ttft_s=ttft, tokens_per_s=tps)
 
 
+_NOT_JSON: Any = object()
+
+
 class StreamReader:
     """Bytes of a chat-completion SSE stream in, a :class:`ChatResult` out.
 
     Feed raw chunks with :meth:`feed`; at the end of the body call :meth:`result`, or
     :meth:`broken` when the transport failed. ``received`` says whether any byte arrived
-    (after which the request must not be retried). Raises
+    (after which the request must not be retried); ``done`` that ``[DONE]`` arrived, after
+    which the caller stops reading (a server may keep the connection open) and ``end`` is
+    the time it arrived, the end of the answer's latency. Raises
     :class:`~tmlab.StreamError` for in-band errors and malformed data, with ``.partial``.
     """
 
@@ -401,6 +462,7 @@ class StreamReader:
         self.acc = StreamAccumulator(on_delta)
         self.received = False
         self.done = False
+        self.end: float | None = None
 
     def feed(self, chunk: bytes) -> None:
         """Decode one chunk of the body and merge its events."""
@@ -423,20 +485,32 @@ class StreamReader:
                 return
             if data == DONE:
                 self.done = True
+                self.end = time.perf_counter()
                 return
             try:
                 obj = loads(data)
             except ValueError:
-                snippet = data if len(data) <= 200 else data[:197] + "..."
-                raise self._error(f"malformed SSE data line: {snippet!r}") from None
+                obj = _NOT_JSON
+            if obj is _NOT_JSON:
+                if name == "error":  # an error event in the server's own words, not JSON
+                    self._in_band_error(data)
+                if not data.strip():
+                    continue  # whitespace only: a keep-alive
+                raise self._error(f"malformed SSE data line: {self._snippet(data)}")
+            if name == "error":
+                self._in_band_error((obj.get("error") or obj) if isinstance(obj, dict) else obj)
             if not isinstance(obj, dict):
-                raise self._error(f"SSE data is not a JSON object: {data[:200]!r}")
-            if ("error" in obj and obj["error"] is not None) or name == "error":
-                self._in_band_error(obj)
+                raise self._error(f"SSE data is not a JSON object: {self._snippet(data)}")
+            if "error" in obj and obj["error"] is not None:
+                self._in_band_error(obj["error"])
             add(obj)
 
-    def _in_band_error(self, obj: dict[str, Any]) -> None:
-        err = obj.get("error", obj)
+    def _snippet(self, data: str) -> str:
+        # Redact before cutting: a cut can leave a prefix of the key that no longer matches.
+        data = redact(data, self.secret)
+        return repr(data if len(data) <= 200 else data[:197] + "...")
+
+    def _in_band_error(self, err: Any) -> None:
         if isinstance(err, dict):
             message = err.get("message") or json.dumps(err)
             etype, code = err.get("type"), err.get("code")
@@ -456,7 +530,8 @@ class StreamReader:
         raw = self.acc.build()
         usage = raw.get("usage")
         tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-        timing = make_timing(self.start, self.acc.first_token_at, time.perf_counter(), tokens)
+        end = time.perf_counter() if self.end is None else self.end
+        timing = make_timing(self.start, self.acc.first_token_at, end, tokens)
         return ChatResult(raw, request=self.request, timing=timing, complete=complete)
 
     def _error(self, message: str, **kw: Any) -> StreamError:
@@ -480,7 +555,7 @@ class StreamReader:
     def broken(self, exc: BaseException) -> StreamError:
         """The transport failed after data arrived: StreamError with the partial answer."""
         self.acc.flush()
-        detail = str(exc) or type(exc).__name__
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return self._error(
             f"the stream broke off after {self.acc.chunks} chunks ({detail}); "
             ".partial holds what arrived"

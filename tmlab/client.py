@@ -9,23 +9,29 @@
 :class:`_BaseClient` does everything that is not I/O: settings, building and validating the
 request body (before anything is sent), headers, the retry decisions and error mapping. The
 two clients only move bytes with httpx. A request is retried (up to ``max_retries`` times)
-on 408/409/429/5xx and on connection failures, honouring Retry-After, else with exponential
-backoff and jitter; a stream that broke off after data arrived is never retried but raises
-:class:`~tmlab.StreamError` with the partial answer.
+on 408/409/429/5xx and on connection failures before the answer's headers arrived, honouring
+Retry-After, else with exponential backoff and jitter. Once the answer started, a failure is
+never retried (the server may have done the work, and billed it): a non-streaming answer
+that broke off raises :class:`~tmlab.APIConnectionError`, a stream
+:class:`~tmlab.StreamError` with the partial answer. A stream is read up to ``[DONE]`` and
+closed there, even if the server keeps the connection open.
 
 The per-request path is kept lean (one ``json.dumps``, one ``json.loads``, headers set once on
 the httpx client, URLs parsed once) because a notebook sweep sends thousands of requests.
 The API key lives only in the Authorization header: it is in no repr, no error message
-(:func:`~tmlab.errors.redact`), no log record and not in ``res.request``.
+(:func:`~tmlab.errors.redact`), no log record and not in ``res.request``. Errors are raised
+``from None``: an httpx exception that quotes the key is not chained into the traceback (its
+type and redacted message are in tmlab's message instead).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, cast
 
 import anyio
 import httpx
@@ -38,6 +44,7 @@ from tmlab.errors import (
     APIError,
     APITimeoutError,
     ParameterError,
+    StreamError,
     redact,
     status_error_from_response,
 )
@@ -94,6 +101,18 @@ def _messages(prompt: Messages, system: str | None) -> list[Any]:
     return messages
 
 
+def _is_async_callable(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with ``async def __call__``
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    """``"ReadError: connection reset"``: the kind of failure and its message (unredacted)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _is_json(response: httpx.Response) -> bool:
     content_type: str = response.headers.get("content-type", "")
     return content_type.startswith("application/json")
@@ -101,6 +120,8 @@ def _is_json(response: httpx.Response) -> bool:
 
 class _BaseClient:
     """Settings, request building, retry decisions and error mapping: no I/O."""
+
+    _awaits_on_delta = False  # AsyncClient awaits an on_delta that returns an awaitable
 
     def __init__(
         self,
@@ -176,6 +197,12 @@ class _BaseClient:
                 "on_delta is only called when streaming",
                 "stream=True with on_delta=...",
             )
+        if on_delta is not None and not self._awaits_on_delta and _is_async_callable(on_delta):
+            raise ParameterError(
+                "on_delta",
+                "on_delta is an async function, which the sync Client cannot await",
+                "a plain function, or tmlab.AsyncClient, which awaits it",
+            )
         if not stream and sent.get("stream_options") is not None:
             raise ParameterError(
                 "stream_options", "stream_options is only valid when streaming", "stream=True"
@@ -238,17 +265,33 @@ class _BaseClient:
         return backoff_delay(attempt)
 
     def _transport_error(self, exc: httpx.RequestError) -> APIConnectionError:
+        """The error for a failure before the answer's headers arrived; raise it from None."""
         try:
             request: httpx.Request | None = exc.request
         except RuntimeError:
             request = None
         where = self._base_url or "the server"
-        detail = str(exc) or type(exc).__name__
         if isinstance(exc, httpx.TimeoutException):
             message = f"request to {where} timed out ({type(exc).__name__}, timeout={self.timeout})"
             return APITimeoutError(redact(message, self._key), request=request)
-        message = f"could not talk to {where}: {detail}"
+        message = f"could not talk to {where}: {_describe(exc)}"
         return APIConnectionError(redact(message, self._key), request=request)
+
+    def _broken_body(self, exc: httpx.RequestError, response: httpx.Response) -> APIError:
+        """The error for an answer whose body broke off; never retried. Raise it from None."""
+        where = self._base_url or "the server"
+        got = response.num_bytes_downloaded
+        if isinstance(exc, httpx.TimeoutException):
+            message = (
+                f"request to {where} timed out after the answer started ({got} bytes received; "
+                f"{type(exc).__name__}, timeout={self.timeout}); not sent again"
+            )
+            return APITimeoutError(redact(message, self._key), request=response.request)
+        message = (
+            f"the answer from {where} (status {response.status_code}) broke off after {got} "
+            f"bytes ({_describe(exc)}); not sent again, as the server may have done the work"
+        )
+        return APIConnectionError(redact(message, self._key), request=response.request)
 
     def _status_error(self, response: httpx.Response) -> APIError:
         return status_error_from_response(response, secret=self._key)
@@ -261,7 +304,7 @@ class _BaseClient:
         if not isinstance(data, dict) or ("choices" not in data and "error" in data):
             err = data.get("error") if isinstance(data, dict) else None
             msg = err.get("message") if isinstance(err, dict) else err
-            text = msg if isinstance(msg, str) else json.dumps(data)[:300]
+            text = msg if isinstance(msg, str) else redact(json.dumps(data), self._key)[:300]
             raise APIError(redact(f"the server answered without choices: {text}", self._key))
         usage = data.get("usage")
         tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
@@ -271,7 +314,8 @@ class _BaseClient:
         try:
             return json.loads(response.content)
         except ValueError:
-            snippet = response.content[:300].decode("utf-8", "replace")
+            # Redact before cutting: a cut can leave a prefix of the key that no longer matches.
+            snippet = redact(response.content.decode("utf-8", "replace"), self._key)[:300]
             raise APIError(
                 redact(
                     f"the server answered {response.status_code} with a body that is not "
@@ -287,7 +331,8 @@ class _BaseClient:
             return list(data["data"])
         if isinstance(data, list):
             return data
-        raise APIError(f"unexpected /models answer: {json.dumps(data)[:300]}")
+        text = redact(json.dumps(data), self._key)[:300]
+        raise APIError(f"unexpected /models answer: {text}", request=response.request)
 
 
 class Client(_BaseClient):
@@ -371,24 +416,34 @@ class Client(_BaseClient):
     def _send(
         self, http: httpx.Client, url: httpx.URL, payload: bytes | None
     ) -> tuple[httpx.Response, float]:
+        # What http.post does, in two steps, to tell a failure before the answer's headers
+        # (safe to send again) from one while reading its body (the server did the work).
+        method = "GET" if payload is None else "POST"
+        headers = self._request_headers
         attempt = 0
         while True:
             start = time.perf_counter()
+            request = http.build_request(method, url, content=payload, headers=headers)
             try:
-                if payload is None:
-                    response = http.get(url, headers=self._request_headers)
-                else:
-                    response = http.post(url, content=payload, headers=self._request_headers)
+                response = http.send(request, stream=True)
             except httpx.RequestError as exc:
                 delay = self._exception_delay(attempt, exc)
                 if delay is None:
-                    raise self._transport_error(exc) from exc
+                    raise self._transport_error(exc) from None
             else:
-                if response.is_success:
-                    return response, start
-                delay = self._status_delay(attempt, response)
-                if delay is None:
-                    raise self._status_error(response)
+                try:
+                    response.read()
+                except httpx.RequestError as exc:
+                    response.close()
+                    delay = self._exception_delay(attempt, exc) if payload is None else None
+                    if delay is None:
+                        raise self._broken_body(exc, response) from None
+                else:
+                    if response.is_success:
+                        return response, start
+                    delay = self._status_delay(attempt, response)
+                    if delay is None:
+                        raise self._status_error(response)
             self._sleep(delay)
             attempt += 1
 
@@ -409,6 +464,8 @@ class Client(_BaseClient):
                             return self._chat_result(response, body, start)
                         for chunk in response.iter_bytes():
                             reader.feed(chunk)
+                            if reader.done:
+                                break  # the server may keep the connection open: close it
                         return reader.result()
                     response.read()
                     delay = self._status_delay(attempt, response)
@@ -416,10 +473,10 @@ class Client(_BaseClient):
                         raise self._status_error(response)
             except httpx.RequestError as exc:
                 if reader.received:
-                    raise reader.broken(exc) from exc
+                    raise reader.broken(exc) from None
                 delay = self._exception_delay(attempt, exc)
                 if delay is None:
-                    raise self._transport_error(exc) from exc
+                    raise self._transport_error(exc) from None
             self._sleep(delay)
             attempt += 1
 
@@ -436,7 +493,13 @@ class Client(_BaseClient):
 
 
 class AsyncClient(_BaseClient):
-    """Asynchronous twin of :class:`Client`: ``res = await client.chat(...)``."""
+    """Asynchronous twin of :class:`Client`: ``res = await client.chat(...)``.
+
+    ``on_delta`` may be a plain or an ``async`` function: what it returns is awaited if it is
+    awaitable.
+    """
+
+    _awaits_on_delta = True
 
     _sleep: Callable[[float], Awaitable[None]] = staticmethod(anyio.sleep)
 
@@ -506,24 +569,32 @@ class AsyncClient(_BaseClient):
     async def _send(
         self, http: httpx.AsyncClient, url: httpx.URL, payload: bytes | None
     ) -> tuple[httpx.Response, float]:
+        method = "GET" if payload is None else "POST"
+        headers = self._request_headers
         attempt = 0
         while True:
             start = time.perf_counter()
+            request = http.build_request(method, url, content=payload, headers=headers)
             try:
-                if payload is None:
-                    response = await http.get(url, headers=self._request_headers)
-                else:
-                    response = await http.post(url, content=payload, headers=self._request_headers)
+                response = await http.send(request, stream=True)
             except httpx.RequestError as exc:
                 delay = self._exception_delay(attempt, exc)
                 if delay is None:
-                    raise self._transport_error(exc) from exc
+                    raise self._transport_error(exc) from None
             else:
-                if response.is_success:
-                    return response, start
-                delay = self._status_delay(attempt, response)
-                if delay is None:
-                    raise self._status_error(response)
+                try:
+                    await response.aread()
+                except httpx.RequestError as exc:
+                    await response.aclose()
+                    delay = self._exception_delay(attempt, exc) if payload is None else None
+                    if delay is None:
+                        raise self._broken_body(exc, response) from None
+                else:
+                    if response.is_success:
+                        return response, start
+                    delay = self._status_delay(attempt, response)
+                    if delay is None:
+                        raise self._status_error(response)
             await self._sleep(delay)
             attempt += 1
 
@@ -534,10 +605,14 @@ class AsyncClient(_BaseClient):
         payload: bytes,
         on_delta: OnDelta | None,
     ) -> ChatResult:
+        # The reader calls back synchronously: deltas are collected, then handed to on_delta
+        # here, where what it returns can be awaited.
+        pending: list[Delta] = []
+        collect = pending.append if on_delta is not None else None
         attempt = 0
         while True:
             start = time.perf_counter()
-            reader = StreamReader(body, on_delta, start=start, secret=self._key)
+            reader = StreamReader(body, collect, start=start, secret=self._key)
             try:
                 async with http.stream(
                     "POST", self._chat_url, content=payload, headers=self._request_headers
@@ -546,21 +621,53 @@ class AsyncClient(_BaseClient):
                         if _is_json(response):
                             await response.aread()
                             return self._chat_result(response, body, start)
-                        async for chunk in response.aiter_bytes():
-                            reader.feed(chunk)
-                        return reader.result()
+                        return await self._read_stream(response, reader, pending, on_delta)
                     await response.aread()
                     delay = self._status_delay(attempt, response)
                     if delay is None:
                         raise self._status_error(response)
             except httpx.RequestError as exc:
                 if reader.received:
-                    raise reader.broken(exc) from exc
+                    raise reader.broken(exc) from None
                 delay = self._exception_delay(attempt, exc)
                 if delay is None:
-                    raise self._transport_error(exc) from exc
+                    raise self._transport_error(exc) from None
             await self._sleep(delay)
             attempt += 1
+
+    @staticmethod
+    async def _read_stream(
+        response: httpx.Response,
+        reader: StreamReader,
+        pending: list[Delta],
+        on_delta: OnDelta | None,
+    ) -> ChatResult:
+        async def deliver() -> None:
+            assert on_delta is not None
+            for delta in pending:
+                result = on_delta(delta)
+                if inspect.isawaitable(result):
+                    await result
+            pending.clear()
+
+        chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+        try:
+            async for chunk in chunks:
+                reader.feed(chunk)
+                if pending:
+                    await deliver()
+                if reader.done:
+                    break  # the server may keep the connection open: close it
+            result = reader.result()
+        except StreamError:
+            if pending:  # what arrived before the error, as the sync client hands it out
+                await deliver()
+            raise
+        finally:
+            await chunks.aclose()
+        if pending:
+            await deliver()
+        return result
 
     async def close(self) -> None:
         """Close the connection pool (not an ``http_client`` you passed in)."""

@@ -48,15 +48,38 @@ __all__ = [
     "StreamError",
     "TmlabError",
     "redact",
+    "redact_json",
     "status_error_from_response",
 ]
 
 
 def redact(text: str, secret: str | None) -> str:
-    """Return ``text`` with every occurrence of ``secret`` replaced by ``***``."""
-    if secret and len(secret) >= 4 and secret in text:
-        return text.replace(secret, "***")
+    """Return ``text`` with every occurrence of ``secret`` replaced by ``***``.
+
+    Also the forms a key takes when quoted back escaped (``repr`` or JSON of it). Redact
+    before truncating: a cut can leave a prefix of the key that no longer matches.
+    """
+    if not secret or len(secret) < 4:
+        return text
+    if secret in text:
+        text = text.replace(secret, "***")
+    for form in (repr(secret)[1:-1], json.dumps(secret)[1:-1]):
+        if form != secret and form in text:
+            text = text.replace(form, "***")
     return text
+
+
+def redact_json(value: Any, secret: str | None) -> Any:
+    """``value`` (parsed JSON) with ``secret`` redacted from every string, keys included."""
+    if not secret:
+        return value
+    if isinstance(value, str):
+        return redact(value, secret)
+    if isinstance(value, dict):
+        return {redact_json(k, secret): redact_json(v, secret) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_json(v, secret) for v in value]
+    return value
 
 
 class TmlabError(Exception):
@@ -90,7 +113,13 @@ class APIError(TmlabError):
 
 
 class APIStatusError(APIError):
-    """The server answered with a 4xx/5xx status."""
+    """The server answered with a 4xx/5xx status.
+
+    ``.body`` is the parsed error body (or its text), ``.response`` the httpx response. When
+    the client knows the API key, both are scrubbed of it: if the server quoted the key back,
+    ``.response`` is a copy whose body has it replaced by ``***``. ``.request`` is the raw
+    httpx request: its ``Authorization`` header holds the key (httpx hides it in reprs).
+    """
 
     def __init__(
         self,
@@ -242,24 +271,53 @@ def _error_fields(body: Any) -> tuple[str | None, str | None, str | None, str | 
     return None, None, None, None
 
 
+def _redacted_copy(response: httpx.Response, secret: str) -> httpx.Response:
+    """``response`` with ``secret`` scrubbed from its (already read, decoded) body."""
+    import httpx
+
+    content = redact(response.text, secret).encode(response.encoding or "utf-8", "replace")
+    # The body is stored decoded: drop the headers that described the bytes on the wire.
+    drop = {"content-encoding", "content-length", "transfer-encoding"}
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in drop]
+    try:
+        request: httpx.Request | None = response.request
+    except RuntimeError:
+        request = None
+    copy = httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=content,
+        request=request,
+        extensions=response.extensions,
+    )
+    copy.read()
+    return copy
+
+
 def status_error_from_response(
     response: httpx.Response, *, secret: str | None = None
 ) -> APIStatusError:
     """Build the right :class:`APIStatusError` subclass from an error response.
 
     Reads ``{"error": {...}}``, FastAPI's ``{"detail": ...}``, a flat ``{"message": ...}``
-    and non-JSON bodies. ``secret`` (the API key) is scrubbed from the message.
+    and non-JSON bodies. ``secret`` (the API key) is scrubbed from the message, the body and
+    the response kept on the error.
     """
     status = response.status_code
     try:
         text = response.text
     except Exception:  # body not read (stream) or undecodable
         text = ""
+    if secret and text and redact(text, secret) != text:
+        # The server quoted the key back: keep it out of every attribute of the error.
+        response = _redacted_copy(response, secret)
+        text = response.text
     body: Any
     try:
         body = json.loads(text) if text else None
     except ValueError:
         body = None
+    body = redact_json(body, secret)
     message, etype, param, code = _error_fields(body)
     if message is None:
         snippet = text.strip()[:500]

@@ -71,7 +71,8 @@ LOGPROBS_NOTES = (
     "model's raw distribution, before temperature, penalties and truncation). rank, entropy, "
     "top_mass, other_mass: over the returned top_logprobs alternatives only; entropy is in nats "
     "and is a lower bound of the full distribution's entropy; other_mass is the probability "
-    "outside the returned alternatives. rank is <NA> when the generated token is not among them."
+    "outside the returned alternatives. rank is <NA> when the generated token is not among them "
+    "or its logprob is unknown (null)."
 )
 
 
@@ -110,8 +111,10 @@ def logprobs_frame(res: ChatResult, long: bool = False) -> pd.DataFrame:
     other_mass = np.where(has_alts, np.clip(1.0 - top_mass, 0.0, 1.0), np.nan)
 
     # rank = 1 + number of alternatives strictly more likely than the generated token, but only
-    # when the generated token is among the alternatives (otherwise its rank is unknown).
+    # when the generated token is among the alternatives and its logprob is known (a null
+    # logprob compares false with everything and would read as rank 1).
     sampled_in_top = np.fromiter((_contains(t) for _, _, t in rows), dtype=bool, count=n)
+    sampled_in_top &= ~np.isnan(lp)
     above = np.bincount(row_of_alt, weights=(alt_lp > lp[row_of_alt]).astype(float), minlength=n)
     rank = pd.array(np.where(sampled_in_top, above + 1, 0).astype(np.int64), dtype="Int64")
     rank[~sampled_in_top] = pd.NA

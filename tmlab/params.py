@@ -13,6 +13,7 @@ unvalidated, for servers that know more than this table does.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -550,47 +551,60 @@ PARAMS: Final[Mapping[str, Param]] = {p.name: p for p in _TABLE}
 RESERVED: Final = frozenset({"model", "messages", "stream"})
 
 
-def _check_one(p: Param, value: Any) -> None:
+def _check_one(p: Param, value: Any) -> Any:
+    """Check one value; return it as sent (numbers as plain Python ``int``/``float``)."""
     if value is None:  # explicit null: the API accepts null for every parameter
-        return
+        return None
     kind = p.kind
     if kind == "bool":
         if not isinstance(value, bool):
             raise ParameterError(p.name, f"{p.name}={value!r} is not a bool", p.allowed)
-        return
+        return value
     if kind == "str":
         if not isinstance(value, str):
             raise ParameterError(p.name, f"{p.name}={value!r} is not a string", p.allowed)
-        return
+        return value
     if kind == "enum":
         if value not in p.choices:
             raise ParameterError(p.name, f"{p.name}={value!r} is not one of the choices", p.allowed)
-        return
+        return value
     if kind in ("int", "float"):
-        ok_types: tuple[type, ...] = (int,) if kind == "int" else (int, float)
-        if isinstance(value, bool) or not isinstance(value, ok_types):
-            if kind == "int" and isinstance(value, float) and value.is_integer():
-                pass  # 3.0 for an int parameter is fine
-            else:
-                raise ParameterError(
-                    p.name,
-                    f"{p.name}={value!r} is not an {kind}"
-                    if kind == "int"
-                    else f"{p.name}={value!r} is not a number",
-                    p.allowed,
-                )
-        if isinstance(value, float) and not math.isfinite(value):
+        number = _number(p, value)
+        if isinstance(number, float) and not math.isfinite(number):
             raise ParameterError(p.name, f"{p.name}={value!r} is not finite", p.allowed)
         lo, hi = p.minimum, p.maximum
-        below = lo is not None and (value <= lo if p.exclusive_minimum else value < lo)
-        if below or (hi is not None and value > hi):
+        below = lo is not None and (number <= lo if p.exclusive_minimum else number < lo)
+        if below or (hi is not None and number > hi):
             raise ParameterError(p.name, f"{p.name}={value!r} is out of range", p.allowed)
-        return
+        return number
     # json
     if p.shape is not None:
         problem = p.shape(value)
         if problem is not None:
             raise ParameterError(p.name, f"{p.name}={value!r} is not valid: {problem}", p.allowed)
+    return value
+
+
+def _number(p: Param, value: Any) -> int | float:
+    """``value`` as a plain ``int`` or ``float``, or ParameterError.
+
+    Any ``numbers.Integral`` / ``numbers.Real`` is accepted (numpy scalars, from sweeps and
+    widgets), but not a bool; an int parameter takes a whole float (``3.0``) too.
+    """
+    kind = type(value)  # plain int and float first: this runs for every request
+    if kind is int or (kind is float and p.kind == "float"):
+        return value
+    if not isinstance(value, bool):
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real):
+            number = float(value)
+            if p.kind == "float":
+                return number
+            if number.is_integer():  # 3.0 for an int parameter is fine
+                return int(number)
+    what = "an int" if p.kind == "int" else "a number"
+    raise ParameterError(p.name, f"{p.name}={value!r} is not {what}", p.allowed)
 
 
 def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -620,10 +634,7 @@ def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
                 f"unknown parameter {name!r}{hint}",
                 "a parameter of tmlab.PARAMS, or pass it in extra_body={...}",
             )
-        _check_one(p, value)
-        if p.kind == "int" and isinstance(value, float):
-            value = int(value)
-        out[name] = value
+        out[name] = _check_one(p, value)
     _check_combinations(out)
     return out
 
