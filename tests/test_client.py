@@ -482,37 +482,75 @@ class _OpenAfterDone(httpx.SyncByteStream, httpx.AsyncByteStream):
 
     def __init__(self, body: bytes) -> None:
         self.body = body
-        self.read_after_done = False
 
     def __iter__(self) -> Iterator[bytes]:
         yield self.body
-        self.read_after_done = True
         raise httpx.ReadTimeout("timed out")
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         yield self.body
-        self.read_after_done = True
         raise httpx.ReadTimeout("timed out")
 
 
-def test_the_stream_stops_reading_at_done() -> None:
+def test_a_stream_held_open_after_done_is_still_complete() -> None:
     body = _OpenAfterDone(simple_stream(["Hi", " there"]))
     headers = {"content-type": "text/event-stream"}
     script = Script(lambda r: httpx.Response(200, headers=headers, stream=body))
     res = make(script).chat("Hi", stream=True)
     assert res.complete and res.text == "Hi there"
-    assert not body.read_after_done
+    assert res.finish_reason == "stop"
 
 
 @pytest.mark.anyio
-async def test_async_stream_stops_reading_at_done() -> None:
+async def test_async_stream_held_open_after_done_is_still_complete() -> None:
     body = _OpenAfterDone(simple_stream(["Hi", " there"]))
     headers = {"content-type": "text/event-stream"}
     script = Script(lambda r: httpx.Response(200, headers=headers, stream=body))
     async with amake(script) as client:
         res = await client.chat("Hi", stream=True)
     assert res.complete and res.text == "Hi there"
-    assert not body.read_after_done
+
+
+def _client_port_app(ports: list[int]) -> Any:
+    """An ASGI app that streams a short answer and records each request's client port."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        ports.append(scope["client"][1])
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        await send({"type": "http.response.body", "body": simple_stream(["ok"])})
+
+    return app
+
+
+def test_streams_reuse_one_connection() -> None:
+    # Against a remote HTTPS API, a new connection per streamed request costs a handshake.
+    ports: list[int] = []
+    with (
+        LiveServer(_client_port_app(ports)) as server,
+        Client(base_url=server.base_url, model="m") as client,
+    ):
+        for _ in range(3):
+            assert client.chat("Hi", stream=True).text == "ok"
+    assert len(ports) == 3 and len(set(ports)) == 1
+
+
+@pytest.mark.anyio
+async def test_async_streams_reuse_one_connection() -> None:
+    ports: list[int] = []
+    with LiveServer(_client_port_app(ports)) as server:
+        async with AsyncClient(base_url=server.base_url, model="m") as client:
+            for _ in range(3):
+                assert (await client.chat("Hi", stream=True)).text == "ok"
+    assert len(ports) == 3 and len(set(ports)) == 1
 
 
 # -- on_delta ----------------------------------------------------------------------------------

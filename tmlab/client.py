@@ -13,8 +13,8 @@ on 408/409/429/5xx and on connection failures before the answer's headers arrive
 Retry-After, else with exponential backoff and jitter. Once the answer started, a failure is
 never retried (the server may have done the work, and billed it): a non-streaming answer
 that broke off raises :class:`~tmlab.APIConnectionError`, a stream
-:class:`~tmlab.StreamError` with the partial answer. A stream is read up to ``[DONE]`` and
-closed there, even if the server keeps the connection open.
+:class:`~tmlab.StreamError` with the partial answer. A stream's answer is complete and timed
+at ``[DONE]``; the rest of the body is then read so that the connection can be reused.
 
 The per-request path is kept lean (one ``json.dumps``, one ``json.loads``, headers set once on
 the httpx client, URLs parsed once) because a notebook sweep sends thousands of requests.
@@ -26,11 +26,20 @@ type and redacted message are in tmlab's message instead).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, Final, cast
 
 import anyio
@@ -111,6 +120,24 @@ def _describe(exc: BaseException) -> str:
     """``"ReadError: connection reset"``: the kind of failure and its message (unredacted)."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# After [DONE] the answer is complete, and its time was taken then. Reading the rest of the
+# body (normally just the end of the chunked encoding, already received) lets httpx put the
+# connection back in its pool, so the next request skips a TCP/TLS handshake, as the openai
+# SDK does too. A failure while doing so changes nothing in the answer; the connection is
+# then simply not reused. (A server that holds the body open after [DONE] costs the read
+# timeout here, not a wrong result.)
+def _drain(chunks: Iterator[bytes]) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        for _ in chunks:
+            pass
+
+
+async def _adrain(chunks: AsyncIterator[bytes]) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        async for _ in chunks:
+            pass
 
 
 def _is_json(response: httpx.Response) -> bool:
@@ -462,11 +489,15 @@ class Client(_BaseClient):
                         if _is_json(response):  # the server ignored stream=true
                             response.read()
                             return self._chat_result(response, body, start)
-                        for chunk in response.iter_bytes():
+                        chunks = response.iter_bytes()
+                        for chunk in chunks:
                             reader.feed(chunk)
                             if reader.done:
-                                break  # the server may keep the connection open: close it
-                        return reader.result()
+                                break
+                        result = reader.result()
+                        if reader.done:
+                            _drain(chunks)
+                        return result
                     response.read()
                     delay = self._status_delay(attempt, response)
                     if delay is None:
@@ -657,8 +688,10 @@ class AsyncClient(_BaseClient):
                 if pending:
                     await deliver()
                 if reader.done:
-                    break  # the server may keep the connection open: close it
+                    break
             result = reader.result()
+            if reader.done:
+                await _adrain(chunks)
         except StreamError:
             if pending:  # what arrived before the error, as the sync client hands it out
                 await deliver()
