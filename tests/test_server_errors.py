@@ -171,23 +171,103 @@ param_names = st.sampled_from(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SCHEMA_RF = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "a",
+        "schema": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}},
+            "required": ["a"],
+            "additionalProperties": False,
+        },
+    },
+}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "f",
+        "parameters": {
+            "type": "object",
+            "properties": {"x": {"type": "integer"}},
+            "required": ["x"],
+        },
+    },
+}
+
+
+# tiny and huge floats, mostly inside the accepted ranges (so that they reach the model)
+tiny = [0.0, 5e-324, 1e-45, 1e-30, 1e-6]
+huge = [1e30, 1e300, 1.7976931348623157e308]
+probability = st.sampled_from([*tiny, 0.5, 0.999, 1.0])
+temperature = st.sampled_from([*tiny, 1e-5, 0.7, 2.0])
+positive = st.sampled_from([*tiny, 0.009, 0.01, 1.0, 2.0, *huge])
+grammars = st.sampled_from(
+    [
+        {},
+        {"response_format": {"type": "json_object"}},
+        {"response_format": SCHEMA_RF},
+        {"tools": [TOOL], "tool_choice": "required"},
+        {"tools": [TOOL]},
+    ]
+)
+# the valid requests most likely to drive llama.cpp into a corner: a grammar, ignore_eos,
+# extreme floats, reasoning, few tokens
+axes = st.fixed_dictionaries(
+    {"max_tokens": st.integers(1, 12)},
+    optional={
+        "ignore_eos": st.booleans(),
+        "temperature": temperature,
+        "top_p": probability,
+        "min_p": probability,
+        "typical_p": probability,
+        "repetition_penalty": positive,
+        "presence_penalty": st.sampled_from([-2.0, 2.0]),
+        "frequency_penalty": st.sampled_from([-2.0, 2.0]),
+        "mirostat_target": positive,
+        "mirostat_lr": positive,
+        "top_k": st.sampled_from([1, 2, 49152, 10**6]),
+        "seed": st.integers(0, 2**64 - 1),
+        "logit_bias": st.sampled_from(
+            [
+                {str(i): -100 for i in range(0, 49152, 2)},
+                {str(i): 100 for i in range(1, 49152, 2)},
+                {"2": 100, "0": -100},
+            ]
+        ),
+        "reasoning_effort": st.sampled_from(["none", "low"]),
+        "logprobs": st.just(True),
+        "stream": st.booleans(),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    extra=st.dictionaries(param_names, json_values, max_size=4),
+    extra=st.just({}) | st.dictionaries(param_names, json_values, max_size=4),
+    grammar=grammars,
+    targeted=axes,
     drop=st.sampled_from([None, "model", "messages"]),
 )
-def test_fuzzed_bodies_never_500(http: Any, extra: dict[str, Any], drop: str | None) -> None:
-    body: dict[str, Any] = {"model": MODEL, "messages": MSGS, "max_tokens": 1, **extra}
+def test_fuzzed_bodies_never_500(
+    http: Any,
+    local_server: Any,
+    extra: dict[str, Any],
+    grammar: dict[str, Any],
+    targeted: dict[str, Any],
+    drop: str | None,
+) -> None:
+    body: dict[str, Any] = {"model": MODEL, "messages": MSGS, **grammar, **targeted, **extra}
     if "max_completion_tokens" in extra:
         body.pop("max_tokens", None)
-    if body.get("reasoning_effort") in ("low", "medium", "high") or "thinking" in body:
-        body["reasoning_effort"] = "none"
+    if body.get("reasoning_effort") in ("medium", "high") or "thinking" in body:
+        body["reasoning_effort"] = "low"  # the smallest budget: reasoning is slow
         body.pop("thinking", None)
     if isinstance(body.get("n"), int) and not isinstance(body["n"], bool):
         body["n"] = min(body["n"], 2)
     for key in ("max_tokens", "max_completion_tokens"):
         if key in body and isinstance(body[key], int | float) and not isinstance(body[key], bool):
-            body[key] = min(body[key], 2)
+            body[key] = min(body[key], 12)
     if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
         body["max_tokens"] = 1  # an explicit null would mean: up to the whole context
     if drop:
@@ -197,10 +277,146 @@ def test_fuzzed_bodies_never_500(http: Any, extra: dict[str, Any], drop: str | N
         content=json.dumps(body),
         headers={"content-type": "application/json"},
     )
+    assert local_server.running, f"the server died on {body}"
     assert r.status_code in (200, 400, 404), r.text
     if r.status_code != 200:
         assert_envelope(r, r.status_code)
     elif body.get("stream") is True:
         assert r.text.rstrip().endswith("data: [DONE]")
+        assert '"server_error"' not in r.text, r.text
     else:
         assert r.json()["object"] == "chat.completion"
+
+
+def test_the_server_is_alive_after_the_fuzzing(http: Any, local_server: Any) -> None:
+    assert local_server.running
+    assert http.get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # the grammar completes, then only end-of-generation is allowed
+        {"response_format": SCHEMA_RF, "ignore_eos": True, "max_tokens": 40},
+        {"tools": [TOOL], "tool_choice": "required", "ignore_eos": True, "max_tokens": 40},
+        {"response_format": {"type": "json_object"}, "ignore_eos": True, "max_tokens": 40},
+        # logits / temperature overflow
+        {"temperature": 1e-45, "seed": 1, "max_tokens": 8},
+        {"temperature": 1e-45, "response_format": {"type": "json_object"}, "max_tokens": 8},
+        {"temperature": 5e-324, "logprobs": True, "top_logprobs": 3, "max_tokens": 4},
+        # extreme truncation with a grammar
+        {"typical_p": 1e-300, "response_format": SCHEMA_RF, "max_tokens": 16, "seed": 1},
+        {"min_p": 1.0, "response_format": SCHEMA_RF, "max_tokens": 16, "seed": 1},
+        {"top_p": 0.0, "tools": [TOOL], "tool_choice": "required", "max_tokens": 16},
+        {"mirostat_target": 5, "mirostat_lr": 1e300, "response_format": SCHEMA_RF, "seed": 1},
+        {"mirostat_target": 1e300, "response_format": SCHEMA_RF, "max_tokens": 16, "seed": 1},
+        {"mirostat_target": 0.0, "mirostat_lr": 0.0, "response_format": SCHEMA_RF, "seed": 1},
+        {"repetition_penalty": 1e300, "response_format": SCHEMA_RF, "max_tokens": 24},
+        {
+            "logit_bias": {str(i): -100 for i in range(0, 49152, 7)},
+            "response_format": SCHEMA_RF,
+            "max_tokens": 16,
+        },
+        {
+            "logit_bias": {str(i): 100 for i in range(0, 49152, 3)},
+            "response_format": SCHEMA_RF,
+            "ignore_eos": True,
+            "max_tokens": 24,
+        },
+    ],
+)
+def test_valid_extreme_requests_never_kill_the_server(
+    http: Any, local_server: Any, extra: dict[str, Any]
+) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Give JSON."}]}
+    body.setdefault("max_tokens", 16)
+    for stream in (False, True):
+        r = http.post("/v1/chat/completions", json={**body, **extra, "stream": stream})
+        assert local_server.running, "the server process died"
+        assert r.status_code == 200, r.text
+        if stream:
+            assert r.text.rstrip().endswith("data: [DONE]")
+            assert '"error"' not in r.text
+        else:
+            assert r.json()["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
+
+
+def test_tiny_repetition_penalty_is_a_400_naming_the_range(http: Any) -> None:
+    r = http.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": MSGS, "repetition_penalty": 1e-45, "max_tokens": 2},
+    )
+    err = assert_envelope(r, 400, "repetition_penalty")
+    assert "0.01" in err["message"]
+    ok = http.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": MSGS, "repetition_penalty": 0.01, "max_tokens": 2},
+    )
+    assert ok.status_code == 200
+
+
+def test_function_call_naming_an_unknown_function_is_a_400(http: Any) -> None:
+    body = {
+        "model": MODEL,
+        "messages": MSGS,
+        "max_tokens": 30,
+        "seed": 1,
+        "functions": [{"name": "g", "parameters": {"type": "object"}}],
+        "function_call": {"name": "zz"},
+    }
+    err = assert_envelope(http.post("/v1/chat/completions", json=body), 400, "function_call")
+    assert "zz" in err["message"] and "g" in err["message"]
+    body["function_call"] = {"name": "g"}
+    res = http.post("/v1/chat/completions", json=body)
+    assert res.status_code == 200, res.text
+    msg = res.json()["choices"][0]["message"]
+    if msg.get("tool_calls"):
+        assert msg["tool_calls"][0]["function"]["name"] == "g"
+    else:  # cut short by max_tokens, but the grammar forced the name
+        assert msg["content"].replace(" ", "").startswith('{"name":"g"')
+
+
+def test_prompt_truncate_len_below_the_minimum_is_a_400(http: Any) -> None:
+    msgs = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "First question about apples " * 20},
+        {"role": "user", "content": "Name a color."},
+    ]
+    body = {"model": MODEL, "messages": msgs, "max_tokens": 2, "prompt_truncate_len": 5}
+    err = assert_envelope(http.post("/v1/chat/completions", json=body), 400, "prompt_truncate_len")
+    minimum = http.post(
+        "/tokenize", json={"messages": [msgs[0], msgs[2]], "prompt_truncate_len": 10**6}
+    ).json()["count"]
+    assert str(minimum) in err["message"]
+    ok = http.post("/v1/chat/completions", json={**body, "prompt_truncate_len": minimum})
+    assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == minimum
+
+
+def test_a_step_with_no_allowed_token_ends_instead_of_aborting() -> None:
+    # No request found so far leaves a grammar without any allowed token, but extreme
+    # floats could; llama.cpp would then abort the process. The loop must notice instead.
+    import numpy as np
+    from llama_cpp._internals import LlamaTokenDataArray
+
+    from tmlab.server.engine import Engine, Sampling
+
+    engine = Engine(n_ctx=256, n_threads=1)
+    try:
+        filt, pick = engine._chains(
+            Sampling(seed=1), grammar=engine.grammar_from_gbnf('root ::= "{}"'), lazy_trigger=None
+        )
+        cand = LlamaTokenDataArray(n_vocab=engine.n_vocab)
+        cand.copy_logits(np.full(engine.n_vocab, -np.inf, dtype=np.single))
+        assert engine._sample(filt, pick, cand, ban=False) is None
+        cand.copy_logits(np.full(engine.n_vocab, np.nan, dtype=np.single))
+        assert engine._sample(filt, pick, cand, ban=False) is None
+        # NaN everywhere but one allowed token: that token, whatever the picker says
+        logits = np.full(engine.n_vocab, np.nan, dtype=np.single)
+        brace = engine.tokenize("{}")[0]
+        logits[brace] = 1.0
+        cand.copy_logits(logits)
+        assert engine._sample(filt, pick, cand, ban=False) == brace
+        filt.close()
+        pick.close()
+    finally:
+        engine.close()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,16 @@ def test_ensure_server_is_shared_and_announced(capsys: Any, monkeypatch: Any) ->
             tmlab.local._shared.stop()
 
 
+def _read_line(stream: Any, timeout: float) -> str:
+    """One line of ``stream``, or a failure after ``timeout`` seconds (never a hang)."""
+    box: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: box.put(stream.readline()), daemon=True).start()
+    try:
+        return box.get(timeout=timeout)
+    except queue.Empty:
+        pytest.fail(f"no line within {timeout:.0f}s")
+
+
 def test_tmlab_serve_cli() -> None:
     code = "from tmlab.cli import main; raise SystemExit(main())"
     proc = subprocess.Popen(
@@ -112,15 +124,90 @@ def test_tmlab_serve_cli() -> None:
     )
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
+        line = _read_line(proc.stdout, 120)
         assert line.startswith("TMLAB_SERVER_READY http://127.0.0.1:")
         url = line.split()[1]
         assert httpx.get(url + "/health", timeout=30).json()["status"] == "ok"
     finally:
-        proc.terminate()
+        proc.kill()
         proc.communicate(timeout=30)
     help_text = subprocess.run(
-        [sys.executable, "-c", code, "serve", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
-    for flag in ("--host", "--port", "--model-path", "--api-key"):
+    for flag in ("--host", "--port", "--model-path", "--api-key", "--n-ctx"):
         assert flag in help_text
+
+
+def test_read_line_gives_up_on_a_silent_process() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(pytest.fail.Exception):
+            _read_line(proc.stdout, 1.0)
+        assert time.monotonic() - t0 < 5
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_interrupted_start_kills_the_child(monkeypatch: Any) -> None:
+    started: list[subprocess.Popen[str]] = []
+    real_popen = subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[str]:
+        proc = real_popen(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    def interrupt(url: str) -> bool:
+        raise KeyboardInterrupt  # the user pressed Ctrl-C while the model was loading
+
+    monkeypatch.setattr(tmlab.local.subprocess, "Popen", popen)
+    monkeypatch.setattr(tmlab.local, "_healthy", interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tmlab.local.start(quiet=True)
+        (proc,) = started
+        assert proc.poll() is not None, "the server outlived an interrupted start()"
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_reasoning_is_capped_to_the_room_left_in_the_context() -> None:
+    # llama.cpp rounds the context up to a multiple of 256
+    with (
+        tmlab.local.start(n_ctx=256, quiet=True) as server,
+        httpx.Client(base_url=server.url, timeout=120) as http,
+    ):
+        n_ctx = http.get("/v1/models").json()["data"][0]["max_model_len"]
+        assert n_ctx == 256
+
+        def ask(words: int, **extra: Any) -> httpx.Response:
+            msgs = [{"role": "user", "content": " ".join(["apple"] * words)}]
+            body = {"model": MODEL, "messages": msgs, "max_tokens": 8, "temperature": 0}
+            return http.post("/v1/chat/completions", json={**body, **extra})
+
+        # "Let me think step by step.\n" and "\n\nFinal answer:\n" take 8 + 6 tokens
+        for words in (100, 200):
+            prompt = ask(words).json()["usage"]["prompt_tokens"]
+            res = ask(words, reasoning_effort="high")
+            assert res.status_code == 200, res.text
+            usage = res.json()["usage"]
+            reasoning = usage["completion_tokens_details"]["reasoning_tokens"]
+            assert 0 < reasoning <= n_ctx - prompt - 8 - 6 - 1
+            assert usage["completion_tokens"] - reasoning >= 1  # room for an answer
+        # no room for reasoning and an answer: a clean 400, and the server lives on
+        assert ask(220).status_code == 200
+        r = ask(220, reasoning_effort="low")
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "context_length_exceeded"
+        assert server.running

@@ -278,15 +278,32 @@ def test_forced_tool_call_arguments_validate(http: Any, choice: Any) -> None:
 
 def test_tool_choice_none_and_auto_answer(http: Any) -> None:
     none = chat(
-        http, messages=ASK, tools=[WEATHER], tool_choice="none", temperature=0, max_tokens=10
+        http,
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice="none",
+        temperature=0,
+        max_tokens=10,
+        raw_output=True,
     )
-    assert none["choices"][0]["message"].get("tool_calls") is None
-    assert none["choices"][0]["message"]["content"]
-    auto = chat(http, messages=ASK, tools=[WEATHER], temperature=0, max_tokens=60)
-    msg = auto["choices"][0]["message"]
-    assert msg.get("tool_calls") or msg["content"]
-    for call in msg.get("tool_calls") or []:
-        json.loads(call["function"]["arguments"])
+    c = none["choices"][0]
+    assert "tool_calls" not in c["message"]
+    assert c["finish_reason"] in ("stop", "length")
+    assert c["message"]["content"].strip()
+    assert "<tool_call>" not in c["message"]["content"]
+    # none: the tools are not even described to the model
+    assert "get_weather" not in c["raw_output"]["prompt_fragments"][0]
+    # auto without an example: this model answers in words; the tools are in the prompt
+    auto = chat(http, messages=ASK, tools=[WEATHER], temperature=0, max_tokens=60, raw_output=True)
+    c = auto["choices"][0]
+    assert "get_weather" in c["raw_output"]["prompt_fragments"][0]
+    if c["finish_reason"] == "tool_calls":
+        (call,) = c["message"]["tool_calls"]
+        assert call["function"]["name"] == "get_weather"
+        assert set(json.loads(call["function"]["arguments"])) == {"city", "unit"}
+    else:
+        assert c["finish_reason"] in ("stop", "length")
+        assert "tool_calls" not in c["message"] and c["message"]["content"].strip()
 
 
 def test_auto_tool_call_is_parsed_when_the_model_calls(http: Any) -> None:
@@ -396,3 +413,36 @@ def test_unsupported_parameters_are_accepted_and_ignored(http: Any) -> None:
         something_else=1,
     )
     assert text(res) == base
+
+
+@pytest.mark.parametrize(
+    "sampling", [{"temperature": 0}, {"temperature": 0.9, "seed": 7}], ids=["greedy", "seeded"]
+)
+def test_same_request_same_numbers_whatever_came_before(
+    http: Any, sampling: dict[str, Any]
+) -> None:
+    a = {
+        "messages": [{"role": "user", "content": "Write a haiku about the sea"}],
+        "max_tokens": 20,
+        "logprobs": True,
+        "top_logprobs": 3,
+        "return_token_ids": True,
+        **sampling,
+    }
+    # B shares the chat template's prefix with A, so a KV cache could reuse part of it
+    b = {"messages": [{"role": "user", "content": "Tell me about cats"}], "max_tokens": 2}
+    first = chat(http, **a)
+    chat(http, **b)
+    again = chat(http, **a)
+    assert again["choices"][0]["token_ids"] == first["choices"][0]["token_ids"]
+    assert text(again) == text(first)
+    assert again["choices"][0]["logprobs"] == first["choices"][0]["logprobs"]
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+@pytest.mark.parametrize("tiny", [1e-45, 5e-324, 9e-6])
+def test_a_tiny_temperature_is_greedy(http: Any, tiny: float) -> None:
+    greedy = chat(http, temperature=0, max_tokens=12, return_token_ids=True)
+    for seed in (1, 2):
+        res = chat(http, temperature=tiny, seed=seed, max_tokens=12, return_token_ids=True)
+        assert res["choices"][0]["token_ids"] == greedy["choices"][0]["token_ids"]

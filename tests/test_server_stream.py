@@ -182,3 +182,121 @@ def test_client_that_leaves_a_non_streaming_request_stops_it(local_server: Any, 
     r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": STORY, "max_tokens": 2})
     assert r.status_code == 200
     assert time.monotonic() - t0 < 5.0
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 20},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+        },
+    },
+}
+_EARLIER_CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "London", "unit": "celsius"}'},
+}
+# an earlier call in the conversation shows the model how; it calls again on its own
+AUTO_CALL = [
+    {"role": "user", "content": "What is the weather in London?"},
+    {"role": "assistant", "content": None, "tool_calls": [_EARLIER_CALL]},
+    {"role": "user", "content": "What is the weather in Paris?"},
+]
+
+
+def reassemble(events: list[Any], index: int) -> dict[str, Any]:
+    """What a client gets by concatenating one choice's chunks."""
+    out: dict[str, Any] = {"content": "", "tool_calls": [], "logprobs": [], "token_ids": []}
+    finish = []
+    for e in events:
+        if e == "[DONE]":
+            continue
+        for c in e["choices"]:
+            if c["index"] != index:
+                continue
+            out["content"] += c["delta"].get("content") or ""
+            for tc in c["delta"].get("tool_calls") or []:
+                out["tool_calls"].append(tc["function"])
+            if c.get("logprobs"):
+                out["logprobs"] += c["logprobs"]["content"]
+            out["token_ids"] += c.get("token_ids") or []
+            if c["finish_reason"]:
+                finish.append(c["finish_reason"])
+    assert len(finish) == 1
+    out["finish_reason"] = finish[0]
+    return out
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"messages": [{"role": "user", "content": "Reply with just the word yes."}]},
+        {"stop": [" the"]},
+        {"tools": [WEATHER], "tool_choice": "required"},
+        {"messages": AUTO_CALL, "tools": [WEATHER]},
+        {"messages": AUTO_CALL, "tools": [WEATHER], "max_tokens": 8},  # a call cut short
+        {"response_format": {"type": "json_object"}},
+        {"n": 2, "temperature": 0.9, "seed": 5},
+    ],
+    ids=["eos", "stop", "forced_tool", "auto_tool", "auto_tool_cut", "json_object", "n2_seed"],
+)
+def test_a_reassembled_stream_equals_the_response(http: Any, case: dict[str, Any]) -> None:
+    body = {
+        "model": MODEL,
+        "messages": STORY,
+        "temperature": 0,
+        "max_tokens": 48,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "return_token_ids": True,
+        **case,
+    }
+    full = http.post("/v1/chat/completions", json=body).json()
+    events = stream(http, **{**body, "stream_options": {"include_usage": True}})
+    usage = events[-2]["usage"]
+    assert usage["completion_tokens"] == full["usage"]["completion_tokens"]
+    total = 0
+    for choice in full["choices"]:
+        got = reassemble(events, choice["index"])
+        msg = choice["message"]
+        assert got["content"] == (msg["content"] or "")
+        assert got["tool_calls"] == [
+            {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+            for c in msg.get("tool_calls") or []
+        ]
+        assert got["finish_reason"] == choice["finish_reason"]
+        assert got["token_ids"] == choice["token_ids"]
+        assert got["logprobs"] == choice["logprobs"]["content"]
+        # every generated token, end-of-generation included, has its logprobs entry
+        assert [e["token_id"] for e in got["logprobs"]] == choice["token_ids"]
+        total += len(choice["token_ids"])
+    assert usage["completion_tokens"] == total
+    plain = case.get("stop") is None and case.get("n") is None and "tools" not in case
+    if plain and full["choices"][0]["finish_reason"] == "stop":
+        last = full["choices"][0]["logprobs"]["content"][-1]
+        assert last["token"] == "<|im_end|>" and bytes(last["bytes"]) == b"<|im_end|>"
+        assert len(last["top_logprobs"]) == 2 and last["logprob"] <= 0
+
+
+def test_the_case_list_covers_what_it_says(http: Any) -> None:
+    """The cases above end as their names say (else the comparison proves less)."""
+
+    def finish(**case: Any) -> tuple[str, str | None]:
+        body = {"model": MODEL, "messages": STORY, "temperature": 0, "max_tokens": 48, **case}
+        c = http.post("/v1/chat/completions", json=body).json()["choices"][0]
+        return c["finish_reason"], c["message"]["content"]
+
+    assert finish(messages=[{"role": "user", "content": "Reply with just the word yes."}])[0] == (
+        "stop"
+    )
+    assert finish(messages=AUTO_CALL, tools=[WEATHER])[0] == "tool_calls"
+    reason, text = finish(messages=AUTO_CALL, tools=[WEATHER], max_tokens=8)
+    assert reason == "length" and text is not None and "<tool_call>" in text

@@ -105,6 +105,38 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _wait_ready(
+    proc: subprocess.Popen[str],
+    url_box: list[str],
+    tail: collections.deque[str],
+    *,
+    t0: float,
+    timeout: float,
+    quiet: bool,
+) -> bool:
+    """Wait until the child announced its URL and answers ``/health``; True if we printed."""
+    shown = False
+    while True:
+        if proc.poll() is not None:
+            time.sleep(0.1)  # let the stderr reader catch up
+            detail = "\n".join(tail) or "(no output)"
+            raise LocalServerError(
+                f"the local server exited with status {proc.returncode}:\n{detail}"
+            )
+        elapsed = time.monotonic() - t0
+        if url_box and _healthy(url_box[0]):
+            return shown
+        if elapsed > timeout:
+            raise LocalServerError(
+                f"the local server did not become healthy within "
+                f"{timeout:.0f}s:\n" + "\n".join(tail)
+            )
+        if not quiet and not shown and elapsed > 1.0:
+            print("tmlab: starting the local model server …", file=sys.stderr, flush=True)
+            shown = True
+        time.sleep(0.05)
+
+
 def start(
     host: str = "127.0.0.1",
     port: int | None = None,
@@ -112,12 +144,15 @@ def start(
     api_key: str | None = None,
     quiet: bool = False,
     timeout: float = 120.0,
+    n_ctx: int | None = None,
 ) -> LocalServer:
     """Start a local server in a subprocess and wait until ``/health`` answers.
 
-    ``port=None`` picks a free port. Raises :class:`~tmlab.LocalServerError` (with the
-    server's last stderr lines) if it exits or is not healthy within ``timeout`` seconds.
-    Unless ``quiet``, prints progress to stderr when starting takes more than a moment.
+    ``port=None`` picks a free port; ``n_ctx`` sets the context size in tokens (default
+    8192). Raises :class:`~tmlab.LocalServerError` (with the server's last stderr lines) if
+    it exits or is not healthy within ``timeout`` seconds; an interrupt (Ctrl-C) while
+    waiting stops the child before it propagates. Unless ``quiet``, prints progress to
+    stderr when starting takes more than a moment.
     """
     cmd = [
         sys.executable,
@@ -133,6 +168,8 @@ def start(
     ]
     if model_path is not None:
         cmd += ["--model-path", str(model_path)]
+    if n_ctx is not None:
+        cmd += ["--n-ctx", str(int(n_ctx))]
     env = dict(os.environ)
     if api_key is not None:
         env["TMLAB_SERVER_API_KEY"] = api_key  # not on the command line, where ps shows it
@@ -160,28 +197,14 @@ def start(
         proc.stdout.close()
 
     threading.Thread(target=read_ready, daemon=True).start()
-    shown = False
-    while True:
-        if proc.poll() is not None:
-            time.sleep(0.1)  # let the stderr reader catch up
-            detail = "\n".join(tail) or "(no output)"
-            raise LocalServerError(
-                f"the local server exited with status {proc.returncode}:\n{detail}"
-            )
-        elapsed = time.monotonic() - t0
-        if url_box and _healthy(url_box[0]):
-            break
-        if elapsed > timeout:
+    try:
+        shown = _wait_ready(proc, url_box, tail, t0=t0, timeout=timeout, quiet=quiet)
+    except BaseException:
+        # a timeout, an exit, or the user's Ctrl-C: never leave a model server behind
+        if proc.poll() is None:
             proc.kill()
-            proc.wait()
-            raise LocalServerError(
-                f"the local server did not become healthy within "
-                f"{timeout:.0f}s:\n" + "\n".join(tail)
-            )
-        if not quiet and not shown and elapsed > 1.0:
-            print("tmlab: starting the local model server …", file=sys.stderr, flush=True)
-            shown = True
-        time.sleep(0.05)
+        proc.wait()
+        raise
     if shown:
         print(
             f"tmlab: local model server ready in {time.monotonic() - t0:.1f}s",

@@ -3,6 +3,13 @@
 :func:`run_chat` runs in the worker thread that owns the model. It builds the whole
 ``chat.completion`` response, and when streaming it also hands ``chat.completion.chunk``
 dicts to ``emit`` as tokens arrive. All numbers are plain Python types (no numpy floats).
+
+The end-of-generation token is part of a choice's token table: it is in ``token_ids`` and
+usage, and has its logprobs entry (``<|im_end|>`` spelled out, its raw logprob and
+alternatives). A stream carries exactly what the response has: concatenating one choice's
+chunks gives its content, tool calls, ``logprobs.content`` and ``token_ids``. A tool call's
+tokens go out with the chunk that carries the call (or, when the call cannot be parsed, its
+text as content), the end-of-generation step with the chunk that carries ``finish_reason``.
 """
 
 from __future__ import annotations
@@ -133,8 +140,11 @@ class ChoiceResult:
     logprobs: list[dict[str, Any]] | None
     reasoning_tokens: int
     raw_completion: str
-    cached: int
     raw_prompts: list[str] = field(default_factory=list)
+    # what the stream has not sent yet: it goes out with finish_reason (the end-of-generation
+    # step, so that a reassembled stream has every token the response has)
+    rest_logprobs: list[dict[str, Any]] = field(default_factory=list)
+    rest_ids: list[int] = field(default_factory=list)
 
 
 def _lp_entry(engine: Engine, token: int, logprob: float) -> dict[str, Any]:
@@ -239,14 +249,15 @@ class ChatRun:
 
     # --- generation ----------------------------------------------------------------------
 
-    def _reason(self, index: int, budget: tuple[int, int]) -> tuple[str, int, str]:
-        """The reasoning phase; returns (reasoning text, tokens, answer prompt text)."""
+    def _reason(self, index: int, budget: tuple[int, int]) -> tuple[str, int, str, list[int]]:
+        """The reasoning phase; returns (reasoning text, tokens, answer prompt text and ids)."""
+        engine = self.engine
         prompt_text = self.plan.prompt_text + REASONING_PREFIX
-        tokens = self.engine.tokenize(prompt_text)
+        tokens = engine.tokenize(prompt_text)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         parts: list[str] = []
-        n = 0
-        for step in self.engine.generate(
+        ids: list[int] = []
+        for step in engine.generate(
             tokens,
             sampling_of(self.req, index),
             max_tokens=budget[1],
@@ -254,77 +265,102 @@ class ChatRun:
             cancel=self.cancel,
         ):
             self._first_token()
-            n += 1
+            ids.append(step.token_id)
             delta = decoder.decode(step.piece)
             parts.append(delta)
             if delta and self.emit is not None:
                 self._send(index, {"reasoning": delta})
         parts.append(decoder.decode(b"", True))
         reasoning = "".join(parts).strip()
-        return reasoning, n, prompt_text + reasoning + ANSWER_PREFIX
+        answer_text = prompt_text + reasoning + ANSWER_PREFIX
+        answer = engine.tokenize(answer_text)
+        if len(answer) >= engine.n_ctx:
+            # re-tokenising the text made it longer than the tokens it came from; the
+            # budget was planned in tokens, so the tokens themselves always fit
+            said = [t for t in ids if not engine.is_eog(t)]
+            answer = tokens + said + engine.tokenize(ANSWER_PREFIX)
+            answer_text = engine.detokenize(answer)
+        return reasoning, len(ids), answer_text, answer
+
+    def _flush(
+        self,
+        index: int,
+        delta: dict[str, Any],
+        lps: list[dict[str, Any]] | None,
+        ids: list[int],
+    ) -> None:
+        """Send ``delta`` with the logprobs and token ids not streamed yet; clear them."""
+        self._send(
+            index,
+            delta,
+            logprobs=None if lps is None else list(lps),
+            token_ids=list(ids) if self.req.get("return_token_ids") else None,
+        )
+        if lps is not None:
+            lps.clear()
+        ids.clear()
 
     def run_choice(self, index: int) -> ChoiceResult:
         """Generate choice ``index`` (reasoning first when asked)."""
         plan, req, engine = self.plan, self.req, self.engine
         reasoning = None
         reasoning_tokens = 0
-        prompt_text = plan.prompt_text
         prompt = plan.prompt_tokens
         raw_prompts = [plan.prompt_text]
         if plan.reasoning is not None:
-            reasoning, reasoning_tokens, prompt_text = self._reason(index, plan.reasoning)
-            prompt = engine.tokenize(prompt_text)
+            reasoning, reasoning_tokens, prompt_text, prompt = self._reason(index, plan.reasoning)
             raw_prompts = [plan.prompt_text + REASONING_PREFIX, prompt_text]
         marker = TOOL_CALL_OPEN if plan.tool_mode == "auto" else None
-        stop = [] if plan.tool_mode == "forced" else plan.stop
-        text = TextStream(stop, marker)
-        want_ids = bool(req.get("return_token_ids"))
+        forced = plan.tool_mode == "forced"
+        text = TextStream([] if forced else plan.stop, marker)
         if plan.echo_text and self.emit is not None:
             self._send(index, {"content": plan.echo_text})
         token_ids: list[int] = []
         logprobs: list[dict[str, Any]] | None = [] if self.top_logprobs is not None else None
+        # tokens generated but not streamed yet (a tool call's, until it is parsed)
+        pending_lp: list[dict[str, Any]] | None = [] if logprobs is not None else None
+        pending_ids: list[int] = []
         raw = bytearray()
-        finish = "length"
-        cached = [0]
-        max_tokens = plan.max_tokens
+        limit = min(plan.max_tokens, engine.n_ctx - len(prompt))
+        finish = None
+        eog = False
         for step in engine.generate(
             prompt,
             sampling_of(req, index),
-            max_tokens=max_tokens,
+            max_tokens=plan.max_tokens,
             top_logprobs=self.top_logprobs,
             grammar=plan.grammar,
             lazy_trigger=marker,
             ignore_eos=bool(req.get("ignore_eos")),
             cancel=self.cancel,
-            on_prefill=lambda c: cached.__setitem__(0, c),
         ):
             self._first_token()
             token_ids.append(step.token_id)
             raw += engine.token_bytes(step.token_id)
-            if step.eog:
-                finish = "stop"
-                break
-            delta = text.feed(step.piece)
-            entry = None
-            if logprobs is not None:
-                entry = logprob_content(engine, step)
+            entry = logprob_content(engine, step) if logprobs is not None else None
+            if entry is not None and logprobs is not None:
                 logprobs.append(entry)
-            if self.emit is not None and plan.tool_mode != "forced" and not text.in_call:
-                self._send(
-                    index,
-                    {"content": delta},
-                    logprobs=None if entry is None else [entry],
-                    token_ids=[step.token_id] if want_ids else None,
-                )
+            if step.eog:  # streamed with finish_reason
+                finish, eog = "stop", True
+                break
+            if entry is not None and pending_lp is not None:
+                pending_lp.append(entry)
+            pending_ids.append(step.token_id)
+            delta = text.feed(step.piece)
+            if self.emit is not None and not forced and (delta or not text.in_call):
+                self._flush(index, {"content": delta}, pending_lp, pending_ids)
             if text.stopped is not None:
                 finish = "stop"
                 break
+        if finish is None:
+            # the budget ran out, or no token was allowed any more (extreme settings)
+            finish = "length" if len(token_ids) >= limit else "stop"
         tail = text.feed(b"", final=True)
-        if tail and self.emit is not None and plan.tool_mode != "forced":
+        if tail and self.emit is not None and not forced:
             self._send(index, {"content": tail}, logprobs=[] if logprobs is not None else None)
         content = text.text
         tool_calls = None
-        if plan.tool_mode == "forced":
+        if forced:
             call = _parse_call(content)
             if call is not None:
                 tool_calls, content, finish = [call], "", "tool_calls"
@@ -332,14 +368,20 @@ class ChatRun:
             call = _parse_call(text.call_text)
             if call is not None:
                 tool_calls, finish = [call], "tool_calls"
-            else:
+            else:  # a call cut short: its text is the content
                 content += text.call_text
-        if self.emit is not None and (tool_calls or (plan.tool_mode == "forced" and content)):
+        if self.emit is not None:
             if tool_calls:
                 calls = [{"index": i, **c} for i, c in enumerate(tool_calls)]
-                self._send(index, {"tool_calls": calls})
-            else:
-                self._send(index, {"content": content})
+                self._flush(index, {"tool_calls": calls}, pending_lp, pending_ids)
+            elif forced and content:
+                self._flush(index, {"content": content}, pending_lp, pending_ids)
+            elif text.in_call:
+                self._flush(index, {"content": text.call_text}, pending_lp, pending_ids)
+        if eog:
+            pending_ids.append(token_ids[-1])
+            if pending_lp is not None and logprobs:
+                pending_lp.append(logprobs[-1])
         return ChoiceResult(
             index=index,
             content=plan.echo_text + content,
@@ -351,8 +393,9 @@ class ChatRun:
             logprobs=logprobs,
             reasoning_tokens=reasoning_tokens,
             raw_completion=raw.decode("utf-8", errors="replace"),
-            cached=cached[0],
             raw_prompts=raw_prompts,
+            rest_logprobs=pending_lp or [],
+            rest_ids=pending_ids,
         )
 
     # --- the response --------------------------------------------------------------------
@@ -365,7 +408,8 @@ class ChatRun:
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": results[0].cached if results else 0},
+            # every prompt is evaluated in full (see engine): nothing is reused
+            "prompt_tokens_details": {"cached_tokens": 0},
             "completion_tokens_details": {
                 "reasoning_tokens": sum(r.reasoning_tokens for r in results)
             },
@@ -379,7 +423,7 @@ class ChatRun:
         gen_time = end - (t.first_token or end)
         return {
             "prompt_tokens": len(self.plan.prompt_tokens),
-            "cached_prompt_tokens": results[0].cached if results else 0,
+            "cached_prompt_tokens": 0,
             "completion_tokens": completion,
             "queue_time": round(t.started - t.arrived, 6),
             "time_to_first_token": round((t.first_token or end) - t.arrived, 6),
@@ -467,7 +511,14 @@ def run_chat(
             extra: dict[str, Any] = {"stop_reason": r.stop_reason}
             if req.get("raw_output"):
                 extra["raw_output"] = run.raw_output(r)
-            run._send(i, {}, finish=r.finish_reason, **extra)
+            run._send(
+                i,
+                {},
+                finish=r.finish_reason,
+                logprobs=r.rest_logprobs if r.logprobs is not None and r.rest_logprobs else None,
+                token_ids=r.rest_ids if req.get("return_token_ids") and r.rest_ids else None,
+                **extra,
+            )
     usage = run.usage(results)
     perf = run.perf_metrics(results) if req.get("perf_metrics_in_response") else None
     if emit is not None:

@@ -14,7 +14,23 @@ instead of ``create_chat_completion``, for two reasons:
   truncation (vLLM's default), and there are exactly as many alternatives as asked.
 
 Sampling itself (temperature, top-k/p, min-p, typical-p, penalties, mirostat v2, grammar,
-logit bias, seed) is done by llama.cpp's own sampler chain.
+logit bias, seed) is done by llama.cpp's own samplers, in two chains applied in turn: the
+*filter* (logit bias, penalties, grammar) says which tokens are allowed, the *picker*
+(truncation, temperature, the draw) chooses one. Between them the loop checks that some
+token is allowed at all: llama.cpp aborts the whole process when a grammar is handed a token
+it does not allow, and extreme settings (a grammar whose every continuation is penalised to
+-inf, say) can leave none. A step with no allowed token ends the generation (the caller
+reports ``finish_reason="stop"``); a picker that returns a disallowed token (NaN
+probabilities from extreme floats) is overridden by the most likely allowed token.
+A temperature below :data:`GREEDY_BELOW` is greedy (as in vLLM): logits ÷ 1e-45 overflow.
+
+Every generation evaluates its whole prompt from position 0 (no KV-cache reuse): splitting a
+prompt into different batches changes the rounding of the quantised kernels, and the same
+request must give the same numbers whatever came before it. ``cached_tokens`` is always 0.
+
+``ignore_eos`` and ``min_tokens`` ban end-of-generation only in free text: while a grammar is
+active (JSON output, a forced tool call, or an auto tool call once ``<tool_call>`` appeared)
+end-of-generation stays allowed, because a completed grammar allows nothing else.
 """
 
 from __future__ import annotations
@@ -33,7 +49,18 @@ import numpy as np
 MODEL_NAME = "SmolLM2-135M-Instruct"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-__all__ = ["MODEL_NAME", "Engine", "GrammarError", "Sampling", "Step", "default_model_path"]
+__all__ = [
+    "GREEDY_BELOW",
+    "MODEL_NAME",
+    "Engine",
+    "GrammarError",
+    "Sampling",
+    "Step",
+    "default_model_path",
+]
+
+GREEDY_BELOW = 1e-5
+"""Temperatures below this sample greedily (logits ÷ a tiny temperature overflow float32)."""
 
 
 def default_model_path() -> Path:
@@ -132,6 +159,7 @@ class Engine:
         )
         self._add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
         self.eog_ids = [t for t in range(self.n_vocab) if self.is_eog(t)]
+        self._eog = np.array(self.eog_ids, dtype=np.intp)
 
     # --- tokens ------------------------------------------------------------------------
 
@@ -192,20 +220,18 @@ class Engine:
         self._lib.llama_sampler_free(smpl)
         return gbnf
 
-    def _chain(
-        self, s: Sampling, *, grammar: str | None, lazy_trigger: str | None, ban: Sequence[int] = ()
-    ) -> Any:
+    def _chains(
+        self, s: Sampling, *, grammar: str | None, lazy_trigger: str | None
+    ) -> tuple[Any, Any]:
+        """The filter chain (bias, penalties, grammar) and the picker chain (the draw)."""
         from llama_cpp._internals import LlamaSampler
 
         lib = self._lib
-        chain = LlamaSampler()
-        bias = dict(s.logit_bias)
-        for t in ban:
-            bias[t] = -float("inf")
-        if bias:
-            chain.add_logit_bias(self.n_vocab, bias)
+        filt = LlamaSampler()
+        if s.logit_bias:
+            filt.add_logit_bias(self.n_vocab, dict(s.logit_bias))
         if (s.repetition_penalty, s.frequency_penalty, s.presence_penalty) != (1.0, 0.0, 0.0):
-            chain.add_penalties(
+            filt.add_penalties(
                 self.n_vocab,
                 PENALTY_LAST_N,
                 s.repetition_penalty,
@@ -223,41 +249,64 @@ class Engine:
                     self._vocab, grammar.encode(), b"root", pats, 1, no_tokens, 0
                 )
             if not smpl:
+                filt.close()
                 raise GrammarError("the grammar could not be compiled")
-            lib.llama_sampler_chain_add(chain.sampler, smpl)
+            lib.llama_sampler_chain_add(filt.sampler, smpl)
+        pick = LlamaSampler()
         seed = lib.LLAMA_DEFAULT_SEED if s.seed is None else s.seed % 0xFFFFFFFF
-        if s.temperature == 0:
-            chain.add_greedy()
+        if s.temperature < GREEDY_BELOW:
+            pick.add_greedy()
         elif s.mirostat_target is not None:
-            chain.add_temp(s.temperature)
-            chain.add_mirostat_v2(seed, s.mirostat_target, s.mirostat_lr)
+            pick.add_temp(s.temperature)
+            pick.add_mirostat_v2(seed, s.mirostat_target, s.mirostat_lr)
         else:
             if s.top_k > 0:
-                chain.add_top_k(s.top_k)
+                pick.add_top_k(s.top_k)
             if s.typical_p < 1.0:
-                chain.add_typical(s.typical_p, 1)
+                pick.add_typical(s.typical_p, 1)
             if s.top_p < 1.0:
-                chain.add_top_p(s.top_p, 1)
+                pick.add_top_p(s.top_p, 1)
             if s.min_p > 0.0:
-                chain.add_min_p(s.min_p, 1)
-            chain.add_temp(s.temperature)
-            chain.add_dist(seed)
-        return chain
+                pick.add_min_p(s.min_p, 1)
+            pick.add_temp(s.temperature)
+            pick.add_dist(seed)
+        return filt, pick
+
+    def _sample(self, filt: Any, pick: Any, cand: Any, ban: bool) -> int | None:
+        """One token from the candidates (logits loaded); None when no token is allowed."""
+        lib = self._lib
+        data = cand.candidates_data
+        arr = cand.candidates
+        if ban:
+            data.logit[self._eog] = -np.inf
+        arr.selected = -1
+        lib.llama_sampler_apply(filt.sampler, ctypes.byref(arr))
+        ids = np.array(data.id[: arr.size])
+        logits = np.array(data.logit[: arr.size])
+        finite = np.isfinite(logits)
+        if not finite.any():
+            return None
+        allowed = np.zeros(self.n_vocab, dtype=bool)
+        allowed[ids[finite]] = True
+        data.logit[: arr.size] = np.where(finite, logits, -np.inf)  # no NaN for the picker
+        lib.llama_sampler_apply(pick.sampler, ctypes.byref(arr))
+        token = int(data.id[arr.selected]) if 0 <= arr.selected < arr.size else -1
+        if token < 0 or not allowed[token]:
+            token = int(ids[finite][np.argmax(logits[finite])])
+        lib.llama_sampler_accept(filt.sampler, token)
+        lib.llama_sampler_accept(pick.sampler, token)
+        return token
 
     # --- the loop ------------------------------------------------------------------------
 
-    def prefill(self, prompt: Sequence[int]) -> int:
-        """Evaluate ``prompt``, reusing the KV cache's common prefix; return tokens reused."""
-        llm = self.llm
-        cached = 0
-        for a, b in zip(llm._input_ids.tolist(), prompt, strict=False):
-            if a != b:
-                break
-            cached += 1
-        cached = min(cached, len(prompt) - 1)  # re-evaluate at least one token for logits
-        llm.n_tokens = cached  # eval() drops the KV cache from n_tokens on
-        llm.eval(list(prompt[cached:]))
-        return cached
+    def prefill(self, prompt: Sequence[int]) -> None:
+        """Evaluate ``prompt`` from position 0, whatever the KV cache holds.
+
+        Always the same split into llama.cpp batches for the same prompt, hence the same
+        numbers (reusing a cached prefix would change the rounding).
+        """
+        self.llm.reset()
+        self.llm.eval(list(prompt))
 
     def generate(
         self,
@@ -271,51 +320,56 @@ class Engine:
         ignore_eos: bool = False,
         min_tokens: int = 0,
         cancel: threading.Event | None = None,
-        on_prefill: Any = None,
     ) -> Iterator[Step]:
         """Generate up to ``max_tokens`` tokens after ``prompt``, one :class:`Step` each.
 
         ``top_logprobs`` = None: no logprobs; 0: the sampled token's only; N: also the N most
-        likely tokens. ``min_tokens`` bans end-of-generation until that many tokens exist.
-        ``lazy_trigger`` applies ``grammar`` only from that text on. Stops at an
-        end-of-generation token (yielded, ``eog=True``), at ``max_tokens``, when ``cancel`` is
-        set, or when the caller stops iterating. ``on_prefill(cached)`` is called once the
-        prompt is evaluated.
+        likely tokens. ``min_tokens`` bans end-of-generation until that many tokens exist,
+        ``ignore_eos`` always; neither while a grammar is active. ``lazy_trigger`` applies
+        ``grammar`` only from that text on. Stops at an end-of-generation token (yielded,
+        ``eog=True``), at ``max_tokens``, when no token is allowed, when ``cancel`` is set,
+        or when the caller stops iterating.
         """
+        from llama_cpp._internals import LlamaTokenDataArray
+
         if not prompt:
             raise ValueError("empty prompt")
+        if len(prompt) >= self.n_ctx:
+            raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in {self.n_ctx}")
         ctx = self.llm._ctx
-        cached = self.prefill(prompt)
-        if on_prefill is not None:
-            on_prefill(cached)
-        ban = self.eog_ids if ignore_eos else ()
-        chain = self._chain(sampling, grammar=grammar, lazy_trigger=lazy_trigger, ban=ban)
-        early = None
-        if min_tokens > 0 and not ignore_eos:
-            early = self._chain(
-                sampling, grammar=grammar, lazy_trigger=lazy_trigger, ban=self.eog_ids
-            )
-        room = self.n_ctx - len(prompt)
-        for i in range(min(max_tokens, room)):
-            if cancel is not None and cancel.is_set():
-                return
-            logprob = top = None
-            if top_logprobs is not None:
+        self.prefill(prompt)
+        filt, pick = self._chains(sampling, grammar=grammar, lazy_trigger=lazy_trigger)
+        cand = LlamaTokenDataArray(n_vocab=self.n_vocab)
+        trigger = lazy_trigger.encode() if grammar is not None and lazy_trigger else None
+        grammar_on = grammar is not None and trigger is None
+        seen = bytearray()  # generated text, while waiting for the lazy grammar's trigger
+        limit = min(max_tokens, self.n_ctx - len(prompt))
+        try:
+            for i in range(limit):
+                if cancel is not None and cancel.is_set():
+                    return
                 row = np.ctypeslib.as_array(ctx.get_logits_ith(-1), shape=(self.n_vocab,))
-                lp = _log_softmax(row)
-            if early is not None and i < min_tokens:
-                token = early.sample(ctx, -1)
-                chain.accept(token)  # keep penalty and grammar state in step
-            else:
-                token = chain.sample(ctx, -1)
-            if top_logprobs is not None:
-                logprob = float(lp[token])
-                top = _top(lp, top_logprobs) if top_logprobs > 0 else []
-            eog = self.is_eog(token)
-            yield Step(token, b"" if eog else self.piece(token), eog, logprob, top)
-            if eog or i == min(max_tokens, room) - 1:
-                return
-            self.llm.eval([token])
+                lp = _log_softmax(row) if top_logprobs is not None else None
+                cand.copy_logits(row)
+                ban = not grammar_on and (ignore_eos or i < min_tokens)
+                token = self._sample(filt, pick, cand, ban)
+                if token is None:  # nothing is allowed: end here rather than abort
+                    return
+                logprob = top = None
+                if lp is not None and top_logprobs is not None:
+                    logprob = float(lp[token])
+                    top = _top(lp, top_logprobs) if top_logprobs > 0 else []
+                eog = self.is_eog(token)
+                yield Step(token, b"" if eog else self.piece(token), eog, logprob, top)
+                if eog or i == limit - 1:
+                    return
+                if trigger is not None and not grammar_on:
+                    seen += self.piece(token)
+                    grammar_on = trigger in seen
+                self.llm.eval([token])
+        finally:
+            filt.close()
+            pick.close()
 
     def close(self) -> None:
         """Free the model."""

@@ -157,7 +157,8 @@ def _truncate(
 ) -> tuple[list[dict[str, Any]], str, list[int]]:
     """Drop the oldest non-system messages until the prompt fits ``limit`` tokens.
 
-    The last message is never dropped, so a prompt may stay longer than the limit.
+    System messages and the last message are never dropped; when what remains is still
+    longer than ``limit``, that is a 400 naming the shortest length possible.
     """
     msgs = list(messages)
     while True:
@@ -167,8 +168,29 @@ def _truncate(
             return msgs, text, tokens
         droppable = [i for i, m in enumerate(msgs[:-1]) if m["role"] != "system"]
         if not droppable:
-            return msgs, text, tokens
+            raise bad(
+                f"prompt_truncate_len={limit} is too small: the system messages and the last "
+                f"message alone take {len(tokens)} tokens, which is the minimum",
+                "prompt_truncate_len",
+            )
         del msgs[droppable[0]]
+
+
+def _fit_reasoning(engine: Engine, text: str, budget: tuple[int, int]) -> tuple[int, int]:
+    """Cap a reasoning budget to the context left for it and at least one answer token."""
+    used = len(engine.tokenize(text + REASONING_PREFIX)) + len(engine.tokenize(ANSWER_PREFIX))
+    room = engine.n_ctx - used - 1
+    if room < 1:
+        raise RequestError(
+            400,
+            f"the prompt is {len(engine.tokenize(text))} tokens long; with the reasoning and "
+            f"answer prefixes ({used} tokens) it leaves no room for reasoning and an answer "
+            f"in this model's context of {engine.n_ctx} tokens (use prompt_truncate_len, or "
+            "reasoning_effort='none')",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    return min(budget[0], room), min(budget[1], room)
 
 
 def plan_request(engine: Engine, req: ChatRequest) -> Plan:
@@ -220,6 +242,8 @@ def plan_request(engine: Engine, req: ChatRequest) -> Plan:
         else:
             text = engine.render(messages)
             tokens = engine.tokenize(text)
+    except RequestError:
+        raise
     except Exception as exc:  # a template that raises on these messages
         raise bad(f"the chat template cannot render these messages: {exc}", "messages") from None
 
@@ -268,6 +292,8 @@ def plan_request(engine: Engine, req: ChatRequest) -> Plan:
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
             budget = REASONING_BUDGETS["medium"][1]
         reasoning = (budget // 2, budget)
+    if reasoning is not None:
+        reasoning = _fit_reasoning(engine, text, reasoning)
     return Plan(
         messages=messages,
         prompt_text=text,

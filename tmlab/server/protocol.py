@@ -16,6 +16,9 @@ from tmlab.params import PARAMS, validate_params
 
 __all__ = ["ChatRequest", "RequestError", "error_body", "parse_chat_request", "parse_json"]
 
+MIN_REPETITION_PENALTY = 0.01
+"""The smallest repetition_penalty this server accepts (it divides logits by it)."""
+
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -185,7 +188,27 @@ def parse_chat_request(body: Any, served: list[str], n_vocab: int) -> ChatReques
                     "response_format json_schema needs {'json_schema': {'schema': {...}}}",
                     "response_format",
                 )
+    penalty = params.get("repetition_penalty")
+    if penalty is not None and penalty < MIN_REPETITION_PENALTY:
+        # llama.cpp divides logits by it: 1e-45 overflows to inf and the output is garbage
+        raise bad(
+            f"repetition_penalty={penalty!r} is out of this server's range: it supports "
+            f"repetition_penalty >= {MIN_REPETITION_PENALTY} (1 = off)",
+            "repetition_penalty",
+        )
     tools = params.get("tools") or []
+    functions = params.get("functions") or []
+    fc = params.get("function_call")
+    if functions and not tools and isinstance(fc, dict):
+        names = [
+            f["name"] for f in functions if isinstance(f, dict) and isinstance(f.get("name"), str)
+        ]
+        if fc["name"] not in names:
+            raise bad(
+                f"function_call names {fc['name']!r}, which is not among the functions "
+                f"({', '.join(map(repr, names)) or 'none'})",
+                "function_call",
+            )
     for i, tool in enumerate(tools):
         schema = tool["function"].get("parameters")
         if schema is not None and not isinstance(schema, dict):
