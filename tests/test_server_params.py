@@ -7,11 +7,9 @@ import math
 from typing import Any
 
 import pytest
+from _e2e import MODEL, STORY, WEATHER
 
 pytestmark = pytest.mark.slow
-
-MODEL = "SmolLM2-135M-Instruct"
-STORY = [{"role": "user", "content": "Tell me a short story about a dragon."}]
 
 
 def chat(http: Any, **body: Any) -> dict[str, Any]:
@@ -227,21 +225,6 @@ def test_json_schema_output_validates(http: Any) -> None:
     jsonschema.validate(json.loads(text(res)), schema)
 
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "maxLength": 30},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-        },
-    },
-}
 TIME = {
     "type": "function",
     "function": {

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from typing import Any
 
 import pytest
+from _e2e import MODEL, STORY, WEATHER, post_raw
 
 pytestmark = pytest.mark.slow
-
-MODEL = "SmolLM2-135M-Instruct"
-STORY = [{"role": "user", "content": "Tell me a short story about a dragon."}]
 
 
 def stream(http: Any, **body: Any) -> list[Any]:
@@ -141,18 +138,8 @@ def test_stream_tool_call_and_extras(http: Any) -> None:
 
 
 def test_client_that_disconnects_stops_its_generation(local_server: Any, http: Any) -> None:
-    body = json.dumps(
-        {"model": MODEL, "messages": STORY, "stream": True, "ignore_eos": True, "max_tokens": 4000}
-    ).encode()
-    host, port = local_server.url.removeprefix("http://").rsplit(":", 1)
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\nContent-Length: "
-            + str(len(body)).encode()
-            + b"\r\n\r\n"
-            + body
-        )
+    body = {"model": MODEL, "messages": STORY, "stream": True, "ignore_eos": True}
+    with post_raw(local_server.url, {**body, "max_tokens": 4000}) as sock:
         got = b""
         while got.count(b"data: ") < 5:
             got += sock.recv(4096)
@@ -165,18 +152,8 @@ def test_client_that_disconnects_stops_its_generation(local_server: Any, http: A
 
 def test_client_that_leaves_a_non_streaming_request_stops_it(local_server: Any, http: Any) -> None:
     # A notebook user interrupts a long request: the connection closes before any answer.
-    body = json.dumps(
-        {"model": MODEL, "messages": STORY, "ignore_eos": True, "max_tokens": 4000}
-    ).encode()
-    host, port = local_server.url.removeprefix("http://").rsplit(":", 1)
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\nContent-Length: "
-            + str(len(body)).encode()
-            + b"\r\n\r\n"
-            + body
-        )
+    body = {"model": MODEL, "messages": STORY, "ignore_eos": True, "max_tokens": 4000}
+    with post_raw(local_server.url, body):
         time.sleep(1.0)  # generation is under way
     t0 = time.monotonic()
     r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": STORY, "max_tokens": 2})
@@ -184,21 +161,6 @@ def test_client_that_leaves_a_non_streaming_request_stops_it(local_server: Any, 
     assert time.monotonic() - t0 < 5.0
 
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "maxLength": 20},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-        },
-    },
-}
 _EARLIER_CALL = {
     "id": "call_1",
     "type": "function",
