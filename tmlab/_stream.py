@@ -16,11 +16,11 @@ JSON text when more fragments follow); every list in ``logprobs`` is concatenate
 chunk carries them (usage on a final ``choices: []`` chunk or on the finish chunk).
 
 While accumulating, each choice's piece is handed to ``on_delta`` as a :class:`Delta`, with
-``<think>…</think>`` inside ``content`` routed to ``Delta.reasoning`` live, even when a tag is
-split across chunks. The raw content keeps the tags as sent; ``ChatResult`` splits them.
+``<think>…</think>`` inside ``content`` routed to ``Delta.reasoning`` live by
+:class:`~tmlab._think.ThinkRouter`, even when a tag is split across chunks. The raw content
+keeps the tags as sent; ``ChatResult`` splits them.
 
-:class:`StreamReader` drives a decoder and an accumulator over raw bytes; the client's sync
-and async loops only move bytes into it.
+:class:`~tmlab._reader.StreamReader` feeds this accumulator from the raw bytes of a stream.
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tmlab._sse import DONE, SSEDecodeError, SSEDecoder
-from tmlab.errors import StreamError, redact
-from tmlab.result import THINK_CLOSE, THINK_OPEN, ChatResult, Timing, TokenLogprob, parse_logprobs
+from tmlab._think import ThinkRouter
+from tmlab.result import TokenLogprob, parse_logprobs
 
-__all__ = ["Delta", "StreamAccumulator", "StreamReader", "make_timing"]
+__all__ = ["Delta", "StreamAccumulator"]
 
 # Concatenated string fields of a message delta.
 _TEXT_FIELDS = ("content", "reasoning", "reasoning_content", "refusal")
@@ -83,88 +82,6 @@ class Delta:
     chunk: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def _partial_tag(s: str) -> int:
-    """Length of the longest suffix of ``s`` that could begin a think tag (0 if none)."""
-    start = s.rfind("<", max(0, len(s) - len(THINK_CLOSE) + 1))
-    if start < 0:
-        return 0
-    tail = s[start:]
-    return len(tail) if THINK_OPEN.startswith(tail) or THINK_CLOSE.startswith(tail) else 0
-
-
-class _ThinkRouter:
-    """Routes streamed content into (answer, reasoning) the way ``split_think`` does.
-
-    Only the first ``<think>…</think>`` block is reasoning (as in ``split_think``); text
-    after it passes through unchanged, except that newlines right after the block are
-    dropped while no answer text has been seen. A possible partial tag at the end of a piece
-    is held back until the next piece shows whether it is one.
-    """
-
-    __slots__ = ("hold", "inside", "seen_text", "state")
-
-    def __init__(self) -> None:
-        self.hold = ""
-        self.inside = False
-        self.seen_text = False
-        self.state = 0  # 0: no tag seen yet, 1: inside the block, 2: block closed
-
-    def feed(self, piece: str) -> tuple[str, str]:
-        if self.state == 2 and self.seen_text:
-            return piece, ""
-        s = self.hold + piece if self.hold else piece
-        self.hold = ""
-        text = reasoning = ""
-        while s:
-            if self.state == 0:
-                i = s.find(THINK_OPEN)
-                j = s.find(THINK_CLOSE)
-                if j >= 0 and (i < 0 or j < i):
-                    # A closing tag with no opening one: some parsers drop "<think>". What
-                    # came before was already shown as text; drop the tag itself.
-                    text += s[:j]
-                    s = s[j + len(THINK_CLOSE) :]
-                    self.state = 2
-                    continue
-                if i >= 0:
-                    text += s[:i]
-                    s = s[i + len(THINK_OPEN) :]
-                    self.state = 1
-                    continue
-            elif self.state == 1:
-                j = s.find(THINK_CLOSE)
-                if j >= 0:
-                    reasoning += s[:j]
-                    s = s[j + len(THINK_CLOSE) :]
-                    self.state = 2
-                    continue
-            else:  # closed: split_think strips newlines at the start of the answer
-                if not self.seen_text and not text:
-                    s = s.lstrip("\n")
-                text += s
-                break
-            keep = _partial_tag(s)
-            if keep:
-                self.hold = s[-keep:]
-                s = s[:-keep]
-            if self.state == 1:
-                reasoning += s
-            else:
-                text += s
-            break
-        if text:
-            self.seen_text = True
-        return text, reasoning
-
-    def flush(self) -> tuple[str, str]:
-        held, self.hold = self.hold, ""
-        if self.state == 1:
-            return "", held
-        if self.state == 2 and not self.seen_text:
-            held = held.lstrip("\n")
-        return held, ""
-
-
 class _Choice:
     """Accumulated state of one choice."""
 
@@ -189,7 +106,7 @@ class _Choice:
         self.logprobs: dict[str, Any] | None = None
         self.token_ids: list[int] | None = None
         self.extra: dict[str, Any] = {"finish_reason": None, "logprobs": None}
-        self.router: _ThinkRouter | None = None
+        self.router: ThinkRouter | None = None
 
     def _tool_key(self, frag: dict[str, Any]) -> int:
         """Which call a fragment without an ``index`` belongs to."""
@@ -337,7 +254,7 @@ class StreamAccumulator:
                 if key == "content":
                     router = state.router
                     if router is None:
-                        router = state.router = _ThinkRouter()
+                        router = state.router = ThinkRouter()
                     t, r = router.feed(value)
                     text += t
                     reasoning += r
@@ -409,154 +326,3 @@ class StreamAccumulator:
             if key not in out:
                 out[key] = value
         return out
-
-
-def make_timing(
-    start: float, first: float | None, end: float, completion_tokens: int | None
-) -> Timing:
-    """Timing of a request sent at ``start`` that ended at ``end`` (perf_counter times).
-
-    ``first`` is the first token's time (streams) or ``None`` (then ttft = latency).
-    """
-    latency = end - start
-    tps = None
-    if first is None:  # non-streaming: the whole answer arrives at once
-        ttft = latency
-        if completion_tokens is not None and latency > 0:
-            tps = completion_tokens / latency
-    else:
-        # After the first token arrived, the other n - 1 were generated in latency - ttft.
-        ttft = first - start
-        generating = latency - ttft
-        if completion_tokens is not None and completion_tokens > 1 and generating > 0:
-            tps = (completion_tokens - 1) / generating
-    return Timing(latency_s=latency, ttft_s=ttft, tokens_per_s=tps)
-
-
-_NOT_JSON: Any = object()
-
-
-class StreamReader:
-    """Bytes of a chat-completion SSE stream in, a :class:`ChatResult` out.
-
-    Feed raw chunks with :meth:`feed`; at the end of the body call :meth:`result`, or
-    :meth:`broken` when the transport failed. ``received`` says whether any byte arrived
-    (after which the request must not be retried); ``done`` that ``[DONE]`` arrived, after
-    which the caller stops reading (a server may keep the connection open) and ``end`` is
-    the time it arrived, the end of the answer's latency. Raises
-    :class:`~tmlab.StreamError` for in-band errors and malformed data, with ``.partial``.
-    """
-
-    def __init__(
-        self,
-        request: dict[str, Any],
-        on_delta: Callable[[Delta], Any] | None = None,
-        *,
-        start: float | None = None,
-        secret: str | None = None,
-    ) -> None:
-        self.request = request
-        self.secret = secret
-        self.start = time.perf_counter() if start is None else start
-        self.decoder = SSEDecoder()
-        self.acc = StreamAccumulator(on_delta)
-        self.received = False
-        self.done = False
-        self.end: float | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        """Decode one chunk of the body and merge its events."""
-        if not chunk:
-            return
-        self.received = True
-        if self.done:
-            return  # bytes after [DONE] are drained, not read
-        try:
-            events = self.decoder.feed(chunk)
-        except SSEDecodeError as exc:
-            raise self._error(str(exc)) from None
-        self._events(events)
-
-    def _events(self, events: list[tuple[str | None, str]]) -> None:
-        loads = json.loads
-        add = self.acc.add
-        for name, data in events:
-            if self.done:
-                return
-            if data == DONE:
-                self.done = True
-                self.end = time.perf_counter()
-                return
-            try:
-                obj = loads(data)
-            except ValueError:
-                obj = _NOT_JSON
-            if obj is _NOT_JSON:
-                if name == "error":  # an error event in the server's own words, not JSON
-                    self._in_band_error(data)
-                if not data.strip():
-                    continue  # whitespace only: a keep-alive
-                raise self._error(f"malformed SSE data line: {self._snippet(data)}")
-            if name == "error":
-                self._in_band_error((obj.get("error") or obj) if isinstance(obj, dict) else obj)
-            if not isinstance(obj, dict):
-                raise self._error(f"SSE data is not a JSON object: {self._snippet(data)}")
-            if "error" in obj and obj["error"] is not None:
-                self._in_band_error(obj["error"])
-            add(obj)
-
-    def _snippet(self, data: str) -> str:
-        # Redact before cutting: a cut can leave a prefix of the key that no longer matches.
-        data = redact(data, self.secret)
-        return repr(data if len(data) <= 200 else data[:197] + "...")
-
-    def _in_band_error(self, err: Any) -> None:
-        if isinstance(err, dict):
-            message = err.get("message") or json.dumps(err)
-            etype, code = err.get("type"), err.get("code")
-        else:
-            message, etype, code = str(err), None, None
-        raise self._error(
-            f"the server reported an error mid-stream: {message}",
-            type=etype if isinstance(etype, str) else None,
-            code=code if isinstance(code, str | int) else None,
-        )
-
-    def partial(self) -> ChatResult:
-        """What arrived so far, as an incomplete ChatResult."""
-        return self._result(complete=False)
-
-    def _result(self, complete: bool) -> ChatResult:
-        raw = self.acc.build()
-        usage = raw.get("usage")
-        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-        end = time.perf_counter() if self.end is None else self.end
-        timing = make_timing(self.start, self.acc.first_token_at, end, tokens)
-        return ChatResult(raw, request=self.request, timing=timing, complete=complete)
-
-    def _error(self, message: str, **kw: Any) -> StreamError:
-        return StreamError(redact(message, self.secret), partial=self.partial(), **kw)
-
-    def result(self) -> ChatResult:
-        """The body ended: the complete result, or StreamError if it ended too early."""
-        if not self.done:
-            try:
-                self._events(self.decoder.flush())
-            except SSEDecodeError as exc:
-                raise self._error(str(exc)) from None
-        self.acc.flush()
-        if not self.done and not self.acc.finished:
-            raise self._error(
-                "the stream ended before [DONE] and before a finish_reason "
-                f"({self.acc.chunks} chunks received); .partial holds what arrived"
-            )
-        return self._result(complete=True)
-
-    def broken(self, exc: BaseException) -> StreamError:
-        """The transport failed after data arrived: StreamError with the partial answer."""
-        self.acc.flush()
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return self._error(
-            f"the stream broke off after {self.acc.chunks} chunks ({detail}); "
-            ".partial holds what arrived"
-        )

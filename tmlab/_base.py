@@ -1,0 +1,317 @@
+"""What :class:`~tmlab.Client` and :class:`~tmlab.AsyncClient` share: everything but the I/O.
+
+:class:`_BaseClient` holds the settings and does the rest that needs no network: building and
+validating the request body (before anything is sent), the headers, the retry decisions
+(which answers and failures to send again, and after how long), mapping failures and error
+answers to tmlab's exceptions, and turning a non-streaming answer into a
+:class:`~tmlab.ChatResult`. The clients in :mod:`tmlab.client` move the bytes and ask it what
+to do next.
+
+The per-request path is kept lean (one ``json.dumps``, one ``json.loads``, headers set once on
+the httpx client, URLs parsed once) because a notebook sweep sends thousands of requests.
+Every message built here is redacted (:func:`~tmlab.errors.redact`): the API key lives only in
+the Authorization header.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+import httpx
+
+from tmlab._reader import make_timing
+from tmlab._retry import backoff_delay, is_retryable_status, parse_retry_after
+from tmlab._settings import local_base_url, resolve_settings
+from tmlab._stream import Delta
+from tmlab.errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    ParameterError,
+    redact,
+    status_error_from_response,
+)
+from tmlab.params import validate_params
+from tmlab.result import ChatResult
+
+__all__ = ["Messages", "OnDelta", "_BaseClient"]
+
+_VERSION: Final = "0.1.0"
+
+Messages = str | Sequence[Mapping[str, Any]]
+OnDelta = Callable[[Delta], Any]
+
+# Failures where the request most likely never reached the model, so sending it again is
+# safe. A ReadTimeout is not among them: the server may still be generating, and retrying
+# would multiply the wait.
+_RETRY_EXCEPTIONS: Final = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.WriteTimeout,
+    httpx.RemoteProtocolError,
+)
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _messages(prompt: Messages, system: str | None) -> list[Any]:
+    if isinstance(prompt, str):
+        messages: list[Any] = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, Sequence) and not isinstance(prompt, bytes | bytearray):
+        messages = list(prompt)
+        if not messages:
+            raise ParameterError("messages", "messages is empty", "at least one message")
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, Mapping) or "role" not in msg:
+                raise ParameterError(
+                    "messages",
+                    f"messages[{i}]={msg!r} is not a message",
+                    "{'role': 'user' | 'system' | 'assistant' | 'tool', 'content': ...}",
+                )
+    else:
+        raise ParameterError(
+            "messages",
+            f"expected a prompt string or a list of messages, got {type(prompt).__name__}",
+            "a str, or a list of {'role': ..., 'content': ...} dicts",
+        )
+    if system is not None:
+        if not isinstance(system, str):
+            raise ParameterError("system", f"system={system!r} is not a string", "a string")
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def _is_async_callable(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with ``async def __call__``
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    """``"ReadError: connection reset"``: the kind of failure and its message (unredacted)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _BaseClient:
+    """Settings, request building, retry decisions and error mapping: no I/O."""
+
+    _awaits_on_delta = False  # AsyncClient awaits an on_delta that returns an awaitable
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        model: str | None = None,
+        timeout: float | httpx.Timeout | None = 60.0,
+        max_retries: int = 2,
+    ) -> None:
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ParameterError("max_retries", f"max_retries={max_retries!r}", "an int ≥ 0")
+        self._settings = resolve_settings(base_url, api_key, model)
+        self._key = self._settings.api_key
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._ready = False  # base URL resolved (the local server started) and URLs parsed
+        self._chat_url = httpx.URL()
+        self._models_url = httpx.URL()
+        self._base_url = self._settings.base_url
+        headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": f"tmlab/{_VERSION}",
+        }
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        self._headers = headers
+        # Sent with each request only when the httpx client was injected (ours has them).
+        self._request_headers: dict[str, str] | None = None
+        # A server on this machine without a configured model: ask it once which it serves.
+        s = self._settings
+        self._lookup_model = not s.model and not s.local and s.loopback
+        self._discovered: str | None = None
+        self._served: list[str] | None = None
+
+    # -- public, read-only --------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str | None:
+        """The server's base URL; ``None`` until the embedded local server has started."""
+        return self._base_url
+
+    @property
+    def model(self) -> str | None:
+        """The default model of this client (``None`` when none is configured)."""
+        settings = self._settings
+        if settings.model or settings.local or self._discovered:
+            return settings.require_model(discovered=self._discovered)
+        return None
+
+    def __repr__(self) -> str:
+        url = repr(self._base_url) if self._base_url else "<embedded local server>"
+        key = "'***'" if self._key else None
+        return f"{type(self).__name__}(base_url={url}, model={self.model!r}, api_key={key})"
+
+    # -- building the request -----------------------------------------------------------
+
+    def _build(
+        self,
+        prompt: Messages,
+        model: str | None,
+        system: str | None,
+        stream: bool,
+        on_delta: OnDelta | None,
+        extra_body: Mapping[str, Any] | None,
+        params: dict[str, Any],
+    ) -> tuple[dict[str, Any], bytes, bool]:
+        """Validate and build ``(body, payload, stream)``; raises before anything is sent."""
+        sent = validate_params(params) if params else {}
+        if on_delta is not None and not stream:
+            raise ParameterError(
+                "on_delta",
+                "on_delta is only called when streaming",
+                "stream=True with on_delta=...",
+            )
+        if on_delta is not None and not self._awaits_on_delta and _is_async_callable(on_delta):
+            raise ParameterError(
+                "on_delta",
+                "on_delta is an async function, which the sync Client cannot await",
+                "a plain function, or tmlab.AsyncClient, which awaits it",
+            )
+        if not stream and sent.get("stream_options") is not None:
+            raise ParameterError(
+                "stream_options", "stream_options is only valid when streaming", "stream=True"
+            )
+        body: dict[str, Any] = {
+            "model": self._settings.require_model(
+                model, discovered=self._discovered, served=self._served
+            ),
+            "messages": _messages(prompt, system),
+        }
+        body.update(sent)
+        if stream:
+            body["stream"] = True
+            if "stream_options" not in sent:
+                body["stream_options"] = {"include_usage": True}
+        if extra_body:
+            if not isinstance(extra_body, Mapping):
+                raise ParameterError(
+                    "extra_body",
+                    f"extra_body={extra_body!r} is not a dict",
+                    "a dict of extra JSON fields",
+                )
+            body.update(extra_body)
+        try:
+            payload = _dumps(body).encode()
+        except (TypeError, ValueError) as exc:
+            raise ParameterError(
+                "messages",
+                f"the request is not valid JSON: {exc}",
+                "strings, numbers, bools, None, lists and dicts",
+            ) from None
+        return body, payload, body.get("stream") is True
+
+    def _learn_models(self, models: list[dict[str, Any]]) -> None:
+        """Remember the models a loopback server serves; one model becomes the default."""
+        self._lookup_model = False
+        self._served = [str(m.get("id")) for m in models if isinstance(m, dict)]
+        if len(self._served) == 1:
+            self._discovered = self._served[0]
+
+    def _resolve(self) -> None:
+        base = self._base_url or local_base_url()
+        self._base_url = base
+        self._chat_url = httpx.URL(base + "/chat/completions")
+        self._models_url = httpx.URL(base + "/models")
+
+    # -- retry decisions and errors -----------------------------------------------------
+
+    def _status_delay(self, attempt: int, response: httpx.Response) -> float | None:
+        """Seconds to wait before retrying this error answer, or None: do not retry."""
+        if attempt >= self.max_retries or not is_retryable_status(response.status_code):
+            return None
+        asked = parse_retry_after(response.headers)
+        return backoff_delay(attempt) if asked is None else asked
+
+    def _exception_delay(self, attempt: int, exc: Exception) -> float | None:
+        """Seconds to wait before retrying after a transport failure, or None."""
+        if attempt >= self.max_retries or not isinstance(exc, _RETRY_EXCEPTIONS):
+            return None
+        return backoff_delay(attempt)
+
+    def _transport_error(self, exc: httpx.RequestError) -> APIConnectionError:
+        """The error for a failure before the answer's headers arrived; raise it from None."""
+        try:
+            request: httpx.Request | None = exc.request
+        except RuntimeError:
+            request = None
+        where = self._base_url or "the server"
+        if isinstance(exc, httpx.TimeoutException):
+            message = f"request to {where} timed out ({type(exc).__name__}, timeout={self.timeout})"
+            return APITimeoutError(redact(message, self._key), request=request)
+        message = f"could not talk to {where}: {_describe(exc)}"
+        return APIConnectionError(redact(message, self._key), request=request)
+
+    def _broken_body(self, exc: httpx.RequestError, response: httpx.Response) -> APIError:
+        """The error for an answer whose body broke off; never retried. Raise it from None."""
+        where = self._base_url or "the server"
+        got = response.num_bytes_downloaded
+        if isinstance(exc, httpx.TimeoutException):
+            message = (
+                f"request to {where} timed out after the answer started ({got} bytes received; "
+                f"{type(exc).__name__}, timeout={self.timeout}); not sent again"
+            )
+            return APITimeoutError(redact(message, self._key), request=response.request)
+        message = (
+            f"the answer from {where} (status {response.status_code}) broke off after {got} "
+            f"bytes ({_describe(exc)}); not sent again, as the server may have done the work"
+        )
+        return APIConnectionError(redact(message, self._key), request=response.request)
+
+    def _status_error(self, response: httpx.Response) -> APIError:
+        return status_error_from_response(response, secret=self._key)
+
+    def _chat_result(
+        self, response: httpx.Response, body: dict[str, Any], start: float
+    ) -> ChatResult:
+        end = time.perf_counter()
+        data = self._json(response)
+        if not isinstance(data, dict) or ("choices" not in data and "error" in data):
+            err = data.get("error") if isinstance(data, dict) else None
+            msg = err.get("message") if isinstance(err, dict) else err
+            text = msg if isinstance(msg, str) else redact(json.dumps(data), self._key)[:300]
+            raise APIError(redact(f"the server answered without choices: {text}", self._key))
+        usage = data.get("usage")
+        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        return ChatResult(data, request=body, timing=make_timing(start, None, end, tokens))
+
+    def _json(self, response: httpx.Response) -> Any:
+        try:
+            return json.loads(response.content)
+        except ValueError:
+            # Redact before cutting: a cut can leave a prefix of the key that no longer matches.
+            snippet = redact(response.content.decode("utf-8", "replace"), self._key)[:300]
+            raise APIError(
+                redact(
+                    f"the server answered {response.status_code} with a body that is not "
+                    f"JSON: {snippet!r}",
+                    self._key,
+                ),
+                request=response.request,
+            ) from None
+
+    def _models(self, response: httpx.Response) -> list[dict[str, Any]]:
+        data = self._json(response)
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            return list(data["data"])
+        if isinstance(data, list):
+            return data
+        text = redact(json.dumps(data), self._key)[:300]
+        raise APIError(f"unexpected /models answer: {text}", request=response.request)
