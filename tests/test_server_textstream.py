@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tmlab.server.chat import TextStream
+from tmlab.server.text import TextStream
 
 
 def test_the_earliest_stop_wins_whatever_the_list_order() -> None:

@@ -6,8 +6,10 @@ model's raw log-probabilities, SSE streams, and errors in the OpenAI envelope. F
 :func:`tmlab.local.start` runs it in a subprocess.
 
 Modules: ``engine`` (llama.cpp: template, sampling loop, logprobs), ``protocol`` (request
-validation), ``prompting`` (templating, tools, limits), ``chat`` (choices, streams),
-``worker`` (the one model thread), ``app`` (Starlette routes), ``__main__`` (the process).
+validation), ``prompting`` (templating, tools, limits), ``chat`` (the generation loop: choices,
+streams), ``text`` (incremental UTF-8, stop strings, tool calls), ``response`` (choices, usage,
+timings and logprobs in the OpenAI shape), ``worker`` (the one model thread), ``app``
+(Starlette routes), ``__main__`` (the process).
 """
 
 from __future__ import annotations

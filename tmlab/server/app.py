@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tmlab.server.chat import Timing, run_chat
+from tmlab.server.chat import run_chat
 from tmlab.server.engine import Engine
 from tmlab.server.prompting import plan_request
 from tmlab.server.protocol import (
@@ -33,6 +33,7 @@ from tmlab.server.protocol import (
     parse_chat_request,
     parse_json,
 )
+from tmlab.server.response import Timing
 from tmlab.server.worker import DONE, Worker
 
 __all__ = ["create_app"]

@@ -3,6 +3,8 @@
 :func:`run_chat` runs in the worker thread that owns the model. It builds the whole
 ``chat.completion`` response, and when streaming it also hands ``chat.completion.chunk``
 dicts to ``emit`` as tokens arrive. All numbers are plain Python types (no numpy floats).
+Bytes become text in :mod:`tmlab.server.text`; finished choices become response pieces
+(message, logprobs entries, usage, perf_metrics, raw_output) in :mod:`tmlab.server.response`.
 
 The end-of-generation token is part of a choice's token table: it is in ``token_ids`` and
 usage, and has its logprobs entry (``<|im_end|>`` spelled out, its raw logprob and
@@ -15,23 +17,25 @@ text as content), the end-of-generation step with the chunk that carries ``finis
 from __future__ import annotations
 
 import codecs
-import json
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from tmlab.server.engine import Engine, Sampling, Step
-from tmlab.server.prompting import (
-    ANSWER_PREFIX,
-    REASONING_PREFIX,
-    TOOL_CALL_CLOSE,
-    TOOL_CALL_OPEN,
-    Plan,
-)
+from tmlab.server.engine import Engine, Sampling
+from tmlab.server.prompting import ANSWER_PREFIX, REASONING_PREFIX, TOOL_CALL_OPEN, Plan
 from tmlab.server.protocol import ChatRequest
+from tmlab.server.response import (
+    ChoiceResult,
+    Timing,
+    choice_dict,
+    logprob_content,
+    perf_metrics,
+    raw_output,
+    usage,
+)
+from tmlab.server.text import TextStream, parse_tool_call
 
 __all__ = ["Emit", "run_chat", "sampling_of"]
 
@@ -58,129 +62,6 @@ def sampling_of(req: ChatRequest, choice_index: int = 0) -> Sampling:
         seed=None if seed is None else int(seed) + choice_index,
         logit_bias={int(k): float(v) for k, v in (req.get("logit_bias") or {}).items()},
     )
-
-
-class TextStream:
-    """Bytes in, text out: incremental UTF-8, stop strings, and the tool-call marker.
-
-    Text that could still be the start of a stop string (or of the marker) is held back
-    until it is certain, so streamed deltas never show text that a stop removes.
-    """
-
-    def __init__(self, stop: list[str], marker: str | None) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.stop = stop
-        self.marker = marker
-        self.text = ""  # all content text so far (up to a stop or marker)
-        self.released = 0
-        self.stopped: str | None = None  # the stop string that ended it
-        self.in_call = False
-        self.call_text = ""
-
-    def feed(self, data: bytes, final: bool = False) -> str:
-        """Add bytes; return the content text that is now certain."""
-        new = self._decoder.decode(data, final)
-        if self.stopped is not None:
-            return ""
-        if self.in_call:
-            self.call_text += new
-            return ""
-        start = max(0, len(self.text) - max([len(s) for s in self.stop] + [len(self.marker or "")]))
-        self.text += new
-        # the stop that occurs first in the text wins, whatever the order of the list
-        found = [(at, s) for s in self.stop if (at := self.text.find(s, start)) >= 0]
-        if found:
-            at, s = min(found)
-            self.text = self.text[:at]
-            self.stopped = s
-            return self._release(len(self.text))
-        if self.marker:
-            at = self.text.find(self.marker, start)
-            if at >= 0:
-                self.call_text = self.text[at:]
-                self.text = self.text[:at]
-                self.in_call = True
-                return self._release(len(self.text))
-        if final:
-            return self._release(len(self.text))
-        hold = 0
-        for s in [*self.stop, *([self.marker] if self.marker else [])]:
-            for k in range(min(len(s) - 1, len(self.text)), 0, -1):
-                if self.text.endswith(s[:k]):
-                    hold = max(hold, k)
-                    break
-        return self._release(len(self.text) - hold)
-
-    def _release(self, upto: int) -> str:
-        out = self.text[self.released : upto]
-        self.released = max(self.released, upto)
-        return out
-
-
-@dataclass
-class Timing:
-    """Times of one request, in ``time.perf_counter`` seconds."""
-
-    arrived: float
-    started: float = 0.0
-    first_token: float | None = None
-
-
-@dataclass
-class ChoiceResult:
-    """One finished choice, with everything the response may show."""
-
-    index: int
-    content: str
-    reasoning: str | None
-    tool_calls: list[dict[str, Any]] | None
-    finish_reason: str
-    stop_reason: str | None
-    token_ids: list[int]
-    logprobs: list[dict[str, Any]] | None
-    reasoning_tokens: int
-    raw_completion: str
-    raw_prompts: list[str] = field(default_factory=list)
-    # what the stream has not sent yet: it goes out with finish_reason (the end-of-generation
-    # step, so that a reassembled stream has every token the response has)
-    rest_logprobs: list[dict[str, Any]] = field(default_factory=list)
-    rest_ids: list[int] = field(default_factory=list)
-
-
-def _lp_entry(engine: Engine, token: int, logprob: float) -> dict[str, Any]:
-    b = engine.token_bytes(token)
-    return {
-        "token": b.decode("utf-8", errors="replace"),
-        "logprob": logprob,
-        "bytes": list(b),
-        "token_id": token,
-    }
-
-
-def logprob_content(engine: Engine, step: Step) -> dict[str, Any]:
-    """The OpenAI logprobs entry of one step (raw log-softmax, exact alternatives)."""
-    assert step.logprob is not None
-    entry = _lp_entry(engine, step.token_id, step.logprob)
-    entry["top_logprobs"] = [_lp_entry(engine, t, lp) for t, lp in step.top or []]
-    return entry
-
-
-def _parse_call(text: str) -> dict[str, Any] | None:
-    body = text.strip()
-    if body.startswith(TOOL_CALL_OPEN):
-        body = body[len(TOOL_CALL_OPEN) :]
-    body = body.removesuffix(TOOL_CALL_CLOSE).strip()
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        return None
-    return {
-        "id": "call_" + secrets.token_hex(12),
-        "type": "function",
-        "function": {"name": data["name"], "arguments": json.dumps(data.get("arguments", {}))},
-    }
 
 
 class ChatRun:
@@ -361,11 +242,11 @@ class ChatRun:
         content = text.text
         tool_calls = None
         if forced:
-            call = _parse_call(content)
+            call = parse_tool_call(content)
             if call is not None:
                 tool_calls, content, finish = [call], "", "tool_calls"
         elif text.in_call:
-            call = _parse_call(text.call_text)
+            call = parse_tool_call(text.call_text)
             if call is not None:
                 tool_calls, finish = [call], "tool_calls"
             else:  # a call cut short: its text is the content
@@ -397,74 +278,6 @@ class ChatRun:
             rest_logprobs=pending_lp or [],
             rest_ids=pending_ids,
         )
-
-    # --- the response --------------------------------------------------------------------
-
-    def usage(self, results: list[ChoiceResult]) -> dict[str, Any]:
-        """OpenAI usage: completion tokens include reasoning tokens (counted apart too)."""
-        prompt = len(self.plan.prompt_tokens)
-        completion = sum(len(r.token_ids) + r.reasoning_tokens for r in results)
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            # every prompt is evaluated in full (see engine): nothing is reused
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {
-                "reasoning_tokens": sum(r.reasoning_tokens for r in results)
-            },
-        }
-
-    def perf_metrics(self, results: list[ChoiceResult]) -> dict[str, Any]:
-        """Server-side timings, in seconds."""
-        t = self.timing
-        end = time.perf_counter()
-        completion = sum(len(r.token_ids) + r.reasoning_tokens for r in results)
-        gen_time = end - (t.first_token or end)
-        return {
-            "prompt_tokens": len(self.plan.prompt_tokens),
-            "cached_prompt_tokens": 0,
-            "completion_tokens": completion,
-            "queue_time": round(t.started - t.arrived, 6),
-            "time_to_first_token": round((t.first_token or end) - t.arrived, 6),
-            "processing_time": round(end - t.started, 6),
-            "total_time": round(end - t.arrived, 6),
-            "tokens_per_second": round((completion - 1) / gen_time, 3)
-            if gen_time > 0 and completion > 1
-            else None,
-        }
-
-    def raw_output(self, r: ChoiceResult) -> dict[str, Any]:
-        """The prompt text as templated and the raw completion (special tokens included)."""
-        return {
-            "prompt_fragments": r.raw_prompts,
-            "completion": r.raw_completion,
-            "prompt_token_ids": self.plan.prompt_tokens,
-            "completion_token_ids": r.token_ids,
-        }
-
-    def choice_dict(self, r: ChoiceResult) -> dict[str, Any]:
-        """A finished choice in the ``chat.completion`` shape."""
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": None if r.tool_calls and not r.content else r.content,
-        }
-        if r.reasoning is not None:
-            message["reasoning"] = r.reasoning
-        if r.tool_calls:
-            message["tool_calls"] = r.tool_calls
-        choice: dict[str, Any] = {
-            "index": r.index,
-            "message": message,
-            "logprobs": None if r.logprobs is None else {"content": r.logprobs},
-            "finish_reason": r.finish_reason,
-            "stop_reason": r.stop_reason,
-        }
-        if self.req.get("return_token_ids"):
-            choice["token_ids"] = r.token_ids
-        if self.req.get("raw_output"):
-            choice["raw_output"] = self.raw_output(r)
-        return choice
 
 
 def run_chat(
@@ -510,7 +323,7 @@ def run_chat(
         if emit is not None:
             extra: dict[str, Any] = {"stop_reason": r.stop_reason}
             if req.get("raw_output"):
-                extra["raw_output"] = run.raw_output(r)
+                extra["raw_output"] = raw_output(plan, r)
             run._send(
                 i,
                 {},
@@ -519,12 +332,12 @@ def run_chat(
                 token_ids=r.rest_ids if req.get("return_token_ids") and r.rest_ids else None,
                 **extra,
             )
-    usage = run.usage(results)
-    perf = run.perf_metrics(results) if req.get("perf_metrics_in_response") else None
+    total = usage(plan, results)
+    perf = perf_metrics(plan, timing, results) if req.get("perf_metrics_in_response") else None
     if emit is not None:
         tail: dict[str, Any] = {}
         if (req.get("stream_options") or {}).get("include_usage"):
-            tail["usage"] = usage
+            tail["usage"] = total
         if perf is not None:
             tail["perf_metrics"] = perf
         if tail:
@@ -535,8 +348,8 @@ def run_chat(
         "object": "chat.completion",
         "created": run.created,
         "model": req.model,
-        "choices": [run.choice_dict(r) for r in results],
-        "usage": usage,
+        "choices": [choice_dict(req, plan, r) for r in results],
+        "usage": total,
     }
     if perf is not None:
         body["perf_metrics"] = perf
