@@ -9,8 +9,6 @@ import pytest
 import tmlab.local
 from tmlab.local import LocalServer
 
-MODEL = "SmolLM2-135M-Instruct"
-
 
 @pytest.fixture(scope="session")
 def local_server() -> Iterator[LocalServer]:
@@ -20,12 +18,6 @@ def local_server() -> Iterator[LocalServer]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="session")
-def model_name() -> str:
-    """The model the local server serves."""
-    return MODEL
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _e2e import MODEL
 
 import tmlab
 from tmlab.server.engine import default_model_path
 
 pytestmark = pytest.mark.slow
-
-MODEL = "SmolLM2-135M-Instruct"
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ import json
 from typing import Any
 
 import pytest
+from _e2e import MODEL
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 pytestmark = pytest.mark.slow
 
-MODEL = "SmolLM2-135M-Instruct"
 MSGS = [{"role": "user", "content": "Hi"}]
 
 

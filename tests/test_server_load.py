@@ -6,10 +6,9 @@ import asyncio
 from typing import Any
 
 import pytest
+from _e2e import MODEL
 
 pytestmark = pytest.mark.slow
-
-MODEL = "SmolLM2-135M-Instruct"
 
 
 def test_32_concurrent_clients_are_all_answered(local_server: Any) -> None:

@@ -16,13 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
+from _e2e import MODEL
 
 import tmlab.local
 from tmlab.errors import LocalServerError
 
 pytestmark = pytest.mark.slow
 
-MODEL = "SmolLM2-135M-Instruct"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
 
 

@@ -6,10 +6,10 @@ import json
 from typing import Any
 
 import pytest
+from _e2e import MODEL
 
 pytestmark = pytest.mark.slow
 
-MODEL = "SmolLM2-135M-Instruct"
 MSGS: Any = [{"role": "user", "content": "Name three colors."}]
 
 

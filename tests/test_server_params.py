@@ -67,24 +67,8 @@ def test_penalties_change_greedy_output(http: Any) -> None:
 
 
 def test_mirostat_samples_reproducibly_with_a_seed(http: Any) -> None:
-    a = chat(
-        http,
-        temperature=1.0,
-        mirostat_target=3.0,
-        mirostat_lr=0.1,
-        seed=7,
-        max_tokens=16,
-        return_token_ids=True,
-    )
-    b = chat(
-        http,
-        temperature=1.0,
-        mirostat_target=3.0,
-        mirostat_lr=0.1,
-        seed=7,
-        max_tokens=16,
-        return_token_ids=True,
-    )
+    body = dict(temperature=1.0, mirostat_target=3.0, mirostat_lr=0.1, seed=7, max_tokens=16)
+    a, b = (chat(http, return_token_ids=True, **body) for _ in range(2))
     assert a["choices"][0]["token_ids"] == b["choices"][0]["token_ids"]
     low = chat(http, temperature=1.0, mirostat_target=0.01, mirostat_lr=0.1, seed=7, max_tokens=12)
     # a target surprise near 0 leaves only the most likely token: greedy

@@ -20,6 +20,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from tmlab.errors import ParameterError
+from tmlab.server.engine import MODEL_NAME
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL: Final = "https://serverless.tensormesh.ai/v1"
-LOCAL_MODEL: Final = "SmolLM2-135M-Instruct"
+LOCAL_MODEL: Final = MODEL_NAME
 ENV_API_KEY: Final = "TENSORMESH_INFERENCE_API_KEY"
 ENV_BASE_URL: Final = "TENSORMESH_SERVERLESS_BASE_URL"
 ENV_MODEL: Final = "TMLAB_MODEL"

@@ -22,12 +22,12 @@ from types import TracebackType
 from typing import IO
 
 from tmlab.errors import LocalServerError
+from tmlab.server.engine import MODEL_NAME
 
 __all__ = ["NOTICE", "LocalServer", "ensure_server", "start"]
 
 NOTICE = (
-    "tmlab: using the local SmolLM2-135M-Instruct model; set "
-    "TENSORMESH_INFERENCE_API_KEY to use Tensormesh"
+    f"tmlab: using the local {MODEL_NAME} model; set TENSORMESH_INFERENCE_API_KEY to use Tensormesh"
 )
 READY_PREFIX = "TMLAB_SERVER_READY "
 

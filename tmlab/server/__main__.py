@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-READY_PREFIX = "TMLAB_SERVER_READY "
+from tmlab.local import READY_PREFIX
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -44,17 +43,9 @@ _DISCONNECT_POLL_S = 0.25
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False, default=_default)
-
-
-def _default(obj: Any) -> Any:
-    # numpy scalars and the like: never let a number type break the response
-    if hasattr(obj, "item"):
-        value = obj.item()
-        if isinstance(value, float) and not math.isfinite(value):
-            return -9999.0
-        return value
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+    # Responses hold plain Python numbers only (chat.py converts); a NaN or a numpy scalar
+    # is a bug to surface, not a value to invent.
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False)
 
 
 class _JSON(JSONResponse):
