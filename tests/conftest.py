@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -29,6 +32,32 @@ def http(local_server: LocalServer) -> Iterator[object]:
         yield client
 
 
+_HISTORY_DIR = tempfile.mkdtemp(prefix="tmlab-test-history-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests (and the notebook kernels they start) never write to the user's own history."""
+    os.environ["TMLAB_HISTORY"] = os.path.join(_HISTORY_DIR, "history.sqlite3")
+
+
+@pytest.fixture
+def history_db(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty history database for one test (``TMLAB_HISTORY`` points at it)."""
+    path = os.path.join(str(tmp_path), "history.sqlite3")
+    monkeypatch.setenv("TMLAB_HISTORY", path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_session() -> Iterator[None]:
+    """Each test starts and ends with no ``%tmconfig`` settings."""
+    from tmlab._settings import session
+
+    session.reset()
+    yield
+    session.reset()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Close the two /dev/null files llama_cpp opens at import and never closes.
 
@@ -41,3 +70,4 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         handle = getattr(utils, name, None)
         if handle is not None:
             handle.close()
+    shutil.rmtree(_HISTORY_DIR, ignore_errors=True)

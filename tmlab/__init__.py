@@ -6,11 +6,22 @@ or — with no API key — to an embedded local SmolLM2-135M-Instruct model::
     import tmlab
     res = tmlab.Client().chat("Hello", temperature=0.7, logprobs=True, top_logprobs=5)
     res.logprobs_frame()
+
+In a notebook: ``%load_ext tmlab``, then ``%%tmchat`` on a cell, ``%tmconfig``, ``%tmmodels``,
+``%tmhistory``.
+
+``import tmlab`` stays light: pandas, numpy, IPython and ipywidgets are imported when a name
+that needs them is first used (module ``__getattr__``), not at import.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from tmlab import local
+from tmlab._meta import VERSION as __version__
+from tmlab._settings import session
 from tmlab._stream import Delta
 from tmlab.client import AsyncClient, Client
 from tmlab.errors import (
@@ -29,11 +40,54 @@ from tmlab.errors import (
     StreamError,
     TmlabError,
 )
-from tmlab.frames import logprobs_frame, usage_frame
+
+# The function, not the module: ``tmlab.history()`` (import the module's names with
+# ``from tmlab.history import ...``).
+from tmlab.history import HistoryWarning, history, rerun
 from tmlab.params import NOT_GIVEN, PARAMS, Param, params_table, validate_params
 from tmlab.result import ChatResult, Choice, Timing, TokenLogprob, TopLogprob, Usage
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from tmlab import sampling
+    from tmlab.audit import audit, diff
+    from tmlab.frames import logprobs_frame, usage_frame
+    from tmlab.jupyter.explorer import Explorer
+    from tmlab.sweep import asweep, plot_sweep, summarize, sweep
+
+# name -> (module, attribute or None for the module itself); imported on first use.
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "logprobs_frame": ("tmlab.frames", "logprobs_frame"),
+    "usage_frame": ("tmlab.frames", "usage_frame"),
+    "sweep": ("tmlab.sweep", "sweep"),
+    "asweep": ("tmlab.sweep", "asweep"),
+    "summarize": ("tmlab.sweep", "summarize"),
+    "plot_sweep": ("tmlab.sweep", "plot_sweep"),
+    "audit": ("tmlab.audit", "audit"),
+    "diff": ("tmlab.audit", "diff"),
+    "Explorer": ("tmlab.jupyter.explorer", "Explorer"),
+    "sampling": ("tmlab.sampling", None),
+}
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'tmlab' has no attribute {name!r}")
+    module = importlib.import_module(target[0])
+    value = module if target[1] is None else getattr(module, target[1])
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext tmlab``: register ``%%tmchat``, ``%tmconfig``, ``%tmmodels``, ``%tmhistory``."""
+    from tmlab.jupyter.magics import load_ipython_extension as load
+
+    load(ipython)
 
 
 __all__ = [
@@ -50,6 +104,8 @@ __all__ = [
     "Choice",
     "Client",
     "Delta",
+    "Explorer",
+    "HistoryWarning",
     "LocalServerError",
     "NotFoundError",
     "Param",
@@ -64,9 +120,20 @@ __all__ = [
     "TopLogprob",
     "Usage",
     "__version__",
+    "asweep",
+    "audit",
+    "diff",
+    "history",
+    "load_ipython_extension",
     "local",
     "logprobs_frame",
     "params_table",
+    "plot_sweep",
+    "rerun",
+    "sampling",
+    "session",
+    "summarize",
+    "sweep",
     "usage_frame",
     "validate_params",
 ]

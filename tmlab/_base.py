@@ -15,6 +15,7 @@ the Authorization header.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import time
@@ -23,6 +24,8 @@ from typing import Any, Final
 
 import httpx
 
+from tmlab.history import record as _record_row
+from tmlab._meta import VERSION
 from tmlab._reader import make_timing
 from tmlab._retry import backoff_delay, is_retryable_status, parse_retry_after
 from tmlab._settings import local_base_url, resolve_settings
@@ -31,7 +34,9 @@ from tmlab.errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
+    NotFoundError,
     ParameterError,
+    TmlabError,
     redact,
     status_error_from_response,
 )
@@ -39,8 +44,6 @@ from tmlab.params import validate_params
 from tmlab.result import ChatResult
 
 __all__ = ["Messages", "OnDelta", "_BaseClient"]
-
-_VERSION: Final = "0.1.0"
 
 Messages = str | Sequence[Mapping[str, Any]]
 OnDelta = Callable[[Delta], Any]
@@ -126,7 +129,7 @@ class _BaseClient:
         headers = {
             "Accept": "application/json",
             "Content-Type": "application/json",
-            "User-Agent": f"tmlab/{_VERSION}",
+            "User-Agent": f"tmlab/{VERSION}",
         }
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
@@ -276,7 +279,54 @@ class _BaseClient:
         return APIConnectionError(redact(message, self._key), request=response.request)
 
     def _status_error(self, response: httpx.Response) -> APIError:
-        return status_error_from_response(response, secret=self._key)
+        error = status_error_from_response(response, secret=self._key)
+        if isinstance(error, NotFoundError) and response.request.url == self._chat_url:
+            # Most often a base URL without its /v1 (or with a path too many): say what
+            # was tried, and how to fix it.
+            error.message += (
+                f" — tried POST {self._chat_url}; check the base URL (it usually ends in /v1:"
+                " Client(base_url=...), %tmconfig base_url=... or TENSORMESH_SERVERLESS_BASE_URL)"
+                " and the model name"
+            )
+            error.args = (error.message,)
+        return error
+
+    # -- history ------------------------------------------------------------------------
+
+    def _record(
+        self,
+        body: dict[str, Any],
+        result: ChatResult | None = None,
+        exc: BaseException | None = None,
+        start: float | None = None,
+    ) -> int | None:
+        """Log one sent request in the history; the id goes on the result or the error."""
+        if exc is not None and result is None:
+            partial = getattr(exc, "partial", None)
+            result = partial if isinstance(partial, ChatResult) else None
+        error = None
+        if exc is not None:
+            if isinstance(exc, TmlabError):
+                error = f"{type(exc).__name__}: {exc}"
+            elif isinstance(exc, KeyboardInterrupt):
+                error = "interrupted"
+            else:
+                error = f"cancelled ({type(exc).__name__})"
+        latency = None if start is None else time.perf_counter() - start
+        row_id = _record_row(
+            body,
+            base_url=self._base_url,
+            result=result,
+            error=error,
+            latency_s=latency,
+            secret=self._key,
+        )
+        if result is not None:
+            result.history_id = row_id
+        if exc is not None:
+            with contextlib.suppress(AttributeError):  # a few builtins refuse attributes
+                exc.history_id = row_id  # type: ignore[attr-defined]
+        return row_id
 
     def _chat_result(
         self, response: httpx.Response, body: dict[str, Any], start: float

@@ -1,8 +1,10 @@
 """Where the client sends requests, with which key and which model.
 
-Each setting comes from the constructor's argument, else the environment
+Each setting comes from the constructor's argument, else the session's settings
+(:data:`session`, changed by ``%tmconfig``), else the environment
 (``TENSORMESH_SERVERLESS_BASE_URL``, ``TENSORMESH_INFERENCE_API_KEY``, ``TMLAB_MODEL``).
-With a key but no base URL the client talks to the Tensormesh serverless API. With neither
+With a key but no base URL the client talks to the Tensormesh serverless API. A base URL
+with no path gets ``/v1`` appended (the seed page names the host alone). With neither
 a key nor a base URL it talks to the embedded local server, which is started lazily, at the
 first request (:func:`local_base_url`), so that constructing a client is instant and never
 fails; its model is then SmolLM2-135M-Instruct unless another one is named. A server on
@@ -16,11 +18,12 @@ import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 from urllib.parse import urlsplit
 
+from tmlab._meta import MODEL_NAME
 from tmlab.errors import ParameterError
-from tmlab.server.engine import MODEL_NAME
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -28,9 +31,12 @@ __all__ = [
     "ENV_BASE_URL",
     "ENV_MODEL",
     "LOCAL_MODEL",
+    "ENV_HISTORY",
+    "Session",
     "Settings",
     "local_base_url",
     "resolve_settings",
+    "session",
 ]
 
 DEFAULT_BASE_URL: Final = "https://serverless.tensormesh.ai/v1"
@@ -38,6 +44,7 @@ LOCAL_MODEL: Final = MODEL_NAME
 ENV_API_KEY: Final = "TENSORMESH_INFERENCE_API_KEY"
 ENV_BASE_URL: Final = "TENSORMESH_SERVERLESS_BASE_URL"
 ENV_MODEL: Final = "TMLAB_MODEL"
+ENV_HISTORY: Final = "TMLAB_HISTORY"
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,15 @@ def _check_key(key: str, source: str) -> None:
     )
 
 
+def _with_v1(url: str) -> str:
+    """``https://host`` → ``https://host/v1``: a base URL with no path gets the API's ``/v1``."""
+    url = url.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme and parts.netloc and parts.path in ("", "/"):
+        return url + "/v1"
+    return url
+
+
 def resolve_settings(
     base_url: str | None = None,
     api_key: str | None = None,
@@ -125,26 +141,176 @@ def resolve_settings(
     *,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Resolve settings from arguments, then the environment. Never starts anything.
+    """Resolve settings: arguments, then :data:`session`, then the environment.
 
-    Raises :class:`~tmlab.ParameterError` for an API key that cannot be sent in a header.
+    Never starts anything. Raises :class:`~tmlab.ParameterError` for an API key that cannot
+    be sent in a header.
     """
     env = os.environ if environ is None else environ
+    ses = session
     key = _clean(api_key)
     if key is not None:
         _check_key(key, "api_key=")
+    elif ses.local and _clean(base_url) is None:
+        return Settings(base_url=None, api_key=None, model=_clean(model) or ses.model)
     else:
-        key = _clean(env.get(ENV_API_KEY))
+        key, source = ses._key(env)
+        if key is None:
+            key, source = _clean(env.get(ENV_API_KEY)), ENV_API_KEY
         if key is not None:
-            _check_key(key, ENV_API_KEY)
-    url = _clean(base_url) or _clean(env.get(ENV_BASE_URL))
+            _check_key(key, source)
+    url = _clean(base_url) or ses.base_url or _clean(env.get(ENV_BASE_URL))
     if url is None and key is not None:
         url = DEFAULT_BASE_URL
     return Settings(
-        base_url=url.rstrip("/") if url else None,
+        base_url=_with_v1(url) if url else None,
         api_key=key,
-        model=_clean(model) or _clean(env.get(ENV_MODEL)),
+        model=_clean(model) or ses.model or _clean(env.get(ENV_MODEL)),
     )
+
+
+class Session:
+    """The session's settings (``%tmconfig``), between explicit arguments and the environment.
+
+    ``tmlab.Client()`` with no arguments reads them, so the magic, the widget, sweeps and plain
+    code agree. A key is only ever taken from an environment variable (``key_env``) or typed
+    at a hidden prompt (:meth:`prompt_key`): never from notebook text, and it is in no repr.
+    """
+
+    _FIELDS: Final = ("base_url", "model", "key_env", "local", "history", "prices")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every session setting (back to the environment and defaults)."""
+        self.base_url: str | None = None
+        self.model: str | None = None
+        self.key_env: str | None = None
+        self.local = False
+        self.history: str | None = None
+        self.prices: dict[str, float] | None = None
+        self._prompted_key: str | None = None
+
+    def update(self, **changes: Any) -> None:
+        """Change some settings: ``base_url``, ``model``, ``key_env``, ``local``, ``history``
+        (``"off"`` or a path), ``prices`` (``{"input": USD, "output": USD}`` per million
+        tokens). ``None`` clears one. Raises :class:`~tmlab.ParameterError` before changing
+        anything if a name or value is wrong.
+        """
+        checked: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name not in self._FIELDS:
+                raise ParameterError(
+                    name,
+                    f"unknown setting {name!r}",
+                    ", ".join(self._FIELDS) + " (an API key only as key_env=VAR or a prompt)",
+                )
+            checked[name] = _check_setting(name, value)
+        for name, value in checked.items():
+            setattr(self, name, value)
+            if name == "base_url" and value is not None:
+                self.local = False
+            if name == "local" and value:
+                self.base_url = None
+            if name == "key_env" and value is not None:
+                self._prompted_key = None
+
+    def prompt_key(self, key: str) -> None:
+        """Use ``key`` (typed at a hidden prompt) for this session; it is kept in memory only."""
+        key = key.strip()
+        _check_key(key, "the prompt")
+        self._prompted_key = key
+        self.key_env = None
+        self.local = False
+
+    def _key(self, env: Mapping[str, str]) -> tuple[str | None, str]:
+        """The session's key and where it came from, or ``(None, "")``."""
+        if self._prompted_key:
+            return self._prompted_key, "the prompt"
+        if self.key_env:
+            return _clean(env.get(self.key_env)), self.key_env
+        return None, ""
+
+    def key_source(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """Where the key in force comes from (a variable's name, ``"the prompt"``), or None."""
+        env = os.environ if environ is None else environ
+        if self.local:
+            return None
+        key, source = self._key(env)
+        if key is not None:
+            return source
+        if self._prompted_key is None and self.key_env is None and _clean(env.get(ENV_API_KEY)):
+            return ENV_API_KEY
+        return None
+
+    def history_path(self, environ: Mapping[str, str] | None = None) -> Path | None:
+        """The history database in force, or ``None`` when the history is off."""
+        env = os.environ if environ is None else environ
+        value = self.history or _clean(env.get(ENV_HISTORY))
+        if value is None:
+            import platformdirs
+
+            return Path(platformdirs.user_data_dir("tmlab", appauthor=False)) / "history.sqlite3"
+        if value.lower() == "off":
+            return None
+        return Path(value).expanduser()
+
+    def describe(self, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The settings in force, for display: never the key itself."""
+        env = os.environ if environ is None else environ
+        settings = resolve_settings(environ=env)
+        source = self.key_source(env)
+        path = self.history_path(env)
+        return {
+            "base_url": settings.base_url or "embedded local server (started on first request)",
+            "model": settings.model or (LOCAL_MODEL if settings.local else None),
+            "key": f"set (from {source})" if source else "not set",
+            "local": settings.local,
+            "history": str(path) if path else "off",
+            "prices": self.prices,
+        }
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._FIELDS)
+        return f"Session({shown})"
+
+
+def _check_setting(name: str, value: Any) -> Any:
+    if value is None:
+        return False if name == "local" else None
+    if name == "local":
+        if not isinstance(value, bool):
+            raise ParameterError("local", f"local={value!r} is not a bool", "True | False")
+        return value
+    if name == "prices":
+        ok = isinstance(value, Mapping) and set(value) <= {"input", "output", "cached_input"}
+        if ok and all(isinstance(v, int | float) and v >= 0 for v in value.values()):
+            return {k: float(v) for k, v in value.items()}
+        raise ParameterError(
+            "prices",
+            "prices must give USD per million tokens",
+            "{'input': 0.3, 'output': 1.2} (numbers ≥ 0)",
+        )
+    if not isinstance(value, str) or not value.strip():
+        raise ParameterError(name, f"{name} must be a non-empty string", "a string")
+    value = value.strip()
+    if name == "base_url":
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ParameterError(
+                "base_url", f"base_url={value!r} is not an http(s) URL", "http(s)://host[:port]/v1"
+            )
+        return _with_v1(value)
+    if name == "key_env" and not value.replace("_", "").isalnum():
+        raise ParameterError(
+            "key_env", "key_env must name an environment variable", "a name such as MY_API_KEY"
+        )
+    return value
+
+
+session: Final = Session()
+"""The process-wide session settings (``%tmconfig``)."""
 
 
 def local_base_url() -> str:

@@ -44,7 +44,7 @@ import httpx
 from tmlab._base import Messages, OnDelta, _BaseClient
 from tmlab._reader import StreamReader
 from tmlab._stream import Delta
-from tmlab.errors import StreamError
+from tmlab.errors import ParameterError, StreamError, TmlabError
 from tmlab.params import validate_params
 from tmlab.result import ChatResult
 
@@ -67,6 +67,15 @@ async def _adrain(chunks: AsyncIterator[bytes]) -> None:
     with contextlib.suppress(httpx.HTTPError):
         async for _ in chunks:
             pass
+
+
+def _keep_partial(exc: BaseException, reader: StreamReader) -> None:
+    """Put what arrived on ``exc.partial`` when a stream is interrupted (Ctrl-C, a callback
+    that raised, a cancelled task). Leaving the ``with`` block closes the connection, which
+    tells the server to stop generating."""
+    if reader.received and not isinstance(exc, TmlabError) and not hasattr(exc, "partial"):
+        with contextlib.suppress(Exception):
+            exc.partial = reader.partial()  # type: ignore[attr-defined]
 
 
 def _is_json(response: httpx.Response) -> bool:
@@ -141,10 +150,19 @@ class Client(_BaseClient):
             prompt_or_messages, model, system, stream, on_delta, extra_body, params
         )
         http = self._http if self._ready else self._setup()
-        if streaming:
-            return self._stream(http, body, payload, on_delta)  # type: ignore[arg-type]
-        response, start = self._send(http, self._chat_url, payload)  # type: ignore[arg-type]
-        return self._chat_result(response, body, start)
+        start = time.perf_counter()
+        try:
+            if streaming:
+                result = self._stream(http, body, payload, on_delta)  # type: ignore[arg-type]
+            else:
+                response, sent = self._send(http, self._chat_url, payload)  # type: ignore[arg-type]
+                result = self._chat_result(response, body, sent)
+        except BaseException as exc:  # every request sent is logged, with its partial answer
+            if not isinstance(exc, ParameterError):
+                self._record(body, exc=exc, start=start)
+            raise
+        self._record(body, result)
+        return result
 
     def models(self) -> list[dict[str, Any]]:
         """The models the server serves (``GET /models``), as a list of dicts with ``id``."""
@@ -177,6 +195,9 @@ class Client(_BaseClient):
                     delay = self._exception_delay(attempt, exc) if payload is None else None
                     if delay is None:
                         raise self._broken_body(exc, response) from None
+                except BaseException:  # Ctrl-C while reading: drop the connection
+                    response.close()
+                    raise
                 else:
                     if response.is_success:
                         return response, start
@@ -220,6 +241,9 @@ class Client(_BaseClient):
                 delay = self._exception_delay(attempt, exc)
                 if delay is None:
                     raise self._transport_error(exc) from None
+            except BaseException as exc:
+                _keep_partial(exc, reader)
+                raise
             self._sleep(delay)
             attempt += 1
 
@@ -298,10 +322,19 @@ class AsyncClient(_BaseClient):
             prompt_or_messages, model, system, stream, on_delta, extra_body, params
         )
         http = self._http if self._ready else await self._setup()
-        if streaming:
-            return await self._stream(http, body, payload, on_delta)  # type: ignore[arg-type]
-        response, start = await self._send(http, self._chat_url, payload)  # type: ignore[arg-type]
-        return self._chat_result(response, body, start)
+        start = time.perf_counter()
+        try:
+            if streaming:
+                result = await self._stream(http, body, payload, on_delta)  # type: ignore[arg-type]
+            else:
+                response, sent = await self._send(http, self._chat_url, payload)  # type: ignore[arg-type]
+                result = self._chat_result(response, body, sent)
+        except BaseException as exc:  # every request sent is logged, with its partial answer
+            if not isinstance(exc, ParameterError):
+                self._record(body, exc=exc, start=start)
+            raise
+        self._record(body, result)
+        return result
 
     async def models(self) -> list[dict[str, Any]]:
         """The models the server serves (``GET /models``)."""
@@ -332,6 +365,10 @@ class AsyncClient(_BaseClient):
                     delay = self._exception_delay(attempt, exc) if payload is None else None
                     if delay is None:
                         raise self._broken_body(exc, response) from None
+                except BaseException:  # cancelled while reading: drop the connection
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+                    raise
                 else:
                     if response.is_success:
                         return response, start
@@ -375,6 +412,9 @@ class AsyncClient(_BaseClient):
                 delay = self._exception_delay(attempt, exc)
                 if delay is None:
                     raise self._transport_error(exc) from None
+            except BaseException as exc:
+                _keep_partial(exc, reader)
+                raise
             await self._sleep(delay)
             attempt += 1
 

@@ -1,0 +1,256 @@
+"""The request history: what every request leaves behind in SQLite, and that nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import tmlab
+from tmlab.history import COLUMNS, SCHEMA_VERSION, get_row, record, request_source
+from tmlab.local import LocalServer
+from tmlab.result import ChatResult, Timing
+
+KEY = "tm-sk-HISTORYSECRET-0123456789"
+
+
+def _result(text: str = "Hello there", complete: bool = True) -> ChatResult:
+    raw = {
+        "model": "m",
+        "choices": [
+            {"index": 0, "message": {"content": text}, "finish_reason": "stop"},
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+    }
+    return ChatResult(raw, timing=Timing(0.5, 0.1, 40.0), complete=complete)
+
+
+BODY = {
+    "model": "m",
+    "messages": [{"role": "user", "content": "hi"}],
+    "temperature": 0.7,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
+
+
+def test_columns_are_in_the_documented_order(history_db: str) -> None:
+    record(BODY, base_url="http://x/v1", result=_result())
+    df = tmlab.history()
+    assert tuple(df.columns) == COLUMNS
+    row = df.iloc[0]
+    assert row["source"] == "client"
+    assert row["params"] == {"temperature": 0.7}  # not model/messages/stream/stream_options
+    assert row["messages"] == [{"role": "user", "content": "hi"}]
+    assert row["text"] == "Hello there"
+    assert row["complete"] is True or row["complete"] == True  # noqa: E712 - numpy bool
+    assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (5, 3, 8)
+    assert row["latency_s"] == 0.5 and row["ttft_s"] == 0.1 and row["tokens_per_s"] == 40.0
+    assert row["time"].endswith("+00:00")  # UTC ISO
+
+
+def test_filters_and_last_n(history_db: str) -> None:
+    for i in range(5):
+        with request_source("sweep" if i % 2 else "magic"):
+            record({**BODY, "model": f"m{i % 2}"}, base_url=None, result=_result(f"t{i}"))
+    assert list(tmlab.history(n=2)["text"]) == ["t3", "t4"]  # the last two, oldest first
+    assert list(tmlab.history(source="sweep")["text"]) == ["t1", "t3"]
+    assert list(tmlab.history(model="m0")["text"]) == ["t0", "t2", "t4"]
+    with pytest.raises(tmlab.ParameterError, match="source"):
+        tmlab.history(source="nope")
+
+
+def test_key_is_scrubbed_from_every_stored_text(history_db: str) -> None:
+    body = {**BODY, "messages": [{"role": "user", "content": f"my key is {KEY}"}]}
+    record(body, base_url="http://x/v1", result=_result(f"echo {KEY}"), secret=KEY)
+    assert KEY.encode() not in Path(history_db).read_bytes()
+    assert "***" in tmlab.history().iloc[0]["text"]
+
+
+def test_history_off_records_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMLAB_HISTORY", "off")
+    assert record(BODY, base_url=None, result=_result()) is None
+    assert tmlab.history().empty
+
+
+def test_session_setting_overrides_the_environment(history_db: str, tmp_path: Path) -> None:
+    other = tmp_path / "other.sqlite3"
+    tmlab.session.update(history=str(other))
+    record(BODY, base_url=None, result=_result())
+    assert other.exists() and not Path(history_db).exists()
+    tmlab.session.update(history="off")
+    assert record(BODY, base_url=None, result=_result()) is None
+
+
+def test_threads_lose_no_row(history_db: str) -> None:
+    ids: list[int | None] = []
+    lock = threading.Lock()
+
+    def write(n: int) -> None:
+        for i in range(25):
+            row = record(BODY, base_url=None, result=_result(f"{n}-{i}"))
+            with lock:
+                ids.append(row)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 200 and None not in ids
+    assert len(tmlab.history()) == 200
+
+
+_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from tmlab.history import record
+    from tmlab.result import ChatResult
+    raw = {"choices": [{"index": 0, "message": {"content": "row"}, "finish_reason": "stop"}]}
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    for i in range(int(sys.argv[1])):
+        record(body, base_url=None, result=ChatResult(raw))
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)  # a kernel killed right after its request
+    """
+)
+
+
+def test_a_killed_process_loses_nothing_that_finished(history_db: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", _WRITER, "3", "kill"], check=False)
+    assert proc.returncode == -9
+    assert len(tmlab.history()) == 3
+
+
+def test_several_processes_write_at_once(history_db: str) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, "40", "exit"]) for _ in range(3)
+    ]
+    assert [p.wait(60) for p in procs] == [0, 0, 0]
+    df = tmlab.history()
+    assert len(df) == 120 and df["id"].is_unique
+
+
+def test_an_old_schema_is_migrated_not_replaced(history_db: str) -> None:
+    conn = sqlite3.connect(history_db)
+    conn.execute("CREATE TABLE unrelated (x)")  # the user's file, at version 0
+    conn.commit()
+    conn.close()
+    record(BODY, base_url=None, result=_result())
+    conn = sqlite3.connect(history_db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("SELECT count(*) FROM unrelated").fetchone()[0] == 0
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+# -- the client records its requests -------------------------------------------------------
+
+
+def _mock(status: int, body: dict[str, Any]) -> httpx.MockTransport:
+    return httpx.MockTransport(lambda request: httpx.Response(status, json=body))
+
+
+def test_a_refused_key_is_a_row_with_the_error_and_never_the_key(history_db: str) -> None:
+    body = {"error": {"message": f"key {KEY} refused", "type": "auth"}}
+    client = tmlab.Client(
+        base_url="https://api.example/v1", api_key=KEY, model="m", transport=_mock(401, body)
+    )
+    with pytest.raises(tmlab.AuthenticationError) as info:
+        client.chat("hi", temperature=0.2)
+    row = get_row(info.value.history_id)  # type: ignore[attr-defined]
+    assert row is not None and row["complete"] is False
+    assert row["error"].startswith("AuthenticationError: 401")
+    assert row["params"] == {"temperature": 0.2} and row["base_url"] == "https://api.example/v1"
+    assert KEY.encode() not in Path(history_db).read_bytes()
+
+
+def test_a_bad_parameter_sends_nothing_and_logs_nothing(history_db: str) -> None:
+    client = tmlab.Client(base_url="https://api.example/v1", model="m", transport=_mock(200, {}))
+    with pytest.raises(tmlab.ParameterError):
+        client.chat("hi", temperature=9)
+    assert tmlab.history().empty
+
+
+@pytest.mark.slow
+def test_requests_to_the_local_server_are_rows_with_what_was_sent(
+    history_db: str, local_server: LocalServer
+) -> None:
+    client = tmlab.Client(base_url=local_server.base_url)
+    res = client.chat("Say hi", temperature=0.0, max_tokens=4, seed=3)
+    with request_source("sweep"):
+        streamed = client.chat("Say hi", stream=True, max_tokens=4, top_k=5)
+    df = tmlab.history()
+    assert list(df["id"]) == [res.history_id, streamed.history_id]
+    first, second = df.iloc[0], df.iloc[1]
+    assert first["params"] == {"temperature": 0.0, "max_tokens": 4, "seed": 3}
+    assert first["source"] == "client" and second["source"] == "sweep"
+    assert second["params"] == {"max_tokens": 4, "top_k": 5}
+    assert first["text"] == res.text and second["text"] == streamed.text
+    assert first["completion_tokens"] == res.usage.completion_tokens
+    assert first["base_url"] == local_server.base_url and first["model"] == res.model
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_stream_keeps_the_partial_answer(
+    history_db: str, local_server: LocalServer
+) -> None:
+    client = tmlab.Client(base_url=local_server.base_url)
+    seen: list[str] = []
+
+    def on_delta(delta: tmlab.Delta) -> None:
+        seen.append(delta.text or "")
+        if len(seen) == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        client.chat(
+            "Tell me a long story.", stream=True, on_delta=on_delta, max_tokens=300,
+            ignore_eos=True,
+        )
+    partial = info.value.partial  # type: ignore[attr-defined]
+    assert not partial.complete and partial.text == "".join(seen)
+    row = get_row(info.value.history_id)  # type: ignore[attr-defined]
+    assert row is not None
+    assert row["complete"] is False and row["error"] == "interrupted"
+    assert row["text"] == partial.text
+    # the connection was dropped, so the server is free for the next request at once
+    assert client.chat("hi", max_tokens=2).complete
+
+
+@pytest.mark.slow
+def test_rerun_sends_the_logged_request_again(history_db: str, local_server: LocalServer) -> None:
+    tmlab.session.update(base_url=local_server.base_url)
+    first = tmlab.Client().chat("Name a colour.", temperature=0.0, max_tokens=5)
+    again = tmlab.rerun(first.history_id)  # type: ignore[arg-type]
+    assert again.text == first.text and again.history_id != first.history_id
+    rows = tmlab.history()
+    assert rows.iloc[-1]["params"] == rows.iloc[-2]["params"] == {
+        "temperature": 0.0,
+        "max_tokens": 5,
+    }
+    changed = tmlab.rerun(first.history_id, max_tokens=2)  # type: ignore[arg-type]
+    assert changed.usage.completion_tokens == 2
+    with pytest.raises(tmlab.ParameterError, match="no request"):
+        tmlab.rerun(10**9)
+
+
+def test_rows_are_json_not_python_reprs(history_db: str) -> None:
+    record(BODY, base_url=None, result=_result())
+    conn = sqlite3.connect(history_db)
+    try:
+        params, messages = conn.execute("SELECT params, messages FROM requests").fetchone()
+    finally:
+        conn.close()
+    assert json.loads(params) == {"temperature": 0.7}
+    assert json.loads(messages)[0]["role"] == "user"

@@ -1,0 +1,353 @@
+"""The request history: every request made through tmlab is one row in a SQLite database.
+
+The client records each request it sends (from plain code, ``%%tmchat``, the Explorer or a
+sweep — the ``source`` column says which, see :func:`request_source`): what was asked, what
+came back, how long it took, and the error if it failed. Each row is written in its own short
+transaction, committed before ``chat()`` returns, so a kernel that dies right after a request
+loses nothing that finished. The database is in WAL mode with a busy timeout, so several
+threads and several kernels can write at once.
+
+Never stored: the API key or any header. Messages and answers are scrubbed of the key in
+force, in case it was pasted into a prompt.
+
+Where: ``%tmconfig history=PATH|off``, else ``TMLAB_HISTORY`` (a path, or ``off``), else
+``history.sqlite3`` in the user's data directory (``platformdirs``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import sqlite3
+import threading
+import warnings
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from tmlab.errors import ParameterError, redact
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tmlab.client import Client
+    from tmlab.result import ChatResult
+
+__all__ = [
+    "COLUMNS",
+    "SCHEMA_VERSION",
+    "SOURCES",
+    "HistoryWarning",
+    "current_source",
+    "get_row",
+    "history",
+    "history_path",
+    "record",
+    "request_source",
+    "rerun",
+]
+
+SCHEMA_VERSION: Final = 1
+"""Stored in ``PRAGMA user_version``; later columns are added by migration, never by
+starting a new file."""
+
+COLUMNS: Final = (
+    "id",
+    "time",
+    "source",
+    "base_url",
+    "model",
+    "messages",
+    "params",
+    "text",
+    "reasoning",
+    "finish_reason",
+    "complete",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "latency_s",
+    "ttft_s",
+    "tokens_per_s",
+    "error",
+)
+
+SOURCES: Final = ("client", "magic", "explorer", "sweep")
+
+# The request body's fields that are not "parameters": who/what was asked and how the answer
+# was transported (stream_options is added by the client to every stream).
+_NOT_PARAMS: Final = frozenset({"model", "messages", "stream", "stream_options"})
+
+# Schema migrations: MIGRATIONS[v] takes a database at version v to v + 1.
+_CREATE: Final = """
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    source TEXT NOT NULL,
+    base_url TEXT,
+    model TEXT,
+    messages TEXT,
+    params TEXT,
+    text TEXT,
+    reasoning TEXT,
+    finish_reason TEXT,
+    complete INTEGER,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    total_tokens INTEGER,
+    latency_s REAL,
+    ttft_s REAL,
+    tokens_per_s REAL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_model ON requests(model);
+CREATE INDEX IF NOT EXISTS requests_source ON requests(source);
+"""
+MIGRATIONS: Final[tuple[str, ...]] = (_CREATE,)
+
+_source: contextvars.ContextVar[str] = contextvars.ContextVar("tmlab_source", default="client")
+_ready: set[Path] = set()  # databases whose schema is known to be current in this process
+_ready_lock = threading.Lock()
+_warned = False
+
+
+class HistoryWarning(UserWarning):
+    """The history could not be written; the request itself went through."""
+
+
+@contextlib.contextmanager
+def request_source(name: str) -> Iterator[None]:
+    """Record the requests made inside this block with ``source=name``.
+
+    A context variable: asyncio tasks created inside the block inherit it, threads do not
+    (enter it inside the thread that sends).
+    """
+    if name not in SOURCES:
+        raise ParameterError("source", f"source={name!r} is unknown", " | ".join(SOURCES))
+    token = _source.set(name)
+    try:
+        yield
+    finally:
+        _source.reset(token)
+
+
+def current_source() -> str:
+    """The source that requests made here are recorded with."""
+    return _source.get()
+
+
+def history_path() -> Path | None:
+    """The database in force (``None``: the history is off)."""
+    from tmlab._settings import session
+
+    return session.history_path()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # One connection per operation: safe across threads, forks and kernels, nothing to leak.
+    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if path not in _ready:
+        with _ready_lock:
+            _migrate(conn, path)
+            _ready.add(path)
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")  # one kernel migrates at a time
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for step in range(version, SCHEMA_VERSION):
+            # statement by statement: executescript() would commit the open transaction
+            for statement in MIGRATIONS[step].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        if version < SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[sqlite3.Connection]:
+    conn = _connect(path)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _dumps(value: Any, secret: str | None) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return redact(text, secret) if secret else text
+
+
+def _scrub(text: str | None, secret: str | None) -> str | None:
+    return redact(text, secret) if text and secret else text
+
+
+def record(
+    body: Mapping[str, Any],
+    *,
+    base_url: str | None,
+    result: ChatResult | None = None,
+    error: str | None = None,
+    latency_s: float | None = None,
+    secret: str | None = None,
+) -> int | None:
+    """Append one request to the history; return its id (``None`` when the history is off).
+
+    ``body`` is the request body as sent, ``result`` what came back (possibly partial),
+    ``error`` one line describing a failure. ``secret`` (the API key) is scrubbed from every
+    stored text. A failure to write warns (:class:`HistoryWarning`) once and returns ``None``:
+    it never fails the request.
+    """
+    global _warned
+    path = history_path()
+    if path is None:
+        return None
+    params = {k: v for k, v in body.items() if k not in _NOT_PARAMS}
+    row: dict[str, Any] = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "source": _source.get(),
+        "base_url": base_url,
+        "model": body.get("model"),
+        "messages": _dumps(body.get("messages"), secret),
+        "params": _dumps(params, secret),
+        "error": _scrub(error, secret),
+        "latency_s": latency_s,
+    }
+    if result is not None:
+        usage, timing = result.usage, result.timing
+        row.update(
+            model=result.model or row["model"],
+            text=_scrub(result.text, secret),
+            reasoning=_scrub(result.reasoning, secret),
+            finish_reason=result.finish_reason,
+            complete=int(result.complete and error is None),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            latency_s=timing.latency_s if timing.latency_s is not None else latency_s,
+            ttft_s=timing.ttft_s,
+            tokens_per_s=timing.tokens_per_s,
+        )
+    else:
+        row["complete"] = 0
+    names = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _open(path) as conn:
+            cursor = conn.execute(
+                f"INSERT INTO requests ({names}) VALUES ({marks})", tuple(row.values())
+            )
+            return cursor.lastrowid
+    except (sqlite3.Error, OSError) as exc:
+        if not _warned:
+            _warned = True
+            warnings.warn(
+                f"tmlab could not write its history to {path}: {exc} "
+                "(requests still work; %tmconfig history=off silences this)",
+                HistoryWarning,
+                stacklevel=3,
+            )
+        return None
+
+
+def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    for name in ("messages", "params"):
+        if out.get(name) is not None:
+            out[name] = json.loads(out[name])
+    if out.get("complete") is not None:
+        out["complete"] = bool(out["complete"])
+    return out
+
+
+def _query(sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+    path = history_path()
+    if path is None or not path.exists():
+        return []
+    with _open(path) as conn:
+        conn.row_factory = sqlite3.Row
+        return [_decode(r) for r in conn.execute(sql, args)]
+
+
+def history(
+    n: int | None = None, model: str | None = None, source: str | None = None
+) -> pd.DataFrame:
+    """The logged requests as a DataFrame, oldest first: the last ``n`` (all by default),
+    optionally only those of one ``model`` or ``source``. ``messages`` and ``params`` are
+    decoded to Python objects."""
+    import pandas as pd
+
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ParameterError("n", f"n={n!r}", "an int ≥ 0, or None for all")
+    if source is not None and source not in SOURCES:
+        raise ParameterError("source", f"source={source!r} is unknown", " | ".join(SOURCES))
+    where, args = [], []
+    if model is not None:
+        where.append("model = ?")
+        args.append(model)
+    if source is not None:
+        where.append("source = ?")
+        args.append(source)
+    sql = "SELECT " + ", ".join(COLUMNS) + " FROM requests"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC"
+    if n is not None:
+        sql += f" LIMIT {n}"
+    rows = _query(sql, tuple(args))[::-1]
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    path = history_path()
+    df.attrs["notes"] = {
+        "history": str(path) if path else "off (%tmconfig history=PATH or TMLAB_HISTORY)",
+        "params": "the request body as sent, minus model, messages, stream and stream_options",
+        "time": "UTC, when the request was recorded (after its answer ended)",
+    }
+    return df
+
+
+def get_row(id: int) -> dict[str, Any] | None:
+    """One logged request as a dict (``messages``/``params`` decoded), or ``None``."""
+    rows = _query(
+        "SELECT " + ", ".join(COLUMNS) + " FROM requests WHERE id = ?", (int(id),)
+    )
+    return rows[0] if rows else None
+
+
+def rerun(id: int, *, client: Client | None = None, **overrides: Any) -> ChatResult:
+    """Send logged request ``id`` again (``overrides`` change some parameters).
+
+    Keys are never logged, so it goes to ``client``, else to the row's server with the key
+    in force now; a row from a server on this machine (such as the embedded one, whose port
+    changes) goes to the server the session uses now. Returns the new ChatResult.
+    """
+    from tmlab._settings import Settings
+    from tmlab.client import Client
+
+    row = get_row(id)
+    if row is None:
+        raise ParameterError("id", f"no request {id} in the history", "an id of tmlab.history()")
+    if client is None:
+        url = row["base_url"]
+        local = url is None or Settings(base_url=url, api_key=None, model=None).loopback
+        client = Client() if local else Client(base_url=url)
+    params = dict(row["params"] or {})
+    params.update(overrides)
+    extra = {k: params.pop(k) for k in list(params) if not _known(k)}
+    return client.chat(row["messages"], model=row["model"], extra_body=extra or None, **params)
+
+
+def _known(name: str) -> bool:
+    from tmlab.params import PARAMS
+
+    return name in PARAMS
