@@ -131,9 +131,7 @@ def test_a_killed_process_loses_nothing_that_finished(history_db: str) -> None:
 
 
 def test_several_processes_write_at_once(history_db: str) -> None:
-    procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, "40", "exit"]) for _ in range(3)
-    ]
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, "40", "exit"]) for _ in range(3)]
     assert [p.wait(60) for p in procs] == [0, 0, 0]
     df = tmlab.history()
     assert len(df) == 120 and df["id"].is_unique
@@ -166,6 +164,7 @@ def test_a_refused_key_is_a_row_with_the_error_and_never_the_key(history_db: str
     client = tmlab.Client(
         base_url="https://api.example/v1", api_key=KEY, model="m", transport=_mock(401, body)
     )
+    client.max_retries = 0
     with pytest.raises(tmlab.AuthenticationError) as info:
         client.chat("hi", temperature=0.2)
     row = get_row(info.value.history_id)  # type: ignore[attr-defined]
@@ -186,10 +185,10 @@ def test_a_bad_parameter_sends_nothing_and_logs_nothing(history_db: str) -> None
 def test_requests_to_the_local_server_are_rows_with_what_was_sent(
     history_db: str, local_server: LocalServer
 ) -> None:
-    client = tmlab.Client(base_url=local_server.base_url)
-    res = client.chat("Say hi", temperature=0.0, max_tokens=4, seed=3)
-    with request_source("sweep"):
-        streamed = client.chat("Say hi", stream=True, max_tokens=4, top_k=5)
+    with tmlab.Client(base_url=local_server.base_url) as client:
+        res = client.chat("Say hi", temperature=0.0, max_tokens=4, seed=3)
+        with request_source("sweep"):
+            streamed = client.chat("Say hi", stream=True, max_tokens=4, top_k=5)
     df = tmlab.history()
     assert list(df["id"]) == [res.history_id, streamed.history_id]
     first, second = df.iloc[0], df.iloc[1]
@@ -203,9 +202,10 @@ def test_requests_to_the_local_server_are_rows_with_what_was_sent(
 
 @pytest.mark.slow
 def test_ctrl_c_mid_stream_keeps_the_partial_answer(
-    history_db: str, local_server: LocalServer
+    history_db: str, local_server: LocalServer, request: pytest.FixtureRequest
 ) -> None:
     client = tmlab.Client(base_url=local_server.base_url)
+    request.addfinalizer(client.close)
     seen: list[str] = []
 
     def on_delta(delta: tmlab.Delta) -> None:
@@ -215,7 +215,10 @@ def test_ctrl_c_mid_stream_keeps_the_partial_answer(
 
     with pytest.raises(KeyboardInterrupt) as info:
         client.chat(
-            "Tell me a long story.", stream=True, on_delta=on_delta, max_tokens=300,
+            "Tell me a long story.",
+            stream=True,
+            on_delta=on_delta,
+            max_tokens=300,
             ignore_eos=True,
         )
     partial = info.value.partial  # type: ignore[attr-defined]
@@ -231,14 +234,13 @@ def test_ctrl_c_mid_stream_keeps_the_partial_answer(
 @pytest.mark.slow
 def test_rerun_sends_the_logged_request_again(history_db: str, local_server: LocalServer) -> None:
     tmlab.session.update(base_url=local_server.base_url)
-    first = tmlab.Client().chat("Name a colour.", temperature=0.0, max_tokens=5)
+    with tmlab.Client() as client:
+        first = client.chat("Name a colour.", temperature=0.0, max_tokens=5)
     again = tmlab.rerun(first.history_id)  # type: ignore[arg-type]
     assert again.text == first.text and again.history_id != first.history_id
     rows = tmlab.history()
-    assert rows.iloc[-1]["params"] == rows.iloc[-2]["params"] == {
-        "temperature": 0.0,
-        "max_tokens": 5,
-    }
+    sent = {"temperature": 0.0, "max_tokens": 5}
+    assert rows.iloc[-1]["params"] == sent and rows.iloc[-2]["params"] == sent
     changed = tmlab.rerun(first.history_id, max_tokens=2)  # type: ignore[arg-type]
     assert changed.usage.completion_tokens == 2
     with pytest.raises(tmlab.ParameterError, match="no request"):

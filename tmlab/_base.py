@@ -24,7 +24,6 @@ from typing import Any, Final
 
 import httpx
 
-from tmlab.history import record as _record_row
 from tmlab._meta import VERSION
 from tmlab._reader import make_timing
 from tmlab._retry import backoff_delay, is_retryable_status, parse_retry_after
@@ -40,6 +39,7 @@ from tmlab.errors import (
     redact,
     status_error_from_response,
 )
+from tmlab.history import record as _record_row
 from tmlab.params import validate_params
 from tmlab.result import ChatResult
 

@@ -55,16 +55,41 @@ __all__ = ["AsyncClient", "Client"]
 # body (normally just the end of the chunked encoding, already received) lets httpx put the
 # connection back in its pool, so the next request skips a TCP/TLS handshake, as the openai
 # SDK does too. A failure while doing so changes nothing in the answer; the connection is
-# then simply not reused. (A server that holds the body open after [DONE] costs the read
-# timeout here, not a wrong result.)
-def _drain(chunks: Iterator[bytes]) -> None:
-    with contextlib.suppress(httpx.HTTPError):
-        for _ in chunks:
-            pass
+# then simply not reused. A proxy may hold the body open after [DONE]: the drain gives up
+# after _DRAIN_S (not the read timeout, a minute by default) and that connection is closed.
+_DRAIN_S = 0.5
+
+
+def _drain(chunks: Iterator[bytes], response: httpx.Response) -> None:
+    deadline = time.monotonic() + _DRAIN_S
+    if response.extensions.get("http_version", b"HTTP/1.1") != b"HTTP/1.1":
+        return  # HTTP/2: closing the response resets only its stream; nothing to drain
+    # httpcore reads with the request's read timeout, fixed when the body started; bound
+    # each read of this one connection by the deadline instead, for the drain only.
+    stream = response.extensions.get("network_stream")
+    read = getattr(stream, "read", None)
+    patched = False
+    if read is not None:
+
+        def bounded(max_bytes: int, timeout: float | None = None) -> bytes:
+            left = max(deadline - time.monotonic(), 0.001)
+            return read(max_bytes, left if timeout is None else min(timeout, left))
+
+        with contextlib.suppress(AttributeError):
+            stream.read = bounded  # type: ignore[union-attr]
+            patched = True
+    try:
+        with contextlib.suppress(httpx.HTTPError):
+            for _ in chunks:
+                if time.monotonic() > deadline:  # bytes keep trickling in: stop anyway
+                    break
+    finally:
+        if patched:
+            del stream.read  # type: ignore[union-attr]
 
 
 async def _adrain(chunks: AsyncIterator[bytes]) -> None:
-    with contextlib.suppress(httpx.HTTPError):
+    with contextlib.suppress(httpx.HTTPError), anyio.move_on_after(_DRAIN_S):
         async for _ in chunks:
             pass
 
@@ -229,7 +254,7 @@ class Client(_BaseClient):
                                 break
                         result = reader.result()
                         if reader.done:
-                            _drain(chunks)
+                            _drain(chunks, response)
                         return result
                     response.read()
                     delay = self._status_delay(attempt, response)

@@ -226,7 +226,7 @@ def record(
     if result is not None:
         usage, timing = result.usage, result.timing
         row.update(
-            model=result.model or row["model"],
+            model=row["model"] or result.model,
             text=_scrub(result.text, secret),
             reasoning=_scrub(result.reasoning, secret),
             finish_reason=result.finish_reason,
@@ -318,9 +318,7 @@ def history(
 
 def get_row(id: int) -> dict[str, Any] | None:
     """One logged request as a dict (``messages``/``params`` decoded), or ``None``."""
-    rows = _query(
-        "SELECT " + ", ".join(COLUMNS) + " FROM requests WHERE id = ?", (int(id),)
-    )
+    rows = _query("SELECT " + ", ".join(COLUMNS) + " FROM requests WHERE id = ?", (int(id),))
     return rows[0] if rows else None
 
 
@@ -337,14 +335,15 @@ def rerun(id: int, *, client: Client | None = None, **overrides: Any) -> ChatRes
     row = get_row(id)
     if row is None:
         raise ParameterError("id", f"no request {id} in the history", "an id of tmlab.history()")
-    if client is None:
-        url = row["base_url"]
-        local = url is None or Settings(base_url=url, api_key=None, model=None).loopback
-        client = Client() if local else Client(base_url=url)
     params = dict(row["params"] or {})
     params.update(overrides)
     extra = {k: params.pop(k) for k in list(params) if not _known(k)}
-    return client.chat(row["messages"], model=row["model"], extra_body=extra or None, **params)
+    if client is not None:
+        return client.chat(row["messages"], model=row["model"], extra_body=extra or None, **params)
+    url = row["base_url"]
+    local = url is None or Settings(base_url=url, api_key=None, model=None).loopback
+    with Client() if local else Client(base_url=url) as own:
+        return own.chat(row["messages"], model=row["model"], extra_body=extra or None, **params)
 
 
 def _known(name: str) -> bool:
