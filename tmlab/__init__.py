@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from tmlab import local
 from tmlab._meta import VERSION as __version__
 from tmlab._settings import session
 from tmlab._stream import Delta
@@ -48,7 +47,7 @@ from tmlab.params import NOT_GIVEN, PARAMS, Param, params_table, validate_params
 from tmlab.result import ChatResult, Choice, Timing, TokenLogprob, TopLogprob, Usage
 
 if TYPE_CHECKING:
-    from tmlab import sampling
+    from tmlab import local, sampling
     from tmlab.audit import audit, diff
     from tmlab.frames import logprobs_frame, usage_frame
     from tmlab.jupyter.explorer import Explorer
@@ -66,6 +65,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "diff": ("tmlab.audit", "diff"),
     "Explorer": ("tmlab.jupyter.explorer", "Explorer"),
     "sampling": ("tmlab.sampling", None),
+    "local": ("tmlab.local", None),
 }
 
 

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import html
 import json
+import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pandas as pd
     from pandas.io.formats.style import Styler
 
-    from tmlab.result import ChatResult
+    from tmlab.result import ChatResult, TokenLogprob
 
-__all__ = ["chat_result_html", "chat_result_markdown", "style_logprobs", "usage_line"]
+__all__ = [
+    "PROB_BINS",
+    "HTMLText",
+    "chat_result_html",
+    "chat_result_markdown",
+    "style_logprobs",
+    "tokens_html",
+    "usage_line",
+]
 
 
 def usage_line(res: ChatResult) -> str:
@@ -127,3 +137,233 @@ def style_logprobs(df: pd.DataFrame) -> Styler:
     if notes:
         styler = styler.set_caption(html.escape(notes))
     return styler
+
+
+# --- token heatmap -------------------------------------------------------------------------
+
+
+class HTMLText(str):
+    """A ``str`` of HTML that Jupyter displays rendered (it has ``_repr_html_``)."""
+
+    __slots__ = ()
+
+    def _repr_html_(self) -> str:
+        return str(self)
+
+
+PROB_BINS: tuple[tuple[float, float, str], ...] = (
+    (0.0, 0.2, "#f4a582"),
+    (0.2, 0.4, "#fdd49e"),
+    (0.4, 0.6, "#fff7bc"),
+    (0.6, 0.8, "#d9f0d3"),
+    (0.8, 1.0, "#eef3f7"),
+)
+"""The heatmap's colour scale: ``(low, high, colour)``, low ≤ p < high (the last includes 1)."""
+
+_UNKNOWN_COLOUR = "#dddddd"
+# Visible stand-ins for whitespace and control characters; a newline also breaks the line.
+_MARKS = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d"}
+_MARK_STYLE = "opacity: 0.45"
+_TOKEN_STYLE = (
+    "position: relative; border-radius: 3px; padding: 1px 1px; margin: 0 1px 0 0; "
+    "color: #000; cursor: default"
+)
+# Only for the popup on hover (JupyterLab, nbviewer). Where <style> is stripped (GitHub) the
+# title= tooltip still carries everything; nothing of the popup shows inline.
+_HOVER_CSS = (
+    "<style>.tmlab-tok:hover{outline:1px solid #555}"
+    ".tmlab-tok:hover::after{content:attr(title);position:absolute;left:0;top:1.7em;"
+    "z-index:20;white-space:pre;background:#fff;color:#000;border:1px solid #999;"
+    "border-radius:3px;padding:4px 6px;font-size:12px;line-height:1.35;"
+    "box-shadow:0 2px 6px rgba(0,0,0,.25);pointer-events:none}</style>"
+)
+
+
+def _colour(p: float) -> str:
+    if math.isnan(p):
+        return _UNKNOWN_COLOUR
+    for low, high, colour in PROB_BINS:
+        if low <= p < high:
+            return colour
+    return PROB_BINS[-1][2]
+
+
+def _show(text: str) -> str:
+    """One-line readable form of a token for tooltips: whitespace as markers, quoted."""
+    out = []
+    for ch in text:
+        if ch in _MARKS:
+            out.append(_MARKS[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "\u201c" + "".join(out) + "\u201d"
+
+
+def _visible_html(text: str) -> str:
+    """HTML of a token's text with whitespace markers; a newline also breaks the line."""
+    out = []
+    for ch in text:
+        if ch in _MARKS:
+            out.append(f'<span style="{_MARK_STYLE}">{_MARKS[ch]}</span>')
+            if ch == "\n":
+                out.append("<br>")
+        elif ch.isprintable():
+            out.append(html.escape(ch))
+        else:
+            out.append(html.escape(ch.encode("unicode_escape").decode("ascii")))
+    return "".join(out)
+
+
+@dataclass
+class _Piece:
+    """What one coloured span shows: one token, or tokens that together make whole characters."""
+
+    positions: list[int]
+    tokens: list[TokenLogprob]
+    text: str
+    escaped: bool = False  # bytes that are not valid UTF-8, shown as \xNN
+
+
+def _piece_text(token: str, raw: list[int] | None) -> str:
+    if raw is None:
+        return token
+    return bytes(raw).decode("utf-8", errors="backslashreplace")
+
+
+def _pieces(tokens: list[TokenLogprob]) -> list[_Piece]:
+    """Group tokens so that a character split over several tokens' bytes shows whole, once."""
+    out: list[_Piece] = []
+    pending: list[tuple[int, TokenLogprob]] = []
+
+    def flush(escaped: bool) -> None:
+        if pending:
+            data = b"".join(bytes(t.bytes or b"") for _, t in pending)
+            text = data.decode("utf-8", errors="backslashreplace")
+            out.append(_Piece([p for p, _ in pending], [t for _, t in pending], text, escaped))
+            pending.clear()
+
+    for pos, tok in enumerate(tokens):
+        if tok.bytes is None:
+            flush(escaped=True)
+            out.append(_Piece([pos], [tok], tok.token))
+            continue
+        pending.append((pos, tok))
+        while pending:
+            data = b"".join(bytes(t.bytes or b"") for _, t in pending)
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if exc.reason == "unexpected end of data":
+                    break  # a character continues in the next token's bytes
+                if len(pending) > 1:
+                    # The bytes so far never completed: show them escaped, retry this token.
+                    last = pending.pop()
+                    flush(escaped=True)
+                    pending.append(last)
+                    continue
+                flush(escaped=True)
+                break
+            flush(escaped=False)
+    flush(escaped=True)
+    return out
+
+
+def _tooltip(piece: _Piece) -> str:
+    lines = []
+    if len(piece.tokens) > 1:
+        joint = math.exp(sum(t.logprob for t in piece.tokens))
+        lines.append(
+            f"{len(piece.tokens)} tokens make up {_show(piece.text)} (UTF-8 bytes split across "
+            f"tokens); joint p = {joint:.4f}"
+        )
+    for pos, tok in zip(piece.positions, piece.tokens, strict=True):
+        shown = _show(_piece_text(tok.token, tok.bytes))
+        lp = tok.logprob
+        head = f"position {pos}: {shown}"
+        if tok.bytes is not None and len(piece.tokens) > 1:
+            head += " bytes " + " ".join(f"{b:02x}" for b in tok.bytes)
+        if math.isnan(lp):
+            head += "  p unknown (null logprob)"
+        else:
+            head += f"  p = {math.exp(lp):.4f} (logprob {lp:.4f})"
+        lines.append(head)
+        if tok.top:
+            lines.append("alternatives (probabilities as returned):")
+            alts = sorted(tok.top, key=lambda a: -a.logprob)
+            for i, alt in enumerate(alts, start=1):
+                mark = ""
+                same = (
+                    alt.token_id == tok.token_id
+                    if alt.token_id is not None and tok.token_id is not None
+                    else alt.token == tok.token
+                )
+                if same:
+                    mark = "  \u2190 generated"
+                text = _show(_piece_text(alt.token, alt.bytes))
+                lines.append(f"  {i:>2}. {text}  {math.exp(alt.logprob):.4f}{mark}")
+            other = max(0.0, 1.0 - sum(math.exp(a.logprob) for a in alts))
+            lines.append(f"  other (not returned): {other:.4f}")
+    return "\n".join(lines)
+
+
+def _legend() -> str:
+    swatches = []
+    for i, (low, high, colour) in enumerate(PROB_BINS):
+        last = i == len(PROB_BINS) - 1
+        label = f"{low:.1f}\u2013{high:.1f}" if not last else f"\u2265 {low:.1f}"
+        swatches.append(
+            f'<span style="background: {colour}; color: #000; padding: 0 6px; '
+            f'margin-right: 3px; border-radius: 3px">{label}</span>'
+        )
+    swatches.append(
+        f'<span style="background: {_UNKNOWN_COLOUR}; color: #000; padding: 0 6px; '
+        'border-radius: 3px">unknown</span>'
+    )
+    return (
+        '<div class="tmlab-legend" style="font-size: 12px; margin-top: 6px; opacity: 0.85">'
+        "colour = probability of each generated token, as returned by the server (the embedded "
+        "server: the model's raw distribution, before temperature and truncation): "
+        + "".join(swatches)
+        + "<br>\u2423 space \u00b7 \u21b5 newline \u00b7 \u21e5 tab \u00b7 hover a token for "
+        "the returned alternatives and their probabilities</div>"
+    )
+
+
+def tokens_html(res: ChatResult, choice: int = 0) -> HTMLText:
+    """The answer's tokens coloured by probability, as self-contained HTML, with a legend.
+
+    Whitespace is visible (\u2423 space, \u21b5 newline, which also breaks the line, \u21e5
+    tab); each token's ``title`` tooltip lists the returned alternatives with their
+    probabilities and the mass not returned. Tokens whose bytes are partial UTF-8 are joined
+    with the following ones until the character is whole (coloured by their joint probability);
+    bytes that never form a character show as ``\\xNN``. Inline styles and ``title=`` carry
+    everything, so it renders in static views that strip ``<style>`` (GitHub); where styles
+    survive (JupyterLab, nbviewer) the tooltip also pops up at once. The result is a ``str``
+    that Jupyter displays rendered.
+    """
+    chosen = [c for c in res.choices if c.index == choice]
+    box = (
+        '<div class="tmlab-tokens" style="font-family: ui-monospace, SFMono-Regular, Menlo, '
+        'Consolas, monospace; font-size: 13px; line-height: 2.1">'
+    )
+    if not chosen or not chosen[0].logprobs:
+        text = chosen[0].text if chosen else ""
+        return HTMLText(
+            f'{box}<div style="white-space: pre-wrap">{html.escape(text)}</div>'
+            '<div style="font-size: 12px; opacity: 0.7">no token logprobs in this response: '
+            "ask with logprobs=True, top_logprobs=5 to see the token heatmap</div></div>"
+        )
+    spans = []
+    for piece in _pieces(chosen[0].logprobs):
+        lp = sum(t.logprob for t in piece.tokens)
+        style = f"{_TOKEN_STYLE}; background: {_colour(math.exp(lp))}"
+        if piece.escaped:
+            style += "; font-style: italic"
+        spans.append(
+            f'<span class="tmlab-tok" data-position="{piece.positions[0]}" '
+            f'title="{html.escape(_tooltip(piece), quote=True)}" style="{style}">'
+            f"{_visible_html(piece.text)}</span><wbr>"
+        )
+    return HTMLText(_HOVER_CSS + box + "<div>" + "".join(spans) + "</div>" + _legend() + "</div>")

@@ -1,0 +1,153 @@
+"""Matplotlib plots of one response: what-if bars, per-position entropy and surprisal.
+
+``matplotlib`` is an optional extra (``pip install 'tmlab[plot]'``), imported inside each
+function, so ``import tmlab`` never needs it. Every function draws on ``ax`` when given (else a
+new figure) and returns the Axes; the numbers come from :mod:`tmlab.sampling`, whose frames
+hold the same values without a plot.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tmlab.display import _show
+from tmlab.sampling import RAW_LABEL, WHATIF_LABEL, check_settings, entropy_frame, whatif
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from tmlab.result import ChatResult
+
+__all__ = ["plot_entropy", "plot_whatif"]
+
+OTHER_LABEL = "raw mass outside the returned alternatives (unknown to the what-if)"
+
+
+def _axes(ax: Axes | None, size: tuple[float, float]) -> Axes:
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    _, new = plt.subplots(figsize=size, layout="constrained")
+    return new
+
+
+def plot_whatif(
+    res: ChatResult,
+    position: int,
+    *,
+    choice: int = 0,
+    ax: Axes | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    order: str = "temperature_first",
+) -> Axes:
+    """Bars of the raw (as returned) and the what-if distribution at one position.
+
+    One pair of bars per returned alternative (the generated token's label in bold), and a
+    hatched bar for the raw mass outside the returned alternatives, which the what-if cannot
+    see. The title says that the what-if is an approximation, and over how many alternatives.
+    Settings as for :func:`tmlab.sampling.whatif`.
+    """
+    s = check_settings(temperature, top_k, top_p, min_p, order)
+    df = whatif(
+        res,
+        position=position,
+        choice=choice,
+        temperature=s.temperature,
+        top_k=s.top_k,
+        top_p=s.top_p,
+        min_p=s.min_p,
+        order=s.order,
+    )
+    ax = _axes(ax, (max(6.5, 0.55 * len(df) + 2.5), 4.2))
+    n = len(df)
+    x = list(range(n))
+    width = 0.4
+    ax.bar([i - width / 2 for i in x], df["raw_prob"], width, label=RAW_LABEL, color="#7a9cc6")
+    ax.bar(
+        [i + width / 2 for i in x], df["whatif_prob"], width, label=WHATIF_LABEL, color="#e08a4b"
+    )
+    other = float(df["other_mass"].iloc[0]) if n else float("nan")
+    ax.bar([n], [other], width, label=OTHER_LABEL, color="#cccccc", hatch="//", edgecolor="#888")
+    ax.set_xticks([*x, n])
+    ax.set_xticklabels([*(_show(t) for t in df["token"]), "(other)"], rotation=45, ha="right")
+    for label, sampled in zip(ax.get_xticklabels(), df["is_sampled"], strict=False):
+        if sampled:
+            label.set_fontweight("bold")
+    ax.set_ylim(0, 1.4)  # headroom for the legend, inside the axes so savefig keeps it
+    ax.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_ylabel("probability")
+    bound = float(df["tv_bound"].iloc[0]) if n else math.nan
+    if bound == 0:
+        error = "exact here"
+    elif math.isnan(bound):
+        error = "error not bounded by the returned numbers"
+    else:
+        error = f"total-variation error \u2264 {bound:.3f}"
+    ax.set_title(
+        f"position {position}: {RAW_LABEL} vs what-if ({s.describe()})\n"
+        f"what-if = approximation over the {n} returned alternatives\n"
+        f"(raw other_mass {other:.3f} not seen; {error})",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8, loc="upper right")
+    return ax
+
+
+def plot_entropy(
+    res: ChatResult, *, choice: int = 0, gap: float = 0.1, ax: Axes | None = None
+) -> Axes:
+    """Per-position entropy (a lower bound) and surprisal, marking the close calls.
+
+    Entropy is over the returned alternatives only, hence a lower bound of the full
+    distribution's; surprisal is ``-logprob`` of the generated token, both in nats. Positions
+    whose top-2 gap (probability of the most likely minus the second, as returned) is below
+    ``gap`` are marked: another sample would likely diverge there.
+    """
+    df = entropy_frame(res, gap=gap, choice=choice)
+    ax = _axes(ax, (max(6.5, 0.18 * len(df) + 3.0), 4.2))
+    pos = df["position"].to_numpy()
+    ax.plot(
+        pos,
+        df["entropy"],
+        marker=".",
+        label="entropy over the returned alternatives (lower bound)",
+        color="#3b6ea8",
+    )
+    ax.plot(
+        pos,
+        df["surprisal"],
+        marker=".",
+        label="surprisal = \u2212logprob of the generated token",
+        color="#c0504d",
+    )
+    close = df[df["may_diverge"]]
+    ax.scatter(
+        close["position"],
+        close["surprisal"],
+        s=90,
+        facecolors="none",
+        edgecolors="#000",
+        zorder=3,
+        label=f"top-2 gap < {gap:g}: another sample would likely diverge here",
+    )
+    if len(df) <= 60:
+        ax.set_xticks(pos)
+        ax.set_xticklabels([_show(t) for t in df["token"]], rotation=60, ha="right", fontsize=8)
+    ax.set_xlabel("position (token)")
+    ax.set_ylabel("nats")
+    ax.set_title(
+        "Per-position entropy (lower bound, over the returned alternatives) and surprisal\n"
+        "probabilities as returned by the server",
+        fontsize=10,
+    )
+    top = float(np.nanmax([df["entropy"].max(), df["surprisal"].max(), 0.1]))
+    ax.set_ylim(0, top * 1.45)  # headroom for the legend
+    ax.legend(fontsize=8, loc="upper right")
+    return ax
