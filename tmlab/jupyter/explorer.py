@@ -1,0 +1,971 @@
+"""The Explorer: an ipywidgets 8 panel to send one prompt with sliders for every parameter.
+
+::
+
+    ex = tmlab.Explorer(prompt="Tell me a joke", temperature=0.7)
+    ex                      # the panel; move sliders, click Send
+    ex.runs_frame()         # the pinned runs as a DataFrame
+
+The controls are generated from the parameter table (:mod:`tmlab.jupyter.controls`); only
+the parameters touched are sent. Requests run in a worker thread (never on the kernel's main
+thread, never inside a trait observer), recorded in the history with source ``explorer``; the
+answer streams in through a :class:`~tmlab.jupyter.live.Throttle` (about 10 redraws a second).
+Stop makes ``on_delta`` raise :class:`StoppedByUser` at the next piece: the client closes the
+stream (the server stops generating) and records what arrived, which stays on screen. Auto-send
+(off by default: requests may cost money) sends :data:`AUTO_SEND_DELAY` seconds after the
+last change of a parameter control, so a burst of slider moves is one request.
+
+Stable names for code and tests: ``controls[name]`` (a :class:`ParamControl` per parameter),
+``send_button``, ``stop_button``, ``pin_button``, ``auto_send``, ``prompt``, ``system``,
+``model_widget``, ``tabs``, ``answer``, ``heatmap``, ``error`` (the error line),
+``call_line``, ``whatif``; ``params()``, ``run()``, ``stop()``, ``wait()``, ``pin()``,
+``runs_frame()``, ``close()``; ``result`` (the last ChatResult). CSS classes for browser tests:
+``tmlab-explorer``, ``tmlab-send``, ``tmlab-stop``, ``tmlab-pin``, ``tmlab-auto``,
+``tmlab-prompt``, ``tmlab-model``, ``tmlab-answer``, ``tmlab-heatmap``, ``tmlab-error``,
+``tmlab-control-<name>``, ``tmlab-reset``, ``tmlab-whatif``, ``tmlab-pins``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+import pandas as pd
+
+from tmlab import display as _display
+from tmlab.errors import ParameterError
+from tmlab.explain import error_line
+from tmlab.history import request_source
+from tmlab.jupyter.controls import (
+    ParamControl,
+    build_controls,
+    chat_call,
+    layout_controls,
+    link_logprobs,
+    set_params,
+    tmchat_line,
+)
+from tmlab.jupyter.live import Throttle
+from tmlab.params import PARAMS, ParameterWarning, validate_params
+from tmlab.result import ChatResult
+from tmlab.sampling import WHATIF_LABEL, whatif
+
+if TYPE_CHECKING:
+    from tmlab._stream import Delta
+    from tmlab.client import Client
+
+__all__ = ["Explorer", "StoppedByUser", "WhatIfPanel"]
+
+AUTO_SEND_DELAY = 0.4
+"""Seconds of quiet after the last change before auto-send sends (a burst is one request)."""
+
+_CSS = """<style>
+.tmlab-explorer .tmlab-unset { opacity: 0.5; }
+.tmlab-explorer .tmlab-unset:hover { opacity: 0.85; }
+.tmlab-explorer .tmlab-invalid textarea, .tmlab-explorer .tmlab-invalid input {
+  outline: 2px solid #c62828; }
+.tmlab-explorer .tmlab-call pre { white-space: pre-wrap; word-break: break-all; margin: 0; }
+</style>"""
+
+
+class StoppedByUser(Exception):
+    """Raised inside ``on_delta`` when Stop is clicked: the client closes the stream (so the
+    server stops generating), keeps what arrived on ``exc.partial`` and records it."""
+
+
+@dataclass
+class _Job:
+    """One request: what is sent, and what arrived so far."""
+
+    client: Client
+    prompt: str
+    system: str | None
+    model: str | None
+    params: dict[str, Any]
+    stop: threading.Event = field(default_factory=threading.Event)
+    text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    deltas: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    thread: threading.Thread | None = None
+
+    def add(self, delta: Delta) -> None:
+        if delta.choice == 0:
+            self.text.append(delta.text)
+            self.reasoning.append(delta.reasoning)
+        self.deltas += 1
+
+
+@dataclass
+class _Pin:
+    params: dict[str, Any]
+    model: str | None
+    result: ChatResult
+
+
+class _Debounce:
+    """Calls ``fn`` once, ``delay`` seconds after the last of a burst of ``__call__``."""
+
+    def __init__(self, delay: float, fn: Callable[[], object]) -> None:
+        self.delay = delay
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._timers: list[threading.Timer] = []
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            timer = threading.Timer(self.delay, self._fire)
+            timer.daemon = True
+            self._timer = timer
+            self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+            timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._timer is not threading.current_thread():
+                return
+            self._timer = None
+        self._fn()
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def join(self, timeout: float | None) -> None:
+        with self._lock:
+            timers = list(self._timers)
+        for t in timers:
+            if t is not threading.current_thread():
+                t.join(timeout)
+
+
+def _deadline(timeout: float | None) -> Callable[[], float | None]:
+    end = None if timeout is None else time.monotonic() + timeout
+    return lambda: None if end is None else max(0.0, end - time.monotonic())
+
+
+def _slider(name: str, value: float, **overrides: Any) -> widgets.FloatSlider:
+    """A what-if slider with the bounds of the parameter table's ``name``."""
+    p = PARAMS[name]
+    return widgets.FloatSlider(
+        value=value,
+        min=p.ui_min or 0.0,
+        max=p.ui_max or 1.0,
+        step=p.step or 0.01,
+        description=name,
+        tooltip=p.help,
+        continuous_update=True,
+        readout_format=".2f",
+        style={"description_width": "110px"},
+        **overrides,
+    )
+
+
+class WhatIfPanel(widgets.VBox):
+    """Reshape the returned alternatives at one position under other sampling settings.
+
+    Local and instant (:func:`tmlab.sampling.whatif`, no request): the bars show the raw
+    probabilities as returned and the what-if ones, an approximation over the returned
+    ``top_logprobs`` only; the raw mass outside them is shown too.
+    """
+
+    def __init__(self) -> None:
+        self.res: ChatResult | None = None
+        self._hold = False
+        self.position = widgets.IntSlider(
+            value=0,
+            min=0,
+            max=0,
+            description="position",
+            continuous_update=True,
+            style={"description_width": "110px"},
+            layout=widgets.Layout(width="480px"),
+        )
+        self.temperature = _slider("temperature", 1.0)
+        top_k = PARAMS["top_k"]
+        self.top_k = widgets.IntSlider(
+            value=0,
+            min=0,
+            max=20,
+            step=1,
+            description="top_k",
+            tooltip=top_k.help + " (0: off)",
+            continuous_update=True,
+            style={"description_width": "110px"},
+        )
+        self.top_p = _slider("top_p", 1.0)
+        self.min_p = _slider("min_p", 0.0)
+        self.order = widgets.Dropdown(
+            options=[
+                ("temperature, then truncation (vLLM, transformers)", "temperature_first"),
+                ("truncation, then temperature (llama.cpp: the embedded server)", "truncate_first"),
+            ],
+            value="temperature_first",
+            description="order",
+            style={"description_width": "110px"},
+            layout=widgets.Layout(width="480px"),
+        )
+        self.bars = widgets.HTML()
+        self.bars.add_class("tmlab-whatif-bars")
+        for w in (self.position, self.temperature, self.top_k, self.top_p, self.min_p, self.order):
+            w.observe(self._on_change, names="value")
+        super().__init__(
+            [
+                widgets.HTML(
+                    "<b>What-if</b> — <i>an approximation</i>, computed here with no new "
+                    "request: the returned top_logprobs alternatives reweighted "
+                    "(softmax(logprob / T), then top_k, top_p, min_p, renormalised); the "
+                    "probability outside them is unknown and left out."
+                ),
+                self.position,
+                widgets.HBox([self.temperature, self.top_k]),
+                widgets.HBox([self.top_p, self.min_p]),
+                self.order,
+                self.bars,
+            ]
+        )
+        self.add_class("tmlab-whatif")
+        self._redraw()
+
+    def set_result(self, res: ChatResult | None, request: dict[str, Any] | None = None) -> None:
+        """Show ``res`` (with logprobs); the sliders start at the settings it was sent with."""
+        self.res = res
+        self._hold = True
+        try:
+            frame = res.logprobs_frame() if res is not None else None
+            n = 0 if frame is None else int((frame["choice"] == 0).sum())
+            self.position.max = max(n - 1, 0)
+            if frame is not None and n:
+                # start at the most uncertain position: where the what-if is most telling
+                entropy = frame.loc[frame["choice"] == 0, "entropy"].fillna(-1.0)
+                self.position.value = int(entropy.to_numpy().argmax())
+                widest = max((len(t) for t in frame["top_tokens"]), default=0)
+                self.top_k.max = max(widest, 1)
+            sent = request or {}
+
+            def given(name: str, default: float) -> float:
+                value = sent.get(name)
+                return default if value is None else float(value)
+
+            self.temperature.value = given("temperature", 1.0)
+            self.top_k.value = min(max(int(given("top_k", 0)), 0), self.top_k.max)
+            self.top_p.value = given("top_p", 1.0)
+            self.min_p.value = given("min_p", 0.0)
+        finally:
+            self._hold = False
+        self._redraw()
+
+    def frame(self) -> pd.DataFrame | None:
+        """The what-if frame of the selected position, as shown (None without a result)."""
+        if self.res is None:
+            return None
+        return whatif(
+            self.res,
+            temperature=self.temperature.value,
+            top_k=self.top_k.value or None,
+            top_p=self.top_p.value if self.top_p.value < 1 else None,
+            min_p=self.min_p.value or None,
+            position=self.position.value,
+            order=self.order.value,
+        )
+
+    def _on_change(self, _change: object) -> None:
+        if not self._hold:
+            self._redraw()
+
+    def _redraw(self) -> None:
+        try:
+            df = self.frame()
+        except ParameterError as exc:
+            self.bars.value = f"<i>{html.escape(str(exc))}</i>"
+            return
+        if df is None or df.empty:
+            self.bars.value = (
+                '<i style="opacity: 0.7">send with <b>logprobs</b> on and <b>top_logprobs</b> '
+                "≥ 2 to reshape the alternatives here</i>"
+            )
+            return
+        self.bars.value = self._context() + _bars_html(df)
+
+    def _context(self) -> str:
+        """The answer just before the selected position, and the token generated there."""
+        choice = self.res.choices[0] if self.res is not None and self.res.choices else None
+        tokens = [t.token for t in (choice.logprobs or [])] if choice is not None else []
+        pos = self.position.value
+        if not 0 <= pos < len(tokens):
+            return ""
+        before = "".join(tokens[max(0, pos - 16) : pos])
+        return (
+            '<div style="white-space: pre-wrap; margin: 4px 0">…'
+            f'{html.escape(before)}<b style="background: #ffe082">{html.escape(tokens[pos])}</b>'
+            "</div>"
+        )
+
+
+def _bar(p: float, color: str) -> str:
+    width = 0.0 if math.isnan(p) else max(0.0, min(1.0, p)) * 100
+    return (
+        '<div style="width: 160px; background: #eee; display: inline-block; '
+        f'vertical-align: middle"><div style="width: {width:.1f}%; height: 10px; '
+        f'background: {color}"></div></div> <code>{p:.4f}</code>'
+    )
+
+
+def _bars_html(df: pd.DataFrame) -> str:
+    rows = []
+    for r in df.to_dict("records"):
+        token = html.escape(json.dumps(r["token"], ensure_ascii=False))
+        mark = " ◀ generated" if r["is_sampled"] else ""
+        dim = "" if r["kept"] else ' style="opacity: 0.45"'
+        raw, reshaped = (
+            _bar(float(r["raw_prob"]), "#9e9e9e"),
+            _bar(float(r["whatif_prob"]), "#1e88e5"),
+        )
+        rows.append(
+            f"<tr{dim}><td>{r['rank']}</td><td><code>{token}</code>{mark}</td>"
+            f"<td>{raw}</td><td>{reshaped}</td></tr>"
+        )
+    other = float(df["other_mass"].iloc[0])
+    pos = int(df["position"].iloc[0])
+    return (
+        f'<table class="tmlab-whatif-table"><tr><th>rank</th><th>token (position {pos})</th>'
+        "<th>raw (as returned)</th>"
+        f"<th>{html.escape(WHATIF_LABEL)}</th></tr>{''.join(rows)}</table>"
+        f'<div style="font-size: smaller">raw probability outside the returned alternatives: '
+        f"<b>{other:.4f}</b> (the what-if ignores it; dimmed rows: cut by the what-if "
+        "truncation)</div>"
+    )
+
+
+class Explorer(widgets.VBox):
+    """An ipywidgets panel to explore sampling parameters on one prompt.
+
+    ``client`` defaults to ``tmlab.Client()`` (the session's settings; with no API key the
+    embedded local model). ``initial_params`` set some controls (they count as touched);
+    ``model`` picks the model. Displaying the Explorer shows the panel.
+    """
+
+    def __init__(
+        self,
+        client: Client | None = None,
+        prompt: str = "",
+        system: str = "",
+        *,
+        model: str | None = None,
+        **initial_params: Any,
+    ) -> None:
+        validate_params(initial_params)  # an unknown name or a bad value: fail here, clearly
+        if client is None:
+            from tmlab.client import Client
+
+            client = Client()
+        self.client = client
+        self.result: ChatResult | None = None
+        """The last result (a partial one after Stop or a broken stream; None after an error)."""
+        self._job: _Job | None = None
+        self._jobs: list[_Job] = []
+        self._lock = threading.RLock()
+        self._pins: list[_Pin] = []
+        self._debounce = _Debounce(AUTO_SEND_DELAY, self._auto_fire)
+
+        self.controls: dict[str, ParamControl] = build_controls(initial_params)
+        # Parameters given that have no control (tools, stream_options …): sent as given.
+        self._fixed = {k: v for k, v in initial_params.items() if k not in self.controls}
+        link_logprobs(self.controls)
+        main_controls, advanced = layout_controls(self.controls)
+
+        # model: a dropdown filled from /models in a thread; a text box if that fails
+        self._wanted_model = model
+        self.model_widget: widgets.ValueWidget = widgets.Dropdown(
+            description="model",
+            options=[model] if model else [],
+            value=model,
+            layout=widgets.Layout(width="360px"),
+        )
+        self._model_box = widgets.HBox([self.model_widget])
+        self._model_box.add_class("tmlab-model")
+        self.model_widget.observe(self._on_setting, names="value")
+        self._models_thread = threading.Thread(
+            target=self._load_models, name="tmlab-explorer-models", daemon=True
+        )
+
+        self.system = widgets.Textarea(
+            value=system,
+            placeholder="system message (optional)",
+            rows=1,
+            layout=widgets.Layout(width="100%"),
+        )
+        self.system.add_class("tmlab-system")
+        self.prompt = widgets.Textarea(
+            value=prompt, placeholder="prompt", rows=3, layout=widgets.Layout(width="100%")
+        )
+        self.prompt.add_class("tmlab-prompt")
+        for box in (self.system, self.prompt):
+            box.observe(self._on_setting, names="value")
+
+        self.send_button = widgets.Button(
+            description="Send", button_style="primary", icon="paper-plane", tooltip="send"
+        )
+        self.send_button.add_class("tmlab-send")
+        self.stop_button = widgets.Button(
+            description="Stop", icon="stop", disabled=True, tooltip="stop the answer, keep it"
+        )
+        self.stop_button.add_class("tmlab-stop")
+        self.pin_button = widgets.Button(
+            description="Pin", icon="thumb-tack", disabled=True, tooltip="keep this run"
+        )
+        self.pin_button.add_class("tmlab-pin")
+        self.auto_send = widgets.Checkbox(
+            value=False,
+            description="auto-send on change",
+            indent=False,
+            tooltip=f"send {AUTO_SEND_DELAY:g} s after the last change of a parameter "
+            "(each request may cost money)",
+        )
+        self.auto_send.add_class("tmlab-auto")
+        self.status = widgets.HTML()
+        self.status.add_class("tmlab-status-line")
+        self.send_button.on_click(lambda _b: self.run())
+        self.stop_button.on_click(lambda _b: self.stop())
+        self.pin_button.on_click(lambda _b: self.pin())
+
+        self.call_line = widgets.HTML()
+        self.call_line.add_class("tmlab-call")
+        self.error = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.error.add_class("tmlab-error")
+
+        self.reasoning = widgets.HTML()
+        self.reasoning_pane = widgets.Accordion(
+            [self.reasoning], selected_index=None, layout=widgets.Layout(display="none")
+        )
+        self.reasoning_pane.set_title(0, "reasoning")
+        self.reasoning_pane.add_class("tmlab-reasoning-pane")
+
+        self.answer = widgets.HTML()
+        self.answer.add_class("tmlab-answer")
+        self.heatmap = widgets.HTML()
+        self.heatmap.add_class("tmlab-heatmap")
+        self.logprobs_view = widgets.HTML()
+        self.logprobs_view.add_class("tmlab-logprobs")
+        self.usage = widgets.HTML()
+        self.usage.add_class("tmlab-usage")
+        self.raw = widgets.HTML()
+        self.raw.add_class("tmlab-raw")
+        self.whatif = WhatIfPanel()
+        self.tabs = widgets.Tab(
+            [self.answer, self.heatmap, self.logprobs_view, self.usage, self.raw, self.whatif]
+        )
+        for i, title in enumerate(("Answer", "Tokens", "Logprobs", "Usage", "Raw JSON", "What-if")):
+            self.tabs.set_title(i, title)
+        self.tabs.add_class("tmlab-tabs")
+
+        self.pins_view = widgets.HTML()
+        self.pins_view.add_class("tmlab-pins")
+        self.clear_pins_button = widgets.Button(
+            description="clear pins", icon="trash", layout=widgets.Layout(display="none")
+        )
+        self.clear_pins_button.on_click(lambda _b: self.clear_pins())
+
+        for c in self.controls.values():
+            c.observe(self._on_control, names="revision")
+
+        header = widgets.HBox(
+            [self._model_box, self.send_button, self.stop_button, self.pin_button, self.auto_send],
+            layout=widgets.Layout(flex_flow="row wrap", align_items="center"),
+        )
+        super().__init__(
+            [
+                widgets.HTML(_CSS),
+                header,
+                self.system,
+                self.prompt,
+                main_controls,
+                advanced,
+                self.call_line,
+                self.status,
+                self.error,
+                self.reasoning_pane,
+                self.tabs,
+                self.pins_view,
+                self.clear_pins_button,
+            ]
+        )
+        self.add_class("tmlab-explorer")
+        self._refresh_call()
+        self._models_thread.start()
+
+    def __repr__(self) -> str:
+        # Short: a frontend without widgets shows this instead of the panel.
+        try:
+            shown = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        except ParameterError as exc:
+            shown = f"invalid: {exc}"
+        return f"<tmlab.Explorer ({shown or 'no parameter set'}): display it to see the panel>"
+
+    # -- what is sent -----------------------------------------------------------------------
+
+    def params(self) -> dict[str, Any]:
+        """The parameters that would be sent: those set, checked against the table.
+
+        Raises :class:`~tmlab.ParameterError` for a control whose text is invalid or for a
+        combination the API rejects.
+        """
+        return validate_params({**self._fixed, **set_params(self.controls.values())})
+
+    def _model(self) -> str | None:
+        value = self.model_widget.value
+        return str(value).strip() or None if value else None
+
+    def _refresh_call(self) -> None:
+        try:
+            # a ParameterWarning (a combination the server may read either way) is shown
+            # here, on the line, rather than printed at every move of a slider
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ParameterWarning)
+                params = self.params()
+        except ParameterError as exc:
+            self.call_line.value = f'<span style="color: #c62828">⚠ {html.escape(str(exc))}</span>'
+            return
+        model, system = self._model(), self.system.value
+        code = chat_call(params, self.prompt.value, system, model)
+        flags = tmchat_line(params, system, model)
+        notes = "".join(
+            f'<div style="color: #b26a00">⚠ {html.escape(str(w.message))}</div>' for w in caught
+        )
+        self.call_line.value = (
+            '<details open><summary style="font-size: smaller">the same request in code'
+            f"</summary><pre>{html.escape(code)}\n{html.escape(flags)}</pre></details>{notes}"
+        )
+
+    def _on_control(self, _change: object) -> None:
+        self._refresh_call()
+        if self.auto_send.value:
+            self._debounce()  # only schedules: the request runs later, in a thread
+
+    def _on_setting(self, _change: object) -> None:
+        self._refresh_call()
+
+    def _auto_fire(self) -> None:
+        self.run()
+
+    # -- sending ------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Send the request, as the Send button does; a running one is stopped first.
+
+        Returns False (and shows the error line) when nothing could be sent.
+        """
+        with self._lock:
+            if self._job is not None:
+                self._job.stop.set()
+            seed = self.controls.get("seed")
+            if seed is not None:
+                seed.draw_seed()
+            try:
+                params = self.params()
+                prompt = self.prompt.value
+                if not prompt.strip():
+                    raise ParameterError("prompt", "the prompt is empty", "write a prompt first")
+            except ParameterError as exc:
+                self._show_error(error_line(exc))
+                return False
+            self._refresh_call()
+            job = _Job(
+                client=self.client,
+                prompt=prompt,
+                system=self.system.value or None,
+                model=self._model(),
+                params=params,
+            )
+            job.thread = threading.Thread(
+                target=self._work, args=(job,), name="tmlab-explorer-request", daemon=True
+            )
+            self._job = job
+            self._jobs = [j for j in self._jobs if j.thread and j.thread.is_alive()] + [job]
+            self._show_error("")
+            self.result = None
+            self.answer.value = '<i style="opacity: 0.6">waiting for the model …</i>'
+            self.reasoning.value = ""
+            self.reasoning_pane.layout.display = "none"
+            for view in (self.heatmap, self.logprobs_view, self.usage, self.raw):
+                view.value = ""
+            self.whatif.set_result(None)
+            self.status.value = "sending …"
+            self.stop_button.disabled = False
+            self.pin_button.disabled = True
+            job.thread.start()
+            return True
+
+    def stop(self) -> None:
+        """Stop the answer being streamed; what arrived is kept (and recorded)."""
+        with self._lock:
+            self._debounce.cancel()
+            job = self._job
+            if job is not None and not job.stop.is_set():
+                job.stop.set()
+                if job.thread is not None and job.thread.is_alive():
+                    # the stream ends at the next piece that arrives (then the client closes
+                    # the connection, which stops the server)
+                    self.status.value = "stopping …"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for a pending auto-send, the request running and the model list; True if done."""
+        left = _deadline(timeout)
+        self._debounce.join(left())
+        with self._lock:
+            jobs = list(self._jobs)
+        me = threading.current_thread()  # close() may run in a worker, from Widget.__del__
+        for job in jobs:
+            if job.thread is not None and job.thread is not me:
+                job.thread.join(left())
+        if self._models_thread.is_alive():
+            self._models_thread.join(left())
+        busy = any(
+            j.thread is not None and j.thread is not me and j.thread.is_alive() for j in jobs
+        )
+        return not busy and not self._models_thread.is_alive()
+
+    def _work(self, job: _Job) -> None:
+        """The worker thread: one streamed request, shown as it arrives."""
+        throttle = Throttle(lambda: self._show_live(job), interval=0.1)
+
+        def on_delta(delta: Delta) -> None:
+            if job.stop.is_set():
+                raise StoppedByUser
+            job.add(delta)
+            throttle.poke()
+
+        res: ChatResult | None = None
+        problem: BaseException | None = None
+        stopped = False
+        try:
+            # contextvars are not inherited by threads: the source is set here, in the sender
+            with request_source("explorer"):
+                res = job.client.chat(
+                    job.prompt,
+                    system=job.system,
+                    model=job.model,
+                    stream=True,
+                    on_delta=on_delta,
+                    **job.params,
+                )
+        except StoppedByUser as exc:
+            stopped = True
+            res = getattr(exc, "partial", None) or self._partial(job)
+        except Exception as exc:  # shown as one line in the widget; the next Send works
+            problem = exc
+            partial = getattr(exc, "partial", None)
+            res = partial if isinstance(partial, ChatResult) else None
+        try:
+            self._finish(job, res, problem, stopped)
+        except Exception as exc:  # a view that failed to render must not kill the thread
+            self._show_error(f"could not show the answer: {error_line(exc)}")
+
+    @staticmethod
+    def _partial(job: _Job) -> ChatResult:
+        message = {"role": "assistant", "content": "".join(job.text)}
+        if any(job.reasoning):
+            message["reasoning"] = "".join(job.reasoning)
+        raw = {"choices": [{"index": 0, "message": message, "finish_reason": None}]}
+        return ChatResult(raw, request={"model": job.model, **job.params}, complete=False)
+
+    def _show_live(self, job: _Job) -> None:
+        if job is not self._job:
+            return
+        text = "".join(job.text)
+        self.answer.value = (
+            f'<div style="white-space: pre-wrap">{html.escape(text)} ▌</div>'
+            if text
+            else '<i style="opacity: 0.6">waiting for the answer …</i>'
+        )
+        thought = "".join(job.reasoning)
+        if thought:
+            self.reasoning_pane.layout.display = None
+            self.reasoning_pane.set_title(0, f"reasoning ({len(thought)} chars, streaming)")
+            self.reasoning.value = (
+                f'<div style="white-space: pre-wrap">{html.escape(thought)}</div>'
+            )
+        self.status.value = f"streaming … {job.deltas} chunks"
+
+    def _finish(
+        self, job: _Job, res: ChatResult | None, problem: BaseException | None, stopped: bool
+    ) -> None:
+        with self._lock:
+            if job is not self._job:
+                return  # superseded by a newer request: its views are the newer one's
+            self.stop_button.disabled = True
+            self.result = res
+        if problem is not None:
+            self._show_error(error_line(problem))
+        if res is None:
+            self.answer.value = ""
+            self.status.value = ""
+            return
+        self._render(res)
+        self.pin_button.disabled = False
+        elapsed = time.perf_counter() - job.started
+        if stopped:
+            self.status.value = (
+                f"<b>stopped</b> after {elapsed:.1f} s: the partial answer is kept "
+                f"({len(res.text)} characters)"
+            )
+        elif problem is not None:
+            self.status.value = "the answer broke off: what arrived is shown"
+        else:
+            self.status.value = html.escape(_display.usage_line(res))
+
+    def _show_error(self, line: str) -> None:
+        self.error.value = (
+            f'<div style="color: #c62828">⚠ {html.escape(line)}</div>' if line else ""
+        )
+        self.error.layout.display = None if line else "none"
+
+    # -- views of a result ----------------------------------------------------------------
+
+    def _render(self, res: ChatResult) -> None:
+        self.answer.value = _answer_html(res)
+        if res.reasoning:
+            self.reasoning.value = (
+                f'<div style="white-space: pre-wrap; opacity: 0.8">{html.escape(res.reasoning)}'
+                "</div>"
+            )
+            self.reasoning_pane.set_title(0, f"reasoning ({len(res.reasoning)} chars)")
+            self.reasoning_pane.layout.display = None
+        frame = res.logprobs_frame()
+        has_logprobs = len(frame) > 0
+        tokens_html = getattr(_display, "tokens_html", None)
+        if not has_logprobs:
+            hint = (
+                '<i style="opacity: 0.7">no logprobs in this answer: turn on <b>logprobs</b> '
+                "(and <b>top_logprobs</b> for the alternatives) to see them</i>"
+            )
+            self.heatmap.value = hint
+            self.logprobs_view.value = hint
+        else:
+            self.heatmap.value = tokens_html(res) if tokens_html else ""
+            self.logprobs_view.value = _display.style_logprobs(frame).to_html()
+        prices = _session_prices()
+        self.usage.value = f"<div>{html.escape(_display.usage_line(res))}</div>" + res.usage_frame(
+            prices=prices
+        ).to_html(index=False, na_rep="—")
+        self.raw.value = (
+            "<details><summary>request (as sent, no key)</summary>"
+            f"<pre>{html.escape(json.dumps(res.request, indent=1, ensure_ascii=False))}</pre>"
+            "</details><pre>"
+            + html.escape(json.dumps(res.raw, indent=1, ensure_ascii=False, default=str))
+            + "</pre>"
+        )
+        self.whatif.set_result(res if has_logprobs else None, res.request)
+
+    # -- pins ---------------------------------------------------------------------------
+
+    def pin(self) -> None:
+        """Keep the last run; pinned runs are shown side by side, differences highlighted."""
+        res = self.result
+        if res is None:
+            return
+        params = {k: v for k, v in res.request.items() if k in PARAMS and k != "stream_options"}
+        self._pins.append(_Pin(params, res.model, res))
+        self._render_pins()
+
+    def clear_pins(self) -> None:
+        """Forget the pinned runs."""
+        self._pins.clear()
+        self._render_pins()
+
+    def runs_frame(self) -> pd.DataFrame:
+        """The pinned runs, one row each: parameters, answer, tokens, mean entropy, latency.
+
+        ``mean_entropy`` is the mean over positions of the entropy over the returned
+        alternatives (nats, a lower bound; NaN without top_logprobs). A parameter column is
+        None for a run that did not send it (the server's default).
+        """
+        names = _param_names(self._pins)
+        rows = []
+        for i, p in enumerate(self._pins, start=1):
+            res = p.result
+            row: dict[str, Any] = {"run": i, "model": p.model}
+            row.update({name: p.params.get(name) for name in names})
+            row.update(
+                answer=res.text,
+                completion_tokens=res.usage.completion_tokens,
+                mean_entropy=_mean_entropy(res),
+                latency_s=res.timing.latency_s,
+                finish_reason=res.finish_reason,
+                complete=res.complete,
+                history_id=getattr(res, "history_id", None),
+            )
+            rows.append(row)
+        columns = ["run", "model", *names, "answer", "completion_tokens", "mean_entropy"]
+        columns += ["latency_s", "finish_reason", "complete", "history_id"]
+        df = pd.DataFrame(rows, columns=columns)
+        df.attrs["notes"] = (
+            "parameters: as sent (None: not sent, the server's default); mean_entropy: mean "
+            "over positions of the entropy over the returned top_logprobs alternatives, in "
+            "nats, a lower bound (NaN without top_logprobs)."
+        )
+        return df
+
+    def _render_pins(self) -> None:
+        self.clear_pins_button.layout.display = None if self._pins else "none"
+        self.pins_view.value = _pins_html(self._pins)
+
+    # -- models ---------------------------------------------------------------------------
+
+    def _load_models(self) -> None:
+        """Fill the model dropdown from ``GET /models`` (a thread); a text box if that fails."""
+        try:
+            ids = [str(m.get("id")) for m in self.client.models() if isinstance(m, dict)]
+            if not ids:
+                raise ValueError("the server lists no models")
+            default = self._wanted_model or self.client.model
+        except Exception:  # any failure: the user can still type a model name
+            self._use_text_model()
+            return
+        if default and default not in ids:
+            ids.insert(0, default)
+        self.model_widget.options = ids
+        self.model_widget.value = default if default else ids[0]
+
+    def _use_text_model(self) -> None:
+        try:
+            default = self._wanted_model or self.client.model
+        except Exception:
+            default = None
+        text = widgets.Text(
+            value=default or "",
+            description="model",
+            placeholder="model name (the model list could not be read)",
+            layout=widgets.Layout(width="360px"),
+        )
+        text.observe(self._on_setting, names="value")
+        old, self.model_widget = self.model_widget, text
+        self._model_box.children = [text]
+        old.close()
+        self._refresh_call()
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop any request, wait for the threads (a few seconds at most) and close the panel."""
+        # Widget.__del__ calls close(), also on an Explorer whose __init__ raised half-way.
+        if "_debounce" in self.__dict__ and "whatif" in self.__dict__:
+            self.stop()
+            self.wait(timeout=10)
+            self.whatif.close()
+            for c in self.controls.values():
+                c.close()
+        super().close()
+
+
+# -- HTML helpers -------------------------------------------------------------------------
+
+
+def _session_prices() -> dict[str, Any] | None:
+    from tmlab._settings import session
+
+    prices = getattr(session, "prices", None)
+    return prices if isinstance(prices, dict) else None
+
+
+def _answer_html(res: ChatResult) -> str:
+    out = []
+    many = len(res.choices) > 1
+    for choice in res.choices or []:
+        label = f"<b>[{choice.index}]</b> " if many else ""
+        out.append(f'<div style="white-space: pre-wrap">{label}{html.escape(choice.text)}</div>')
+    for call in res.tool_calls:
+        fn = call.get("function") or {}
+        signature = f"{fn.get('name')}({fn.get('arguments', '')})"
+        out.append(f"<pre>{html.escape(signature)}</pre>")
+    if not res.complete:
+        out.append('<div style="color: #b26a00"><i>partial answer (stopped or broke off)</i></div>')
+    out.append(
+        '<div style="font-size: smaller; opacity: 0.7">'
+        f"{html.escape(_display.usage_line(res))}</div>"
+    )
+    return "".join(out)
+
+
+def _mean_entropy(res: ChatResult) -> float:
+    frame = res.logprobs_frame()
+    values = frame.loc[frame["choice"] == 0, "entropy"].dropna()
+    return float(values.to_numpy().mean()) if len(values) else math.nan
+
+
+def _param_names(pins: list[_Pin]) -> list[str]:
+    used = {name for p in pins for name in p.params}
+    return [name for name in PARAMS if name in used]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return '<span style="opacity: 0.5">unset</span>'
+    if isinstance(value, float):
+        return f"{value:g}"
+    return html.escape(
+        json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    )
+
+
+def _pins_html(pins: list[_Pin]) -> str:
+    if not pins:
+        return ""
+    names = _param_names(pins)
+    head = "".join(f"<th>run {i}</th>" for i in range(1, len(pins) + 1))
+    rows = []
+
+    def row(label: str, cells: list[str], differ: bool) -> None:
+        style = ' style="background: #fff3b0"' if differ else ""
+        cls = ' class="tmlab-differs"' if differ else ""
+        tds = "".join(f'<td style="vertical-align: top">{c}</td>' for c in cells)
+        rows.append(f"<tr{cls}{style}><th>{html.escape(label)}</th>{tds}</tr>")
+
+    models = [p.model for p in pins]
+    row("model", [_cell(m) for m in models], len(set(map(str, models))) > 1)
+    for name in names:
+        values = [p.params.get(name) for p in pins]
+        keys = {json.dumps(v, sort_keys=True, default=str) for v in values}
+        row(name, [_cell(v) for v in values], len(keys) > 1)
+    answers = [p.result.text for p in pins]
+    row(
+        "answer",
+        [
+            f'<div style="white-space: pre-wrap; max-width: 28em">{html.escape(a[:600])}'
+            f"{'…' if len(a) > 600 else ''}</div>"
+            for a in answers
+        ],
+        len(set(answers)) > 1,
+    )
+    row("tokens", [_cell(p.result.usage.completion_tokens) for p in pins], False)
+    row(
+        "mean entropy (nats, over returned alternatives)",
+        [_cell(round(e, 3)) if not math.isnan(e := _mean_entropy(p.result)) else "—" for p in pins],
+        False,
+    )
+    row(
+        "latency (s)",
+        [
+            _cell(round(p.result.timing.latency_s, 2)) if p.result.timing.latency_s else "—"
+            for p in pins
+        ],
+        False,
+    )
+    return (
+        '<div><b>pinned runs</b> <span style="font-size: smaller; opacity: 0.7">(rows that '
+        "differ are highlighted)</span></div>"
+        f'<table class="tmlab-pins-table"><tr><th></th>{head}</tr>{"".join(rows)}</table>'
+    )
