@@ -172,7 +172,7 @@ _TOKEN_STYLE = (
 # title= tooltip still carries everything; nothing of the popup shows inline.
 _HOVER_CSS = (
     "<style>.tmlab-tok:hover{outline:1px solid #555}"
-    ".tmlab-tok:hover::after{content:attr(title);position:absolute;left:0;top:1.7em;"
+    ".tmlab-tok:hover::after{content:attr(title);position:fixed;margin-top:1.7em;"
     "z-index:20;white-space:pre;background:#fff;color:#000;border:1px solid #999;"
     "border-radius:3px;padding:4px 6px;font-size:12px;line-height:1.35;"
     "box-shadow:0 2px 6px rgba(0,0,0,.25);pointer-events:none}</style>"

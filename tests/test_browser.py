@@ -1,0 +1,427 @@
+"""The Explorer widget in a real browser: JupyterLab 4 headless, driven by Playwright + Chromium.
+
+What a user does: run the cell, see the panel, move the temperature slider with the keyboard,
+drag top_logprobs with the mouse (which turns logprobs on), click Send, read the answer, open
+the Tokens tab and hover a token: its popup must list the alternatives, all of it visible. Then
+the request the server received (the history row the kernel recorded, ``TMLAB_HISTORY``) must
+carry the values shown on the sliders and nothing for the untouched ones.
+
+Needs Debian's ``chromium`` (``/usr/bin/chromium``, or ``TMLAB_CHROMIUM=PATH``; ``.ci/run``
+installs it) and the ``playwright`` package; no browser is ever downloaded. Without them the
+tests are skipped, with the reason. Screenshots: ``tests/artifacts/browser/<test>/``
+(git-ignored); a failure names its screenshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from _jupyterlab import JupyterLab, write_notebook
+
+from tmlab.params import PARAMS
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, ConsoleMessage, Locator, Page
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = (
+    os.environ.get("TMLAB_CHROMIUM")  # another Chromium build, e.g. for a local run
+    or shutil.which("chromium")
+    or "/usr/bin/chromium"
+)
+ARTIFACTS = Path(__file__).parent / "artifacts" / "browser"
+
+KERNEL_TIMEOUT = 120_000  # ms: kernel start on a busy 2-core machine
+CELL_TIMEOUT = 90_000  # ms: `import tmlab` + building the widget + its first render
+ANSWER_TIMEOUT = 180_000  # ms: the first request starts the local model (~10-20 s), then answers
+
+TEMPERATURE = 0.7  # set with the arrow keys: one press is one step of the parameter table
+TOP_LOGPROBS_AT = 0.25  # where top_logprobs is dragged on its 0..20 track: about 5
+MAX_TOKENS = 16
+
+
+def _require_browser() -> None:
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does)")
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    pytest.importorskip("jupyterlab", reason="jupyterlab is not installed")
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def history_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The history database the notebook kernels write to (their TMLAB_HISTORY)."""
+    return tmp_path_factory.mktemp("browser-history") / "history.sqlite3"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, history_file: Path) -> Iterator[JupyterLab]:
+    """One headless JupyterLab for this module, its state in a temporary folder."""
+    _require_browser()
+    base = tmp_path_factory.mktemp("jupyterlab")
+    root, state = base / "root", base / "state"
+    root.mkdir()
+    state.mkdir()
+    server = JupyterLab(root, state, env={"TMLAB_HISTORY": str(history_file)})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(lab: JupyterLab) -> Iterator[Browser]:
+    """Debian's Chromium, headless, through Playwright (no download: ``executable_path``)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Session:
+    """One page on one throwaway notebook, with its screenshots and browser console errors."""
+
+    def __init__(self, page: Page, lab: JupyterLab, out: Path) -> None:
+        self.page = page
+        self.lab = lab
+        self.out = out
+        self.errors: list[str] = []
+        self.shots: list[Path] = []
+        page.on("console", self._on_console)
+        page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
+
+    def _on_console(self, msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            self.errors.append(msg.text)
+
+    def shot(self, name: str) -> Path:
+        """A screenshot of what the user sees now, in the test's output folder."""
+        path = self.out / f"{name}.png"
+        self.page.screenshot(path=str(path))
+        self.shots.append(path)
+        return path
+
+    def fail(self, what: str, extra: str = "") -> None:
+        """Fail with what was expected, a screenshot of the page and the cell's output."""
+        path = self.shot("failure")
+        try:
+            output = self.page.locator(".jp-OutputArea").first.inner_text(timeout=2000)
+        except Exception:  # the page may be gone: the message still has the screenshot
+            output = "(no output area)"
+        pytest.fail(
+            f"{what}\nscreenshot: {path}\ncell output:\n{output[-3000:]}\n{extra}"
+            f"\nbrowser console errors: {self.errors[-10:]}",
+            pytrace=False,
+        )
+
+    def wait(self, locator: Locator, what: str, timeout: float, state: str = "visible") -> None:
+        """Wait for ``locator``; on timeout fail with a screenshot (never a bare timeout)."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        try:
+            locator.wait_for(state=state, timeout=timeout)  # type: ignore[arg-type]
+        except PlaywrightTimeout:
+            self.fail(f"timed out after {timeout / 1000:g} s waiting for {what}")
+
+    def expect(self, check: Callable[[], Any], what: str) -> None:
+        """Run a Playwright ``expect`` assertion; on failure fail with a screenshot."""
+        try:
+            check()
+        except AssertionError as exc:
+            self.fail(f"{what}: {exc}")
+
+    def open_notebook(self, name: str, cells: list[str]) -> None:
+        """Write a throwaway notebook, open it and wait for its kernel to be idle."""
+        from playwright.sync_api import expect
+
+        write_notebook(self.lab.root / name, cells)
+        self.page.goto(self.lab.url(f"lab/tree/{name}?reset"), timeout=60_000)
+        # The status bar says "| Idle" once the kernel exists and is idle (the notebook's own
+        # execution indicator says idle before the kernel is even started).
+        self.expect(
+            lambda: expect(self.page.locator("#jp-main-statusbar")).to_contain_text(
+                re.compile(r"\|\s*Idle"), timeout=KERNEL_TIMEOUT
+            ),
+            "the kernel did not become idle",
+        )
+
+    def run_first_cell(self) -> Locator:
+        """Click into the first cell and run it (Shift+Enter); the cell's locator."""
+        cell = self.page.locator(".jp-Notebook .jp-Cell").first
+        cell.locator(".jp-InputArea-editor").click()
+        self.page.keyboard.press("Shift+Enter")
+        return cell
+
+    def widget_errors(self) -> list[str]:
+        """Console errors that come from widgets (those must not happen)."""
+        return [e for e in self.errors if re.search(r"widget|tmlab|backbone", e, re.I)]
+
+
+@pytest.fixture
+def session(browser: Browser, lab: JupyterLab, request: pytest.FixtureRequest) -> Iterator[Session]:
+    """A fresh page (own context) and an empty output folder for this test."""
+    out = ARTIFACTS / request.node.name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    context = browser.new_context(viewport={"width": 1500, "height": 1600})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        yield Session(page, lab, out)
+    finally:
+        context.close()
+
+
+# -- tests ------------------------------------------------------------------------------------
+
+
+def test_harness_moves_an_ipywidgets_slider_with_the_keyboard(session: Session) -> None:
+    """The harness itself: a plain IntSlider renders, ArrowRight moves it, the kernel sees it."""
+    from playwright.sync_api import expect
+
+    session.open_notebook(
+        "slider.ipynb",
+        [
+            "import ipywidgets as w\n"
+            "s = w.IntSlider(value=3, min=0, max=10, description='n')\n"
+            "out = w.HTML('value 3')\n"
+            "s.observe(lambda c: setattr(out, 'value', f\"value {c['new']}\"), names='value')\n"
+            "w.VBox([s, out])"
+        ],
+    )
+    cell = session.run_first_cell()
+    handle = cell.locator(".widget-slider .noUi-handle")
+    session.wait(handle, "the IntSlider to render", CELL_TIMEOUT)
+    handle.focus()
+    handle.press("ArrowRight")
+    handle.press("ArrowRight")
+    session.expect(
+        lambda: expect(handle).to_have_attribute("aria-valuenow", re.compile(r"^5(\.0+)?$")),
+        "two ArrowRight presses did not move the slider from 3 to 5",
+    )
+    # the kernel's observer ran: the round trip browser -> kernel -> browser works
+    session.expect(
+        lambda: expect(cell.locator(".widget-html-content")).to_have_text("value 5"),
+        "the kernel did not see the slider move",
+    )
+    session.shot("slider")
+    assert not cell.get_by_text("Error displaying widget").count()
+    assert not session.widget_errors(), session.widget_errors()
+
+
+def test_explorer_sends_the_slider_value_and_shows_token_alternatives(
+    session: Session, history_file: Path
+) -> None:
+    """The whole Explorer path in JupyterLab, checked against the request the server got."""
+    from playwright.sync_api import expect
+
+    started = time.monotonic()
+    page = session.page
+    session.open_notebook(
+        "explorer.ipynb",
+        [
+            "import tmlab\n"
+            f"ex = tmlab.Explorer(prompt='Name three colours.', max_tokens={MAX_TOKENS})\n"
+            "ex"
+        ],
+    )
+    cell = session.run_first_cell()
+    explorer = cell.locator(".tmlab-explorer")
+    session.wait(explorer, "the Explorer panel to render", CELL_TIMEOUT)
+    if cell.get_by_text("Error displaying widget").count():
+        session.fail("the Explorer shows 'Error displaying widget'")
+
+    # -- the sliders rendered, from the parameter table ---------------------------------------
+    temperature = explorer.locator(".tmlab-control-temperature")
+    handle = temperature.locator(".noUi-handle")
+    session.wait(handle, "the temperature slider", 10_000)
+    for name in ("top_p", "top_k", "max_tokens", "top_logprobs"):
+        session.wait(
+            explorer.locator(f".tmlab-control-{name} .noUi-handle"), f"the {name} slider", 5_000
+        )
+    session.expect(
+        lambda: expect(temperature).to_contain_text("unset"),
+        "the untouched temperature control does not say it is unset",
+    )
+    session.shot("01-rendered")
+
+    # -- temperature by keyboard; top_logprobs by mouse (that turns logprobs on, in the kernel) --
+    # An unset slider rests somewhere (the server's default, or mid-range): count key presses
+    # from where it is to the target.
+    step = float(PARAMS["temperature"].step or 0.01)
+    start = float(handle.get_attribute("aria-valuenow") or "nan")
+    target = TEMPERATURE if abs(start - TEMPERATURE) > 1e-9 else TEMPERATURE + step
+    presses = round((target - start) / step)
+    handle.focus()
+    for _ in range(abs(presses)):
+        handle.press("ArrowRight" if presses > 0 else "ArrowLeft")
+    shown = round(target, 2)
+    session.expect(
+        lambda: expect(handle).to_have_attribute(
+            "aria-valuenow", re.compile(rf"^{re.escape(f'{shown:g}')}0*$")
+        ),
+        f"{abs(presses)} arrow key presses did not move temperature from {start:g} to {shown:g}",
+    )
+    session.expect(
+        lambda: expect(temperature.locator(".widget-readout")).to_have_text(f"{shown:.2f}"),
+        f"the temperature readout does not say {shown:.2f}",
+    )
+    top = explorer.locator(".tmlab-control-top_logprobs")
+    _drag(page, top.locator(".noUi-handle"), top.locator(".noUi-base"), TOP_LOGPROBS_AT)
+    top_value = top.locator(".noUi-handle").get_attribute("aria-valuenow") or ""
+    if not re.fullmatch(r"\d+(\.0+)?", top_value) or not 2 <= float(top_value) <= 10:
+        session.fail(f"dragging top_logprobs to {TOP_LOGPROBS_AT:.0%} gave {top_value!r}")
+    top_logprobs = int(float(top_value))
+    session.expect(
+        lambda: expect(
+            explorer.locator(".tmlab-control-logprobs input[type=checkbox]")
+        ).to_be_checked(timeout=15_000),
+        "moving top_logprobs did not turn logprobs on",
+    )
+    # The kernel saw all of it: it rebuilds the "same request in code" line.
+    call = explorer.locator(".tmlab-call")
+    for text in (f"temperature={shown}", "logprobs=True", f"top_logprobs={top_logprobs}"):
+        session.expect(
+            partial(expect(call).to_contain_text, text, timeout=15_000),
+            f"the kernel did not receive the change: the code line lacks {text!r}",
+        )
+    session.expect(
+        lambda: expect(temperature).to_contain_text("sent"),
+        "the moved temperature control does not say it is sent",
+    )
+
+    # -- send; the answer streams in and finishes (Pin enabled = a finished result) ------------
+    explorer.locator("button.tmlab-send").click()
+    session.wait(
+        explorer.locator("button.tmlab-pin:enabled"), "the answer to finish", ANSWER_TIMEOUT
+    )
+    error = explorer.locator(".tmlab-error")
+    if error.is_visible() and error.inner_text().strip():
+        session.fail(f"the Explorer shows an error: {error.inner_text()!r}")
+    answer = explorer.locator(".tmlab-answer")
+    answer_text = answer.inner_text()
+    if not re.search(r"\w", answer_text):
+        session.fail(f"the Answer tab is empty: {answer_text!r}")
+    session.shot("02-answer")
+
+    # -- the Tokens tab: the heatmap, and a token's alternatives on hover ---------------------
+    explorer.locator(".tmlab-tabs .lm-TabBar-tab", has_text="Tokens").click()
+    tokens = explorer.locator(".tmlab-heatmap .tmlab-tok")
+    session.wait(tokens.first, "the token heatmap", 15_000)
+    n_tokens = tokens.count()
+    if not 1 <= n_tokens <= MAX_TOKENS:
+        session.fail(f"the heatmap shows {n_tokens} tokens, expected 1..{MAX_TOKENS}")
+    token = tokens.nth(min(1, n_tokens - 1))
+    token.hover()
+    title = token.get_attribute("title") or ""
+    if "alternatives" not in title or not re.search(r"p = [01]\.\d{4}", title):
+        session.fail(f"the hovered token's tooltip lists no alternatives: {title!r}")
+    listed = re.findall(r"^\s*\d+\. ", title, re.M)
+    if len(listed) != top_logprobs:
+        session.fail(f"the tooltip lists {len(listed)} alternatives, not {top_logprobs}: {title!r}")
+    # JupyterLab keeps <style>: the CSS popup (::after, from the title) shows while hovering
+    popup = token.evaluate(_POPUP_PROBE)
+    if "alternatives" not in popup["content"]:
+        session.fail(f"no hover popup with the alternatives over the token: {popup!r}")
+    session.shot("03-token-hover")
+    if popup["seen"] < popup["full"] - 8:
+        session.fail(
+            f"the hover popup is cut off: {popup['seen']:.0f} of its {popup['full']:.0f} px "
+            "can be seen (an ancestor with overflow: auto/hidden clips it, so the last "
+            "alternatives are hidden)"
+        )
+
+    # -- the request the server received carried the slider's value ---------------------------
+    rows = _explorer_rows(history_file)
+    assert len(rows) == 1, f"expected one explorer request in the history, got {len(rows)}"
+    params = rows[0]["params"]
+    assert params.get("temperature") == pytest.approx(shown), params
+    assert params.get("logprobs") is True, params
+    assert params.get("top_logprobs") == top_logprobs, params
+    assert params.get("max_tokens") == MAX_TOKENS, params
+    for untouched in ("top_p", "top_k", "min_p", "seed", "presence_penalty"):
+        assert untouched not in params, f"{untouched} was sent though never touched: {params}"
+    assert rows[0]["complete"] == 1 and rows[0]["text"].strip() in answer_text, rows[0]
+
+    assert not session.widget_errors(), (
+        f"widget errors in the browser console: {session.widget_errors()}"
+        f"\nscreenshots: {[str(p) for p in session.shots]}"
+    )
+    print(
+        f"browser test: {time.monotonic() - started:.1f} s, {n_tokens} tokens, "
+        f"screenshots in {session.out}; other console errors: {session.errors}"
+    )
+
+
+def _drag(page: Page, handle: Locator, track: Locator, fraction: float) -> None:
+    """Drag a slider's handle with the mouse to ``fraction`` of its track."""
+    start, base = handle.bounding_box(), track.bounding_box()
+    assert start is not None and base is not None, "the slider is not on screen"
+    y = start["y"] + start["height"] / 2
+    page.mouse.move(start["x"] + start["width"] / 2, y)
+    page.mouse.down()
+    page.mouse.move(base["x"] + base["width"] * fraction, y, steps=8)
+    page.mouse.up()
+
+
+# How much of a token's hover popup (its ::after) can be seen. Called while hovering: the
+# popup is made hit-testable (a pseudo-element hits as its host), then the page is asked what
+# is on top at each point down from under the token; an ancestor that clips the popup answers
+# instead of the token where the popup is cut off.
+_POPUP_PROBE = """el => {
+  const style = document.createElement('style');
+  style.textContent = '.tmlab-tok:hover::after { pointer-events: auto !important; }';
+  document.head.appendChild(style);
+  try {
+    const s = getComputedStyle(el, '::after');
+    const px = v => parseFloat(v) || 0;
+    const full = px(s.height) + px(s.paddingTop) + px(s.paddingBottom)
+      + px(s.borderTopWidth) + px(s.borderBottomWidth);
+    const r = el.getBoundingClientRect();
+    const x = r.right + 6;
+    let first = null, last = null;
+    for (let y = r.bottom; y < r.bottom + full + 60; y += 2) {
+      if (document.elementFromPoint(x, y) === el) {
+        if (first === null) first = y;
+        last = y;
+      } else if (first !== null) break;
+    }
+    return {full: full, seen: first === null ? 0 : last - first + 2, content: s.content};
+  } finally {
+    style.remove();
+  }
+}"""
+
+
+def _explorer_rows(path: Path) -> list[dict[str, Any]]:
+    """The history rows with source 'explorer', oldest first, ``params`` decoded."""
+    if not path.exists():
+        pytest.fail(f"the kernel wrote no history at {path} (TMLAB_HISTORY not inherited?)")
+    with closing(sqlite3.connect(path)) as db:
+        db.row_factory = sqlite3.Row
+        rows = db.execute("SELECT * FROM requests WHERE source = 'explorer' ORDER BY id").fetchall()
+    out = []
+    for row in rows:
+        item = dict(row)
+        item["params"] = json.loads(item["params"] or "{}")
+        out.append(item)
+    return out
