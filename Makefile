@@ -37,8 +37,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab $(LAB_FLAGS) $(LABARGS) notebooks/
 
 bench: $(STAMP)
-	$(BIN)/python bench/client_overhead.py
-	$(BIN)/python bench/server_overhead.py
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,57 +1,29 @@
 """Client overhead and SSE parsing speed, against peers measured in the same run.
 
-    python bench/client_overhead.py [--rounds 30] [--batch 20]
+1. :func:`requests`: per-request time of a non-streaming ``tmlab.Client.chat`` ÷ a raw
+   ``httpx.Client.post`` of the same JSON body, and ÷ the ``openai`` SDK's
+   ``chat.completions.create``, all against one loopback server (``bench/_loopback.py``, a
+   child process so that it does not share the GIL with the clients).
+2. :func:`streaming`: a whole streamed request of 20,000 chunks over the same server, text
+   reassembled: ``tmlab.Client.chat(stream=True)`` against raw httpx ``iter_lines`` +
+   ``json.loads`` and the openai SDK's stream iterator.
+3. :func:`sse`: SSE decoding of a 20,000-chunk stream: tmlab's decoder against the openai
+   SDK's ``SSEDecoder``, both fed the same bytes in memory (the network is not measured),
+   each event's data parsed with ``json.loads`` (as both libraries do), in two chunkings: one
+   event per chunk (as a live server sends) and 64 KiB chunks (as a fast network delivers).
 
-1. Per-request time of a non-streaming ``tmlab.Client.chat`` ÷ a raw ``httpx.Client.post`` of
-   the same JSON body, and ÷ the ``openai`` SDK's ``chat.completions.create``, all against one
-   loopback uvicorn server (a tiny ASGI app answering a fixed completion), started by this
-   script in a child process so that it does not share the GIL with the clients.
-2. A whole streamed request of 20,000 chunks over the same server, text reassembled:
-   ``tmlab.Client.chat(stream=True)`` against the openai SDK's stream iterator and raw httpx
-   ``iter_lines`` + ``json.loads``.
-3. SSE decoding of a 20,000-chunk stream: tmlab's decoder ÷ the openai SDK's ``SSEDecoder``,
-   both fed the same bytes in memory (so the network is not measured), each event's data
-   parsed with ``json.loads`` (as both libraries do), in two chunkings: one event per chunk
-   (as a live server sends) and 64 KiB chunks (as a fast network delivers).
-
-Runs are interleaved (A, B, C, A, B, C …) and medians taken to fight noise on shared cores.
-A ratio below 1 means tmlab is faster.
+A ratio below 1 means tmlab is faster. Run alone: ``python bench/run.py --only client``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import socket
-import statistics
-import subprocess
-import sys
-import time
-from collections.abc import Callable
+import tempfile
 from typing import Any
 
-COMPLETION = json.dumps(
-    {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "created": 1700000000,
-        "model": "bench-model",
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": "The sky is blue because of "
-                    "Rayleigh scattering of sunlight by the molecules of the air.",
-                },
-                "finish_reason": "stop",
-                "logprobs": None,
-            }
-        ],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 18, "total_tokens": 30},
-    }
-).encode()
+from _common import Row, fmt_time, interleaved
+from _loopback import STREAM_CHUNKS, sse_events
 
 BODY = {
     "model": "bench-model",
@@ -62,117 +34,8 @@ BODY = {
 }
 
 
-def sse_events(n: int) -> list[bytes]:
-    """``n`` realistic chat-completion chunks as SSE events, then ``[DONE]``."""
-    out = []
-    for i in range(n):
-        chunk = {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion.chunk",
-            "created": 1700000000,
-            "model": "bench-model",
-            "choices": [
-                {
-                    "index": 0,
-                    "delta": {"content": f" token{i}"},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ],
-        }
-        out.append(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-    out.append(b"data: [DONE]\n\n")
-    return out
-
-
-STREAM_CHUNKS = 20_000
-STREAM = b"".join(sse_events(STREAM_CHUNKS))
-
-
-# -- the server (child process) ----------------------------------------------------------
-
-
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """A tiny ASGI app: every POST gets the fixed completion, GET /health gets ok."""
-    if scope["type"] != "http":
-        return
-    more, body = True, b""
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-    if body and json.loads(body).get("stream"):
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"text/event-stream")],
-            }
-        )
-        for i in range(0, len(STREAM), 65536):
-            await send(
-                {"type": "http.response.body", "body": STREAM[i : i + 65536], "more_body": True}
-            )
-        await send({"type": "http.response.body", "body": b""})
-        return
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(COMPLETION)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": COMPLETION})
-
-
-def serve(port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(
-        app, host="127.0.0.1", port=port, log_level="error", access_log=False, lifespan="off"
-    )
-
-
-def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the benchmark server did not start")
-
-
-# -- measuring ---------------------------------------------------------------------------
-
-
-def interleaved(
-    contenders: dict[str, Callable[[], Any]], rounds: int, batch: int
-) -> dict[str, float]:
-    """Median seconds per call of each contender, batches interleaved round by round."""
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
-        for name in order:
-            fn = contenders[name]
-            t0 = time.perf_counter()
-            for _ in range(batch):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / batch)
-    return {name: statistics.median(s) for name, s in samples.items()}
-
-
-def bench_requests(base_url: str, rounds: int, batch: int) -> None:
+def requests(base_url: str, rounds: int = 30, batch: int = 20) -> list[Row]:
+    """Non-streaming chat over loopback, median per request."""
     import httpx
     import openai
 
@@ -192,39 +55,68 @@ def bench_requests(base_url: str, rounds: int, batch: int) -> None:
     def raw_post() -> Any:
         return raw.post(url, json=BODY)
 
-    def raw_post_json() -> Any:
-        return raw.post(url, json=BODY).json()
-
     def oa_create() -> Any:
         return oa.chat.completions.create(model="bench-model", messages=BODY["messages"], **params)
 
+    contenders = {"tmlab": tm_chat, "httpx": raw_post, "openai": oa_create}
     assert tm_chat().text.startswith("The sky")
-    contenders = {
-        "tmlab.Client.chat": tm_chat,
-        "httpx.Client.post": raw_post,
-        "httpx post + .json()": raw_post_json,
-        "openai create": oa_create,
-    }
     for fn in contenders.values():  # warm up connections and caches
         for _ in range(batch):
             fn()
-    med = interleaved(contenders, rounds, batch)
-    print(f"non-streaming chat over loopback, median per request ({rounds} rounds x {batch}):")
-    for name, value in med.items():
-        print(f"  {name:<24} {value * 1e6:9.1f} us")
-    tmv = med["tmlab.Client.chat"]
-    print(
-        f"  ratio tmlab / httpx.Client.post          = {tmv / med['httpx.Client.post']:.3f}"
-        "   (target <= 1.05)"
-    )
-    print(f"  ratio tmlab / httpx post + .json()       = {tmv / med['httpx post + .json()']:.3f}")
-    print(f"  ratio tmlab / openai chat.completions    = {tmv / med['openai create']:.3f}")
+    med = interleaved(contenders, rounds, batch, budget=30)
+
+    # What recording every request in the history costs on top (a temporary SQLite file).
+    history_rows: list[Row] = []
+    if os.environ.get("TMLAB_HISTORY") == "off":
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["TMLAB_HISTORY"] = os.path.join(tmp, "history.db")
+            try:
+                logged = tmlab.Client(base_url=base_url, api_key="bench-key", model="bench-model")
+                for _ in range(batch):
+                    logged.chat(prompt, **params)
+                with_history = interleaved(
+                    {"logged": lambda: logged.chat(prompt, **params), "httpx": raw_post},
+                    max(5, rounds // 3),
+                    batch,
+                    budget=15,
+                )
+                logged.close()
+            finally:
+                os.environ["TMLAB_HISTORY"] = "off"
+        history_rows.append(
+            Row(
+                "client overhead vs raw httpx, history recorded",
+                with_history["logged"] / with_history["httpx"],
+                "",
+                None,
+                f"tmlab {fmt_time(with_history['logged'])} / httpx "
+                f"{fmt_time(with_history['httpx'])} per request, SQLite history in a temp file",
+            )
+        )
     tm.close()
     raw.close()
     oa.close()
+    each = f"per request, median of {med.rounds}×{batch}, history off"
+    return [
+        Row(
+            "client overhead vs raw httpx (non-streaming)",
+            med["tmlab"] / med["httpx"],
+            "<=",
+            1.05,
+            f"tmlab {fmt_time(med['tmlab'])} / httpx.Client.post {fmt_time(med['httpx'])} {each}",
+        ),
+        Row(
+            "client overhead vs openai SDK (non-streaming)",
+            med["tmlab"] / med["openai"],
+            "<=",
+            0.8,
+            f"tmlab {fmt_time(med['tmlab'])} / openai {fmt_time(med['openai'])} {each}",
+        ),
+        *history_rows,
+    ]
 
 
-def bench_streaming(base_url: str, rounds: int) -> None:
+def streaming(base_url: str, rounds: int = 10) -> list[Row]:
     """Whole streamed requests over loopback: what a user of each client waits for."""
     import httpx
     import openai
@@ -259,26 +151,34 @@ def bench_streaming(base_url: str, rounds: int) -> None:
         return len("".join(parts))
 
     assert tm_stream() == raw_stream() == oa_stream() > 0
-    med = interleaved({"tmlab": tm_stream, "httpx": raw_stream, "openai": oa_stream}, rounds, 1)
-    print(
-        f"streamed chat of {STREAM_CHUNKS} chunks over loopback, text reassembled, "
-        f"median of {rounds}:"
-    )
-    print(
-        f"  tmlab.Client.chat(stream=True) {med['tmlab'] * 1e3:7.1f} ms   "
-        f"httpx iter_lines + json.loads {med['httpx'] * 1e3:7.1f} ms   "
-        f"openai SDK stream {med['openai'] * 1e3:7.1f} ms"
-    )
-    print(
-        f"  speed-up openai/tmlab = {med['openai'] / med['tmlab']:.2f}x   "
-        f"ratio tmlab / raw httpx = {med['tmlab'] / med['httpx']:.2f}"
+    med = interleaved(
+        {"tmlab": tm_stream, "httpx": raw_stream, "openai": oa_stream}, rounds, budget=45
     )
     tm.close()
     raw.close()
     oa.close()
+    each = f"{STREAM_CHUNKS:,} chunks, median of {med.rounds}"
+    return [
+        Row(
+            "streamed request vs raw httpx line parsing",
+            med["tmlab"] / med["httpx"],
+            "<=",
+            1.2,
+            f"tmlab {fmt_time(med['tmlab'])} / httpx iter_lines + json.loads "
+            f"{fmt_time(med['httpx'])}, {each}",
+        ),
+        Row(
+            "streamed request vs openai SDK",
+            med["tmlab"] / med["openai"],
+            "",
+            None,
+            f"tmlab {fmt_time(med['tmlab'])} / openai {fmt_time(med['openai'])}, {each}",
+        ),
+    ]
 
 
-def bench_sse(rounds: int, n: int = 20_000) -> None:
+def sse(rounds: int = 10, n: int = STREAM_CHUNKS) -> list[Row]:
+    """SSE decode + ``json.loads``, same bytes in memory: the openai SDK's time ÷ tmlab's."""
     from openai._streaming import SSEDecoder as OpenAIDecoder
 
     from tmlab._sse import DONE, SSEDecoder
@@ -302,50 +202,30 @@ def bench_sse(rounds: int, n: int = 20_000) -> None:
 
     def openai_parse(chunks: list[bytes]) -> int:
         count = 0
-        for sse in OpenAIDecoder().iter_bytes(iter(chunks)):
-            if sse.data.startswith("[DONE]"):
+        for event in OpenAIDecoder().iter_bytes(iter(chunks)):
+            if event.data.startswith("[DONE]"):
                 return count
-            sse.json()
+            event.json()
             count += 1
         return count
 
-    print(
-        f"SSE decode + json.loads of a {n}-chunk stream ({len(whole) / 1e6:.1f} MB), "
-        f"same bytes in memory, median of {rounds}:"
-    )
+    rows = []
     for label, chunks in chunkings.items():
         assert tmlab_parse(chunks) == openai_parse(chunks) == n
         med = interleaved(
             {"tmlab": lambda c=chunks: tmlab_parse(c), "openai": lambda c=chunks: openai_parse(c)},
             rounds,
-            1,
+            budget=15,
         )
-        print(
-            f"  {label:<20} tmlab {med['tmlab'] * 1e3:7.1f} ms   openai SSEDecoder "
-            f"{med['openai'] * 1e3:7.1f} ms   speed-up openai/tmlab = "
-            f"{med['openai'] / med['tmlab']:.2f}x   (target >= 1.5x)"
+        rows.append(
+            Row(
+                f"SSE parse speed-up over openai SDK, {label}",
+                med["openai"] / med["tmlab"],
+                ">=",
+                1.5,
+                f"openai SSEDecoder {fmt_time(med['openai'])} / tmlab {fmt_time(med['tmlab'])}, "
+                f"{n:,} events ({len(whole) / 1e6:.1f} MB) in memory, median of {med.rounds}",
+                "×",
+            )
         )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=20)
-    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        serve(args.serve)
-        return
-    os.environ.pop("TENSORMESH_INFERENCE_API_KEY", None)
-    proc, base_url = start_server()
-    try:
-        bench_requests(base_url, args.rounds, args.batch)
-        bench_streaming(base_url, max(5, args.rounds // 3))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    bench_sse(max(5, args.rounds // 3))
-
-
-if __name__ == "__main__":
-    main()
+    return rows

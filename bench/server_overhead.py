@@ -5,8 +5,8 @@ cases: without logprobs (peer: ``Llama.create_completion`` on a model loaded wit
 ``logits_all=False``) and with ``logprobs`` + ``top_logprobs=5`` (peer: llama-cpp-python's
 own logprobs, which need a model loaded with ``logits_all=True``). A third line compares the
 server with logprobs to its own generation loop (:class:`~tmlab.server.engine.Engine`) called
-in-process: the cost of HTTP, JSON and building the logprobs entries alone. Prints one ratio
-per case; the target is ≥ 0.9.
+in-process: the cost of HTTP, JSON and building the logprobs entries alone. One ratio per
+case; the target is ≥ 0.9.
 
 Both sides do the same work: the server evaluates every prompt in full (it never reuses its
 KV cache, so that the same request always gives the same numbers), so the direct peer is
@@ -14,18 +14,17 @@ reset before each call (``llm.reset()``), which makes it evaluate the full promp
 of reusing the prefix cached by its previous call. Rates are completion tokens per second of
 wall time, prompt evaluation included.
 
-    python bench/server_overhead.py [--tokens 64] [--repeats 5]
+Run alone: ``python bench/run.py --only server``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import time
 from typing import Any
 
 import httpx
+from _common import Row, interleaved_values
 
 import tmlab.local
 from tmlab.server.engine import MODEL_NAME, Engine, Sampling, default_model_path
@@ -75,16 +74,13 @@ def http_rate(client: httpx.Client, tokens: int, logprobs: bool) -> float:
     return r.json()["usage"]["completion_tokens"] / elapsed
 
 
-def main() -> None:
-    """Run both cases and print the ratios."""
+def run(tokens: int = 64, repeats: int = 5) -> list[Row]:
+    """Both cases and the server's own loop, as table rows (target ≥ 0.9 each)."""
     from llama_cpp import Llama
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
     threads = max(1, min(8, os.cpu_count() or 1))
     path = str(default_model_path())
+    rows = []
     with (
         tmlab.local.start(quiet=True) as server,
         httpx.Client(base_url=server.url, timeout=300) as client,
@@ -92,10 +88,7 @@ def main() -> None:
         prompt = client.post(
             "/tokenize", json={"messages": [{"role": "user", "content": PROMPT}]}
         ).json()["tokens"]
-        print(
-            f"model {MODEL_NAME}, {threads} threads, prompt {len(prompt)} tokens, "
-            f"{args.tokens} completion tokens, median of {args.repeats}"
-        )
+        setup = f"{MODEL_NAME}, {threads} threads, {len(prompt)}-token prompt, {tokens} tokens"
         for label, logits_all, top in (
             ("without logprobs", False, None),
             ("with logprobs (top 5)", True, 5),
@@ -110,29 +103,47 @@ def main() -> None:
             )
             direct_rate(llm, prompt, 8, top)  # warm up both sides
             http_rate(client, 8, top is not None)
-            d, h = [], []
-            for _ in range(args.repeats):
-                d.append(direct_rate(llm, prompt, args.tokens, top))
-                h.append(http_rate(client, args.tokens, top is not None))
+            med = interleaved_values(
+                {
+                    "direct": lambda llm=llm, top=top: direct_rate(llm, prompt, tokens, top),
+                    "http": lambda top=top: http_rate(client, tokens, top is not None),
+                },
+                repeats,
+                budget=40,
+            )
             llm.close()
-            dm, hm = statistics.median(d), statistics.median(h)
-            print(f"{label:24s} direct {dm:7.1f} tok/s  http {hm:7.1f} tok/s  ratio {hm / dm:.2f}")
+            rows.append(
+                Row(
+                    f"embedded server tokens/s vs direct llama.cpp, {label}",
+                    med["http"] / med["direct"],
+                    ">=",
+                    0.9,
+                    f"server over HTTP {med['http']:.0f} / llama-cpp-python in-process "
+                    f"{med['direct']:.0f} tok/s; {setup}, median of {med.rounds}",
+                )
+            )
         # The server's own generation loop in-process, with logprobs: what HTTP, JSON and
         # the response building cost on top of the same computation.
         engine = Engine(path, n_threads=threads)
         engine_rate(engine, prompt, 8)
         http_rate(client, 8, True)
-        e, h = [], []
-        for _ in range(args.repeats):
-            e.append(engine_rate(engine, prompt, args.tokens))
-            h.append(http_rate(client, args.tokens, True))
-        engine.close()
-        em, hm = statistics.median(e), statistics.median(h)
-        print(
-            f"{'logprobs vs own loop':24s} direct {em:7.1f} tok/s  http {hm:7.1f} tok/s  "
-            f"ratio {hm / em:.2f}"
+        med = interleaved_values(
+            {
+                "engine": lambda: engine_rate(engine, prompt, tokens),
+                "http": lambda: http_rate(client, tokens, True),
+            },
+            repeats,
+            budget=40,
         )
-
-
-if __name__ == "__main__":
-    main()
+        engine.close()
+        rows.append(
+            Row(
+                "embedded server tokens/s vs its own loop in-process, with logprobs",
+                med["http"] / med["engine"],
+                ">=",
+                0.9,
+                f"server over HTTP {med['http']:.0f} / Engine.generate in-process "
+                f"{med['engine']:.0f} tok/s; {setup}, median of {med.rounds}",
+            )
+        )
+    return rows

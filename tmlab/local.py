@@ -2,9 +2,13 @@
 
 :func:`start` runs ``python -m tmlab.server`` in a subprocess (a llama.cpp crash cannot take
 the Jupyter kernel with it), waits until ``/health`` answers and returns a
-:class:`LocalServer` handle. The child watches this process and exits when it is gone.
-:func:`ensure_server` starts one shared server per process, for ``tmlab.Client()`` with no
-API key and no base URL.
+:class:`LocalServer` handle. The child is given this process's id and exits when this process
+is gone. :func:`ensure_server` starts one shared server per process, for ``tmlab.Client()``
+with no API key and no base URL.
+
+Progress is one calm line, never on stderr (JupyterLab paints stderr pink, like an error): in
+a Jupyter kernel a display that is updated in place once the model is ready, elsewhere a line
+on stdout that is completed then.
 """
 
 from __future__ import annotations
@@ -19,15 +23,16 @@ import time
 import urllib.error
 import urllib.request
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
+from tmlab._meta import MODEL_NAME
 from tmlab.errors import LocalServerError
-from tmlab.server.engine import MODEL_NAME
 
 __all__ = ["NOTICE", "LocalServer", "ensure_server", "start"]
 
 NOTICE = (
-    f"tmlab: using the local {MODEL_NAME} model; set TENSORMESH_INFERENCE_API_KEY to use Tensormesh"
+    f"tmlab: using the local {MODEL_NAME} model "
+    "(set TENSORMESH_INFERENCE_API_KEY to use Tensormesh)"
 )
 READY_PREFIX = "TMLAB_SERVER_READY "
 
@@ -35,18 +40,10 @@ READY_PREFIX = "TMLAB_SERVER_READY "
 class LocalServer:
     """A running local server: ``.base_url`` for clients, ``.stop()`` when done."""
 
-    def __init__(
-        self,
-        process: subprocess.Popen[str],
-        url: str,
-        *,
-        api_key: str | None,
-        stderr_tail: collections.deque[str],
-    ) -> None:
+    def __init__(self, process: subprocess.Popen[str], url: str, *, api_key: str | None) -> None:
         self.process = process
         self.url = url
         self.api_key = api_key
-        self._stderr_tail = stderr_tail
 
     @property
     def base_url(self) -> str:
@@ -89,11 +86,49 @@ class LocalServer:
         return f"<LocalServer {self.base_url} pid={self.process.pid} {state}>"
 
 
-def _drain(stream: IO[str], tail: collections.deque[str], echo: bool) -> None:
+class _Notice:
+    """One line of progress: a display updated in place in a Jupyter kernel, else stdout.
+
+    Shows ``"{prefix} — starting …"``; :meth:`done` turns it into ``"{prefix} — {outcome}"``
+    (on stdout by completing the line, so a terminal or a log gets one line).
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._handle: Any = None
+        display = _kernel_display()
+        if display is not None:
+            text = {"text/plain": f"{prefix} — starting …"}
+            self._handle = display(text, raw=True, display_id=True)
+        else:
+            print(f"{prefix} — starting …", end="", file=sys.stdout, flush=True)
+
+    def done(self, outcome: str) -> None:
+        """Say how it ended (``"ready in 1.9s"``)."""
+        if self._handle is not None:
+            self._handle.update({"text/plain": f"{self.prefix} — {outcome}"}, raw=True)
+        else:
+            print(f" {outcome}", file=sys.stdout, flush=True)
+
+
+def _kernel_display() -> Any:
+    """IPython's ``display`` when running in a Jupyter kernel, else None.
+
+    IPython is only looked at when it is already imported: tmlab never imports it here.
+    """
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    shell = get() if get is not None else None
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return None  # plain Python, or terminal IPython (whose display cannot be updated)
+    from IPython.display import display
+
+    return display
+
+
+def _drain(stream: IO[str], tail: collections.deque[str]) -> None:
     for line in stream:
         tail.append(line.rstrip("\n"))
-        if echo:
-            sys.stderr.write(line)
     stream.close()
 
 
@@ -112,10 +147,14 @@ def _wait_ready(
     *,
     t0: float,
     timeout: float,
-    quiet: bool,
-) -> bool:
-    """Wait until the child announced its URL and answers ``/health``; True if we printed."""
-    shown = False
+    shown: list[_Notice],
+    notice_after: float | None,
+) -> None:
+    """Wait until the child announced its URL and answers ``/health``.
+
+    ``notice_after`` seconds into the wait (None: never), shows a progress line and appends
+    it to ``shown``, unless one is shown already.
+    """
     while True:
         if proc.poll() is not None:
             time.sleep(0.1)  # let the stderr reader catch up
@@ -125,15 +164,14 @@ def _wait_ready(
             )
         elapsed = time.monotonic() - t0
         if url_box and _healthy(url_box[0]):
-            return shown
+            return
         if elapsed > timeout:
             raise LocalServerError(
                 f"the local server did not become healthy within "
                 f"{timeout:.0f}s:\n" + "\n".join(tail)
             )
-        if not quiet and not shown and elapsed > 1.0:
-            print("tmlab: starting the local model server …", file=sys.stderr, flush=True)
-            shown = True
+        if not shown and notice_after is not None and elapsed > notice_after:
+            shown.append(_Notice(f"tmlab: local {MODEL_NAME} model server"))
         time.sleep(0.05)
 
 
@@ -151,9 +189,22 @@ def start(
     ``port=None`` picks a free port; ``n_ctx`` sets the context size in tokens (default
     8192). Raises :class:`~tmlab.LocalServerError` (with the server's last stderr lines) if
     it exits or is not healthy within ``timeout`` seconds; an interrupt (Ctrl-C) while
-    waiting stops the child before it propagates. Unless ``quiet``, prints progress to
-    stderr when starting takes more than a moment.
+    waiting stops the child before it propagates. Unless ``quiet``, shows one line of
+    progress (stdout, or a display in Jupyter) when starting takes more than a moment.
     """
+    return _start(host, port, model_path, api_key, timeout, n_ctx, None, None if quiet else 1.0)
+
+
+def _start(
+    host: str,
+    port: int | None,
+    model_path: str | None,
+    api_key: str | None,
+    timeout: float,
+    n_ctx: int | None,
+    notice: _Notice | None,
+    notice_after: float | None,
+) -> LocalServer:
     cmd = [
         sys.executable,
         "-m",
@@ -162,6 +213,8 @@ def start(
         host,
         "--port",
         str(port or 0),
+        # The child watches this very process (not "am I an orphan?": this process may be
+        # PID 1 in a container, whose children are never orphaned).
         "--parent-pid",
         str(os.getpid()),
         "--quiet",
@@ -186,7 +239,7 @@ def start(
     )
     assert proc.stdout is not None and proc.stderr is not None
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    threading.Thread(target=_drain, args=(proc.stderr, tail, False), daemon=True).start()
+    threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True).start()
     url_box: list[str] = []
 
     def read_ready() -> None:
@@ -197,21 +250,22 @@ def start(
         proc.stdout.close()
 
     threading.Thread(target=read_ready, daemon=True).start()
+    shown = [notice] if notice is not None else []
     try:
-        shown = _wait_ready(proc, url_box, tail, t0=t0, timeout=timeout, quiet=quiet)
+        _wait_ready(
+            proc, url_box, tail, t0=t0, timeout=timeout, shown=shown, notice_after=notice_after
+        )
     except BaseException:
         # a timeout, an exit, or the user's Ctrl-C: never leave a model server behind
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        for n in shown:
+            n.done("failed to start")
         raise
-    if shown:
-        print(
-            f"tmlab: local model server ready in {time.monotonic() - t0:.1f}s",
-            file=sys.stderr,
-            flush=True,
-        )
-    return LocalServer(proc, url_box[0], api_key=api_key, stderr_tail=tail)
+    for n in shown:
+        n.done(f"ready in {time.monotonic() - t0:.1f}s")
+    return LocalServer(proc, url_box[0], api_key=api_key)
 
 
 _shared: LocalServer | None = None
@@ -221,17 +275,18 @@ _shared_lock = threading.Lock()
 def ensure_server() -> LocalServer:
     """The process's shared local server, started on first use (thread-safe).
 
-    Prints the one-line notice to stderr when it starts; it is stopped at exit.
+    The first start shows :data:`NOTICE` as one calm line (a display in Jupyter, else
+    stdout), completed once the model is ready; the server is stopped at exit.
     """
     global _shared
     with _shared_lock:
         if _shared is not None and _shared.running:
             return _shared
         first = _shared is None
-        _shared = start(quiet=False)
+        notice = _Notice(NOTICE) if first else None
+        _shared = _start("127.0.0.1", None, None, None, 120.0, None, notice, None)
         if first:
             atexit.register(_stop_shared)
-            print(NOTICE, file=sys.stderr, flush=True)
         return _shared
 
 

@@ -1,10 +1,16 @@
 """The one table of request parameters, and validation generated from it.
 
 Every request parameter of the Tensormesh chat-completions surface is declared once, in
-:data:`PARAMS`: its type, allowed range or choices, default (``None`` = not sent, the server
-decides), one line of help and the kind of control that edits it. Validation, the magic's
-flags, the widget's controls and the docs are all views of this table; a new server
-parameter is one more line here.
+:data:`PARAMS`: its type, allowed range or choices, the API's default as the reference page
+states it (``None`` where the page gives none), one line of help and the kind of control that
+edits it. Validation, the magic's flags, the widget's controls and the docs are all views of
+this table; a new server parameter is one more line here.
+
+A parameter is sent only when it is given: the default documents what the server does
+without it, tmlab never fills it in. Combinations the API rejects are a
+:class:`~tmlab.ParameterError` before anything is sent; combinations it accepts with an
+unclear meaning (``max_tokens`` together with ``max_completion_tokens``) are sent as given,
+with a :class:`ParameterWarning`.
 
 Parameters that are not in the table can still be sent through ``extra_body={...}``,
 unvalidated, for servers that know more than this table does.
@@ -14,13 +20,23 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from tmlab.errors import ParameterError
 
-__all__ = ["NOT_GIVEN", "PARAMS", "NotGiven", "Param", "params_table", "validate_params"]
+__all__ = [
+    "NOT_GIVEN",
+    "PARAMS",
+    "NotGiven",
+    "Param",
+    "ParameterWarning",
+    "params_table",
+    "validate_params",
+]
 
 Kind = Literal["float", "int", "bool", "str", "enum", "json"]
 Control = Literal["slider", "int_slider", "dropdown", "text", "toggle", "json"]
@@ -46,13 +62,18 @@ class NotGiven:
 NOT_GIVEN: Final = NotGiven()
 
 
+class ParameterWarning(UserWarning):
+    """Parameters that the API accepts but whose combined meaning depends on the server."""
+
+
 @dataclass(frozen=True)
 class Param:
     """One request parameter: what it accepts and how it is edited.
 
     ``minimum``/``maximum`` bound what is valid; ``ui_min``/``ui_max``/``step`` bound the
     slider that edits it (a narrower, useful range). ``shape`` checks a JSON-ish value and
-    returns an error message or ``None``.
+    returns an error message or ``None``. ``default`` is the API's default as the reference
+    page gives it (``None``: the page gives none); it is documentation, never sent for you.
     """
 
     name: str
@@ -69,6 +90,7 @@ class Param:
     shape: Callable[[Any], str | None] | None = None
     shape_help: str = ""
     group: str = "sampling"
+    default: Any = None
 
     @property
     def allowed(self) -> str:
@@ -193,20 +215,20 @@ _TABLE: tuple[Param, ...] = (
     Param("logit_bias", "json", "json", "Add a bias (-100..100) to the logits of token ids.", shape=_logit_bias, shape_help="a dict of token id -> bias in -100..100"),
     # length
     Param("max_tokens", "int", "int_slider", "Maximum number of tokens to generate.", minimum=1, ui_min=1, ui_max=1024, step=1, group="length"),
-    Param("max_completion_tokens", "int", "int_slider", "Alternative name for max_tokens (not both).", minimum=1, ui_min=1, ui_max=1024, step=1, group="length"),
-    Param("n", "int", "int_slider", "How many choices to generate (needs temperature > 0 when > 1).", minimum=1, maximum=128, ui_min=1, ui_max=8, step=1, group="length"),
+    Param("max_completion_tokens", "int", "int_slider", "Alternative name for max_tokens; with both, the limit used depends on the server.", minimum=1, ui_min=1, ui_max=1024, step=1, group="length"),
+    Param("n", "int", "int_slider", "How many choices to generate (needs temperature > 0 when > 1).", minimum=1, maximum=128, ui_min=1, ui_max=8, step=1, group="length", default=1),
     Param("stop", "json", "text", "Stop sequence(s): generation ends before any of them.", shape=_stop, shape_help="a string or a list of up to 4 strings", group="length"),
-    Param("ignore_eos", "bool", "toggle", "Keep generating past the end-of-sequence token.", group="length"),
+    Param("ignore_eos", "bool", "toggle", "Keep generating past the end-of-sequence token.", group="length", default=False),
     Param("prompt_truncate_len", "int", "text", "Truncate the prompt to this many tokens, oldest messages first.", minimum=1, group="length"),
-    Param("context_length_exceeded_behavior", "enum", "dropdown", "When prompt + max_tokens exceed the context: clamp (truncate) or fail (error).", choices=("truncate", "error"), group="length"),
+    Param("context_length_exceeded_behavior", "enum", "dropdown", "When prompt + max_tokens exceed the context: clamp (truncate) or fail (error).", choices=("truncate", "error"), group="length", default="truncate"),
     # output
     Param("logprobs", "bool", "toggle", "Return the log-probability of each generated token.", group="output"),
     Param("top_logprobs", "int", "int_slider", "How many most likely alternatives to return per token (needs logprobs).", minimum=0, maximum=20, ui_min=0, ui_max=20, step=1, group="output"),
-    Param("echo", "bool", "toggle", "Echo the prompt in front of the completion.", group="output"),
+    Param("echo", "bool", "toggle", "Echo the prompt in front of the completion.", group="output", default=False),
     Param("echo_last", "int", "text", "Echo the last N tokens of the prompt.", minimum=0, group="output"),
-    Param("return_token_ids", "bool", "toggle", "Return token ids (choices[].token_ids, prompt_token_ids).", group="output"),
-    Param("raw_output", "bool", "toggle", "Return the templated prompt and the raw completion.", group="output"),
-    Param("perf_metrics_in_response", "bool", "toggle", "Include server performance metrics.", group="output"),
+    Param("return_token_ids", "bool", "toggle", "Return token ids (choices[].token_ids, prompt_token_ids).", group="output", default=False),
+    Param("raw_output", "bool", "toggle", "Return the templated prompt and the raw completion.", group="output", default=False),
+    Param("perf_metrics_in_response", "bool", "toggle", "Include server performance metrics.", group="output", default=False),
     Param("response_format", "json", "json", "Force the output format, e.g. {'type': 'json_object'}.", shape=_response_format, shape_help="{'type': 'json_object'} or {'type': 'text'}", group="output"),
     Param("stream_options", "json", "json", "Streaming options, e.g. {'include_usage': True}.", shape=_stream_options, shape_help="{'include_usage': bool}", group="output"),
     # reasoning
@@ -215,7 +237,7 @@ _TABLE: tuple[Param, ...] = (
     Param("thinking", "json", "json", "Anthropic-style reasoning config, e.g. {'type': 'enabled'}.", shape=_dict, shape_help="an object", group="reasoning"),
     # tools
     Param("tools", "json", "json", "Functions the model may call.", shape=_tools, shape_help="a list of {'type': 'function', 'function': {...}}", group="tools"),
-    Param("tool_choice", "json", "dropdown", "Which tool, if any, the model must call.", choices=("auto", "none", "required"), shape=_tool_choice, shape_help="'auto' | 'none' | 'required' | {'type': 'function', 'function': {'name': ...}}", group="tools"),
+    Param("tool_choice", "json", "dropdown", "Which tool, if any, the model must call.", choices=("auto", "none", "required"), shape=_tool_choice, shape_help="'auto' | 'none' | 'required' | {'type': 'function', 'function': {'name': ...}}", group="tools", default="auto"),
     Param("parallel_tool_calls", "bool", "toggle", "Allow several tool calls in one answer.", group="tools"),
     Param("functions", "json", "json", "Deprecated: use tools.", shape=_list, shape_help="a list", group="tools"),
     Param("function_call", "json", "json", "Deprecated: use tool_choice.", shape=_function_call, shape_help="'auto' | 'none' | {'name': ...}", group="tools"),
@@ -291,13 +313,14 @@ def _number(p: Param, value: Any) -> int | float:
     raise ParameterError(p.name, f"{p.name}={value!r} is not {what}", p.allowed)
 
 
-def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
+def validate_params(params: Mapping[str, Any], *, warn: bool = True) -> dict[str, Any]:
     """Check request parameters against :data:`PARAMS` and return those to send.
 
     Values equal to :data:`NOT_GIVEN` are dropped; an explicit ``None`` is kept (sent as
     JSON null). Raises :class:`~tmlab.ParameterError` naming the parameter and what is
     allowed, for unknown names, wrong types, out-of-range values, unknown choices and the
-    combinations the API rejects.
+    combinations the API rejects. Warns (:class:`ParameterWarning`, unless ``warn=False``)
+    about combinations it accepts with a server-dependent meaning; they are still sent.
     """
     out: dict[str, Any] = {}
     for name, value in params.items():
@@ -320,7 +343,26 @@ def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
             )
         out[name] = _check_one(p, value)
     _check_combinations(out)
+    if warn and out.get("max_tokens") is not None and out.get("max_completion_tokens") is not None:
+        warnings.warn(
+            f"max_tokens={out['max_tokens']} and max_completion_tokens="
+            f"{out['max_completion_tokens']} are both set: the API accepts both, but which "
+            "limit applies depends on the server (tmlab's local server uses the smaller); "
+            "both are sent. Set only one to be sure.",
+            ParameterWarning,
+            stacklevel=_caller_level(),
+        )
     return out
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning from here at the first caller outside tmlab."""
+    frame = sys._getframe(1)  # validate_params
+    level = 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("tmlab."):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _check_combinations(p: Mapping[str, Any]) -> None:
@@ -336,16 +378,15 @@ def _check_combinations(p: Mapping[str, Any]) -> None:
             f"n={n} with temperature=0 would give {n} identical greedy answers; the API rejects it",
             "n=1 with temperature=0, or temperature > 0",
         )
-    if p.get("max_tokens") is not None and p.get("max_completion_tokens") is not None:
-        raise ParameterError(
-            "max_completion_tokens",
-            "max_tokens and max_completion_tokens are both set",
-            "one of max_tokens or max_completion_tokens",
-        )
 
 
 def params_table() -> Any:
-    """The parameter table as a pandas DataFrame (name, type, allowed, control, help)."""
+    """The parameter table as a pandas DataFrame, one row per parameter.
+
+    Columns: name, group, type, allowed, default (the API's, as the reference page gives it;
+    ``None`` where it gives none; tmlab sends a parameter only when it is given), control,
+    help.
+    """
     import pandas as pd
 
     return pd.DataFrame(
@@ -355,7 +396,7 @@ def params_table() -> Any:
                 "group": p.group,
                 "type": p.kind,
                 "allowed": p.allowed,
-                "default": "not sent",
+                "default": p.default,
                 "control": p.control,
                 "help": p.help,
             }

@@ -224,6 +224,7 @@ class ChatResult:
         self.request = request or {}
         self.timing = timing or Timing()
         self.complete = complete
+        self.history_id: int | None = None  # the row in tmlab.history(), once recorded
         choices = raw.get("choices") or []
         self.choices = sorted((Choice.from_raw(c) for c in choices), key=lambda c: c.index)
         self.usage = Usage.from_raw(raw.get("usage"))
@@ -284,12 +285,24 @@ class ChatResult:
 
         return usage_frame(self, prices=prices)
 
+    def tokens_html(self, choice: int = 0) -> str:
+        """The token heatmap: same as :func:`tmlab.display.tokens_html` (displays in Jupyter)."""
+        from tmlab.display import tokens_html
+
+        return tokens_html(self, choice=choice)
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable summary: request, raw response, timing."""
+        """A JSON-serialisable summary: request, raw response, timing.
+
+        Everything in it is a copy: changing it changes nothing in this result.
+        """
+        import copy
+        from dataclasses import asdict
+
         return {
-            "request": self.request,
-            "response": self.raw,
-            "timing": self.timing.__dict__,
+            "request": copy.deepcopy(self.request),
+            "response": copy.deepcopy(self.raw),
+            "timing": asdict(self.timing),
             "complete": self.complete,
         }
 

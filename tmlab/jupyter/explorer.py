@@ -531,8 +531,8 @@ class Explorer(widgets.VBox):
             )
         elif problem is not None:
             self.status.value = "the answer broke off: what arrived is shown"
-        else:
-            self.status.value = html.escape(_display.usage_line(res))
+        else:  # the usage line itself is at the foot of the answer
+            self.status.value = f"done in {elapsed:.1f} s"
 
     def _show_error(self, line: str) -> None:
         self.error.value = (

@@ -14,6 +14,7 @@ timings and logprobs in the OpenAI shape), ``worker`` (the one model thread), ``
 
 from __future__ import annotations
 
-from tmlab.server.engine import MODEL_NAME, default_model_path
+from tmlab._meta import MODEL_NAME
+from tmlab.server.engine import default_model_path
 
 __all__ = ["MODEL_NAME", "default_model_path"]

@@ -2,7 +2,8 @@
 
 Prints one line ``TMLAB_SERVER_READY http://HOST:PORT`` on stdout once it answers, which is
 how :func:`tmlab.local.start` learns the port when it asked for port 0. With
-``--parent-pid`` it exits when that process is gone, so a crashed kernel leaves no server.
+``--parent-pid`` it exits when that process is gone, so a crashed kernel leaves no server
+(and only then: a parent that is PID 1, as in a container, is a parent like any other).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from tmlab.local import READY_PREFIX
 
@@ -48,12 +50,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _watch_parent(pid: int, server: object) -> None:
-    while _alive(pid) and os.getppid() != 1:
-        time.sleep(1.0)
-    server.should_exit = True  # type: ignore[attr-defined]
-    time.sleep(5.0)
-    os._exit(0)
+def parent_gone(pid: int, direct: bool) -> bool:
+    """Whether process ``pid``, the one this server serves, has ended.
+
+    ``direct``: ``pid`` was this process's parent when it started; then a new parent means
+    ``pid`` ended, even while it lingers as a zombie that nobody reaped yet. Being a child of
+    PID 1 says nothing by itself: in a container the parent may well be PID 1.
+    """
+    if direct and os.getppid() != pid:
+        return True
+    return not _alive(pid)
+
+
+def _watch_parent(
+    pid: int,
+    server: Any,
+    *,
+    direct: bool,
+    interval: float = 1.0,
+    grace: float = 5.0,
+    exit: Callable[[int], object] = os._exit,
+) -> None:
+    """Ask ``server`` to stop once ``pid`` has ended; exit for good ``grace`` seconds later.
+
+    ``direct``: see :func:`parent_gone`.
+    """
+    while not parent_gone(pid, direct):
+        time.sleep(interval)
+    server.should_exit = True
+    time.sleep(grace)
+    exit(0)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -63,6 +89,8 @@ def serve(args: argparse.Namespace) -> int:
     from tmlab.server.app import create_app
     from tmlab.server.engine import Engine
 
+    # Taken first: the parent may end while the model loads.
+    direct = args.parent_pid is not None and os.getppid() == args.parent_pid
     t0 = time.perf_counter()
     if not args.quiet:
         print("loading the model …", file=sys.stderr, flush=True)
@@ -74,7 +102,7 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    app = create_app(engine, api_key=args.api_key)
+    app = create_app(engine, api_key=args.api_key, close_engine=True)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -92,7 +120,12 @@ def serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     if args.parent_pid:
-        threading.Thread(target=_watch_parent, args=(args.parent_pid, server), daemon=True).start()
+        threading.Thread(
+            target=_watch_parent,
+            args=(args.parent_pid, server),
+            kwargs={"direct": direct},
+            daemon=True,
+        ).start()
     shown = host if ":" not in host else f"[{host}]"
 
     def announce() -> None:

@@ -8,6 +8,7 @@ Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, ``GE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import threading
@@ -22,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tmlab._meta import VERSION
 from tmlab.server.chat import run_chat
 from tmlab.server.engine import Engine
 from tmlab.server.prompting import plan_request
@@ -58,13 +60,6 @@ def _error(exc: RequestError) -> Response:
     return _JSON(exc.body(), status_code=exc.status, headers=headers)
 
 
-def _version() -> str:
-    try:
-        return metadata.version("tmlab")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
-        return "0+unknown"
-
-
 class _Server:
     """The state behind the routes: one engine, its worker, and the optional key."""
 
@@ -73,6 +68,10 @@ class _Server:
         self.worker = Worker()
         self.api_key = api_key
         self.created = int(time.time())
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Stop the worker after its queued jobs; True if it stopped within ``timeout``."""
+        return self.worker.close(timeout)
 
     def check_auth(self, request: Request) -> None:
         if not self.api_key:
@@ -184,7 +183,7 @@ class _Server:
         except metadata.PackageNotFoundError:  # pragma: no cover
             llama = None
         return _JSON(
-            {"version": _version(), "llama_cpp_python": llama, "model": self.engine.model_name}
+            {"version": VERSION, "llama_cpp_python": llama, "model": self.engine.model_name}
         )
 
     async def tokenize(self, request: Request) -> Response:
@@ -228,15 +227,20 @@ async def _unless_disconnected(request: Request, awaitable: Awaitable[Any]) -> A
     stops at its next token.
     """
     task = asyncio.ensure_future(awaitable)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
-            # the job ends on its own once cancelled; retrieve its outcome so that nothing
-            # is logged as "never retrieved"
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                return _GONE
+    finally:
+        if not task.done():
+            # Stop waiting for the job: one that is skipped (its client left while it was
+            # queued) sends nothing, and a task left waiting for it would be destroyed
+            # pending. Its outcome is retrieved so that none is logged as "never retrieved".
+            task.cancel()
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            return _GONE
 
 
 async def _request_error(request: Request, exc: Exception) -> Response:
@@ -260,9 +264,24 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def create_app(engine: Engine, *, api_key: str | None = None) -> Starlette:
-    """The ASGI app serving ``engine``."""
+def create_app(
+    engine: Engine, *, api_key: str | None = None, close_engine: bool = False
+) -> Starlette:
+    """The ASGI app serving ``engine``.
+
+    At shutdown it stops its worker thread and, with ``close_engine``, then frees the model.
+    """
     s = _Server(engine, api_key)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        # Free the model only once the worker has stopped: freeing it under a running
+        # generation would crash the process on its way out.
+        stopped = await asyncio.to_thread(s.close)
+        if stopped and close_engine:
+            engine.close()
+
     routes = [
         Route("/v1/chat/completions", s.chat, methods=["POST"]),
         Route("/chat/completions", s.chat, methods=["POST"]),
@@ -274,6 +293,7 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         exception_handlers={
             RequestError: _request_error,
             HTTPException: _http_error,

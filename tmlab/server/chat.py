@@ -17,6 +17,7 @@ text as content), the end-of-generation step with the chunk that carries ``finis
 from __future__ import annotations
 
 import codecs
+import hashlib
 import secrets
 import threading
 import time
@@ -37,13 +38,24 @@ from tmlab.server.response import (
 )
 from tmlab.server.text import TextStream, parse_tool_call
 
-__all__ = ["Emit", "run_chat", "sampling_of"]
+__all__ = ["Emit", "choice_seed", "run_chat", "sampling_of"]
 
 Emit = Callable[[dict[str, Any]], None]
 
 
+def choice_seed(seed: int, index: int) -> int:
+    """The sampler seed of choice ``index`` of a request with ``seed``.
+
+    A hash of both, so that requests never share a random stream: with ``seed + index``,
+    ``seed=1, n=2`` and ``seed=2, n=1`` drew the same sample, and a sweep over seeds repeated
+    itself. In 0..2**32 - 2: llama.cpp takes 32 bits and reads 2**32 - 1 as "random".
+    """
+    digest = hashlib.blake2b(f"{seed}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 0xFFFFFFFF
+
+
 def sampling_of(req: ChatRequest, choice_index: int = 0) -> Sampling:
-    """The llama.cpp sampling settings of a request (choice ``i`` gets seed + i)."""
+    """The llama.cpp sampling settings of a request (choice ``i``: :func:`choice_seed`)."""
     seed = req.get("seed")
     top_k = req.get("top_k", 0)
     return Sampling(
@@ -59,7 +71,7 @@ def sampling_of(req: ChatRequest, choice_index: int = 0) -> Sampling:
             float(req.get("mirostat_target")) if req.get("mirostat_target") is not None else None
         ),
         mirostat_lr=float(req.get("mirostat_lr", 0.1)),
-        seed=None if seed is None else int(seed) + choice_index,
+        seed=None if seed is None else choice_seed(int(seed), choice_index),
         logit_bias={int(k): float(v) for k, v in (req.get("logit_bias") or {}).items()},
     )
 

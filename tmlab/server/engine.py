@@ -46,7 +46,8 @@ from typing import Any
 
 import numpy as np
 
-MODEL_NAME = "SmolLM2-135M-Instruct"
+from tmlab._meta import MODEL_NAME
+
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 __all__ = [

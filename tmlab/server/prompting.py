@@ -257,7 +257,9 @@ def plan_request(engine: Engine, req: ChatRequest) -> Plan:
             param="messages",
             code="context_length_exceeded",
         )
-    requested = req.get("max_tokens", req.get("max_completion_tokens"))
+    # The API accepts both names; given both, this server honours the smaller limit.
+    limits = [v for v in (req.get("max_tokens"), req.get("max_completion_tokens")) if v is not None]
+    requested = min(limits) if limits else None
     room = n_ctx - len(tokens)
     if requested is None:
         max_tokens = room

@@ -165,7 +165,7 @@ def parse_chat_request(body: Any, served: list[str], n_vocab: int) -> ChatReques
         raise bad(f"'stream' must be a bool, got {stream!r}", "stream")
     known = {k: v for k, v in body.items() if k in PARAMS}
     try:
-        params = validate_params(known)
+        params = validate_params(known, warn=False)  # both max_tokens names: the smaller
     except ParameterError as exc:
         raise bad(str(exc), exc.param) from None
     if params.get("stream_options") is not None and not stream:

@@ -90,6 +90,11 @@ class Worker:
 
         return items()
 
-    def close(self) -> None:
-        """Stop the thread after the jobs already queued."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop the thread after the jobs already queued; True once it has stopped.
+
+        Waits up to ``timeout`` seconds (None: as long as it takes) for the thread to end.
+        """
         self._jobs.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
