@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import tmlab
 
 EXPECTED = {
@@ -18,10 +21,13 @@ EXPECTED = {
     "Choice",
     "Client",
     "Delta",
+    "Explorer",
+    "HistoryWarning",
     "LocalServerError",
     "NotFoundError",
     "Param",
     "ParameterError",
+    "ParameterWarning",
     "PermissionDeniedError",
     "RateLimitError",
     "ServerError",
@@ -32,9 +38,20 @@ EXPECTED = {
     "TopLogprob",
     "Usage",
     "__version__",
+    "asweep",
+    "audit",
+    "diff",
+    "history",
+    "load_ipython_extension",
     "local",
     "logprobs_frame",
     "params_table",
+    "plot_sweep",
+    "rerun",
+    "sampling",
+    "session",
+    "summarize",
+    "sweep",
     "usage_frame",
     "validate_params",
 }
@@ -50,6 +67,19 @@ def test_every_public_name_resolves_and_is_documented() -> None:
         obj = getattr(tmlab, name)
         if callable(obj) or isinstance(obj, type):
             assert obj.__doc__, f"tmlab.{name} has no docstring"
+
+
+def test_import_tmlab_stays_light() -> None:
+    """pandas, numpy, IPython, ipywidgets, matplotlib and the server load on first use."""
+    heavy = ("pandas", "numpy", "IPython", "ipywidgets", "matplotlib", "llama_cpp", "starlette")
+    code = f"import sys, tmlab; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    # and the lazy names resolve to the real objects
+    from tmlab.frames import logprobs_frame
+
+    assert tmlab.logprobs_frame is logprobs_frame
+    assert callable(tmlab.history) and tmlab.history.__module__ == "tmlab.history"
 
 
 def test_error_tree() -> None:

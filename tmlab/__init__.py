@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from tmlab._meta import VERSION as __version__
 from tmlab._settings import session
 from tmlab._stream import Delta
 from tmlab.client import AsyncClient, Client
@@ -43,7 +42,14 @@ from tmlab.errors import (
 # The function, not the module: ``tmlab.history()`` (import the module's names with
 # ``from tmlab.history import ...``).
 from tmlab.history import HistoryWarning, history, rerun
-from tmlab.params import NOT_GIVEN, PARAMS, Param, params_table, validate_params
+from tmlab.params import (
+    NOT_GIVEN,
+    PARAMS,
+    Param,
+    ParameterWarning,
+    params_table,
+    validate_params,
+)
 from tmlab.result import ChatResult, Choice, Timing, TokenLogprob, TopLogprob, Usage
 
 if TYPE_CHECKING:
@@ -70,6 +76,10 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # importlib.metadata is slow to import: read it on first use
+        from tmlab._meta import version
+
+        return version()
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module 'tmlab' has no attribute {name!r}")
@@ -80,7 +90,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"__version__"})
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -110,6 +120,7 @@ __all__ = [
     "NotFoundError",
     "Param",
     "ParameterError",
+    "ParameterWarning",
     "PermissionDeniedError",
     "RateLimitError",
     "ServerError",

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import httpx
 
-from tmlab._meta import VERSION
+from tmlab import _meta
 from tmlab._reader import make_timing
 from tmlab._retry import backoff_delay, is_retryable_status, parse_retry_after
 from tmlab._settings import local_base_url, resolve_settings
@@ -129,7 +129,7 @@ class _BaseClient:
         headers = {
             "Accept": "application/json",
             "Content-Type": "application/json",
-            "User-Agent": f"tmlab/{VERSION}",
+            "User-Agent": f"tmlab/{_meta.version()}",
         }
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
