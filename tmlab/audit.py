@@ -1,0 +1,597 @@
+"""The determinism audit: send the same request several times and see what ``seed`` holds.
+
+::
+
+    report = tmlab.audit("Tell me a joke.", repeats=8, seed=7, temperature=1.0, max_tokens=32)
+    report                  # identical? where did the answers first differ? how far apart
+                            # were the probabilities of the tokens they shared?
+    report.frame()          # one row per run
+    tmlab.diff(res_a, res_b)  # two answers aligned token by token, the divergence marked
+
+Answers are compared token by token when the results carry logprobs (the audit asks for
+them), else by pieces of text (words, spaces and punctuation). Run 0 is the reference: each
+other run is compared with it. ``max |Δ logprob|`` is taken over the generated tokens that
+two runs share before they diverge, so it shows whether the server computed the same
+probabilities, not only the same words.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tmlab._base import Messages, _BaseClient
+from tmlab.client import Client
+from tmlab.errors import ParameterError
+from tmlab.params import validate_params
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tmlab.result import ChatResult
+
+__all__ = ["AuditReport", "Diff", "Divergence", "audit", "diff"]
+
+_PIECES = re.compile(r"\s+|\w+|[^\w\s]")
+
+SEED_PROMISE = (
+    "What seed promises: the random draws of sampling start from the same state, so the same "
+    "request to the same model on the same server software and hardware samples the same "
+    "tokens. What it does not promise: the same answer on another server version, on other "
+    "hardware, or when other requests share the batch with yours. The probabilities "
+    "themselves can then differ in the last digits, and where two tokens are nearly tied such "
+    "a difference can pick the other one; from there on the answers part ways. Providers call "
+    "seeded sampling 'best effort' for this reason."
+)
+
+
+# -- aligning two answers ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Seq:
+    tokens: list[str]
+    ids: list[int | None]
+    logprobs: list[float] | None
+    alternatives: list[list[tuple[str, float]]] | None
+
+
+def _sequence(res: ChatResult, unit: str) -> _Seq:
+    choice = res.choices[0] if res.choices else None
+    if unit == "token" and choice is not None and choice.logprobs is not None:
+        toks = choice.logprobs
+        return _Seq(
+            [t.token for t in toks],
+            [t.token_id for t in toks],
+            [t.logprob for t in toks],
+            [[(a.token, a.logprob) for a in t.top] for t in toks],
+        )
+    pieces = _PIECES.findall(res.text)
+    return _Seq(pieces, [None] * len(pieces), None, None)
+
+
+def _unit(results: Sequence[ChatResult]) -> str:
+    have = all(r.choices and r.choices[0].logprobs is not None for r in results)
+    return "token" if have else "text piece"
+
+
+def _first_difference(a: _Seq, b: _Seq) -> int | None:
+    for i, (ta, tb) in enumerate(zip(a.tokens, b.tokens, strict=False)):
+        ia, ib = a.ids[i], b.ids[i]
+        if ta != tb or (ia is not None and ib is not None and ia != ib):
+            return i
+    if len(a.tokens) != len(b.tokens):
+        return min(len(a.tokens), len(b.tokens))  # one answer stopped, the other went on
+    return None
+
+
+def _max_dlogprob(a: _Seq, b: _Seq, upto: int) -> tuple[float, int] | None:
+    """max |Δ logprob| of the sampled tokens at positions < upto, and where; None: no logprobs."""
+    if a.logprobs is None or b.logprobs is None:
+        return None
+    best, where = 0.0, -1
+    for i in range(upto):
+        d = abs(a.logprobs[i] - b.logprobs[i])
+        if not math.isnan(d) and (where < 0 or d > best):
+            best, where = d, i
+    return (best, where) if where >= 0 else None
+
+
+@dataclass(frozen=True, repr=False)
+class Diff:
+    """Two answers aligned position by position; ``position`` is where they first differ.
+
+    ``position`` is ``None`` when the answers are identical; when one answer is a prefix of
+    the other it is the length of the shorter one (there, one answer ended). ``unit`` says what
+    a position counts: ``"token"`` (from logprobs) or ``"text piece"`` (words, spaces,
+    punctuation, when a result has no logprobs).
+    """
+
+    tokens_a: list[str]
+    tokens_b: list[str]
+    position: int | None
+    unit: str
+    logprobs_a: list[float] | None = field(default=None, repr=False)
+    logprobs_b: list[float] | None = field(default=None, repr=False)
+    alternatives_a: list[list[tuple[str, float]]] | None = field(default=None, repr=False)
+    alternatives_b: list[list[tuple[str, float]]] | None = field(default=None, repr=False)
+
+    @property
+    def identical(self) -> bool:
+        """True when both answers have the same tokens."""
+        return self.position is None
+
+    @property
+    def shared(self) -> int:
+        """How many positions the two answers share before they differ."""
+        return len(self.tokens_a) if self.position is None else self.position
+
+    @property
+    def max_abs_dlogprob(self) -> float | None:
+        """max |logprob_a − logprob_b| over the shared tokens (None without logprobs)."""
+        a = _Seq(self.tokens_a, [], self.logprobs_a, None)
+        b = _Seq(self.tokens_b, [], self.logprobs_b, None)
+        found = _max_dlogprob(a, b, self.shared)
+        return None if found is None else found[0]
+
+    def frame(self) -> pd.DataFrame:
+        """One row per position: both tokens, whether they agree, their logprobs and Δ."""
+        import numpy as np
+        import pandas as pd
+
+        n = max(len(self.tokens_a), len(self.tokens_b))
+
+        def at(values: list[Any] | None, i: int) -> Any:
+            return values[i] if values is not None and i < len(values) else None
+
+        df = pd.DataFrame(
+            {
+                "position": np.arange(n, dtype=np.int64),
+                "token_a": [at(self.tokens_a, i) for i in range(n)],
+                "token_b": [at(self.tokens_b, i) for i in range(n)],
+                "same": [self.position is None or i < self.position for i in range(n)],
+                "logprob_a": pd.to_numeric(
+                    pd.Series([at(self.logprobs_a, i) for i in range(n)], dtype=object)
+                ).astype(float),
+                "logprob_b": pd.to_numeric(
+                    pd.Series([at(self.logprobs_b, i) for i in range(n)], dtype=object)
+                ).astype(float),
+            }
+        )
+        df["dlogprob"] = df["logprob_b"] - df["logprob_a"]
+        df.attrs["notes"] = (
+            f"one row per {self.unit} position; same: the position is before the first "
+            "divergence (after it the answers are different texts and positions no longer "
+            "correspond); dlogprob = logprob_b - logprob_a of the generated tokens, as the "
+            "server returned them."
+        )
+        return df
+
+    def __repr__(self) -> str:
+        if self.position is None:
+            return f"<Diff: identical, {len(self.tokens_a)} {self.unit}s>"
+        a, b = (
+            t[self.position] if self.position < len(t) else None
+            for t in (self.tokens_a, self.tokens_b)
+        )
+        return f"<Diff: first divergence at {self.unit} {self.position}: {a!r} vs {b!r}>"
+
+    def _alts(self, which: str) -> list[tuple[str, float]]:
+        alts = self.alternatives_a if which == "a" else self.alternatives_b
+        pos = self.position
+        if alts is None or pos is None or pos >= len(alts):
+            return []
+        return alts[pos]
+
+    def __str__(self) -> str:
+        from tmlab.display import _show
+
+        unit = self.unit
+        if self.position is None:
+            text = f"identical: the same {len(self.tokens_a)} {unit}s"
+            d = self.max_abs_dlogprob
+            if d is not None:
+                text += f"; max |Δ logprob| over them = {d:.3g}"
+            return text
+        p = self.position
+        prefix = "".join(self.tokens_a[:p])
+        lines = [f"the answers share {p} {unit}s, then differ at {unit} {p} (0-based):"]
+        for name, toks, alts in (
+            ("A", self.tokens_a, self._alts("a")),
+            ("B", self.tokens_b, self._alts("b")),
+        ):
+            tok = _show(toks[p]) if p < len(toks) else "(ended)"
+            rest = "".join(toks[p + 1 :])
+            line = f"  {name}: …{_show(prefix[-30:])} ⟦{tok}⟧ {_show(rest[:40])}"
+            if alts:
+                line += "\n     alternatives: " + ", ".join(
+                    f"{_show(t)} {lp:.3f}" for t, lp in alts
+                )
+            lines.append(line)
+        d = self.max_abs_dlogprob
+        if d is not None:
+            lines.append(f"max |Δ logprob| over the shared {unit}s: {d:.3g}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from tmlab.display import _show, _visible_html
+
+        def row(name: str, toks: list[str], lps: list[float] | None) -> str:
+            spans = []
+            for i, tok in enumerate(toks):
+                title = f"{self.unit} {i}: {_show(tok)}"
+                if lps is not None and i < len(lps):
+                    title += f", logprob {lps[i]:.4f}"
+                if self.position is not None and i == self.position:
+                    style = "background:#ffd6a5;outline:2px solid #e8590c;border-radius:2px"
+                elif self.position is not None and i > self.position:
+                    style = "opacity:0.5"
+                else:
+                    style = ""
+                title = html.escape(title)
+                spans.append(f'<span title="{title}" style="{style}">{_visible_html(tok)}</span>')
+            if self.position is not None and self.position >= len(toks):
+                spans.append('<span style="outline:2px solid #e8590c">(ended)</span>')
+            return (
+                f'<tr><th style="text-align:right;vertical-align:top">{name}</th>'
+                f'<td style="text-align:left;font-family:monospace">{"".join(spans)}</td></tr>'
+            )
+
+        if self.position is None:
+            head = f"identical: the same {len(self.tokens_a)} {self.unit}s"
+        else:
+            head = (
+                f"the same for {self.position} {self.unit}s, then different at {self.unit} "
+                f"{self.position} (0-based, marked)"
+            )
+        d = self.max_abs_dlogprob
+        if d is not None:
+            head += f"; max |Δ logprob| over the shared {self.unit}s = {d:.3g}"
+        return (
+            f"<div><p>{html.escape(head)}. Hover a {self.unit} for its logprob.</p>"
+            f"<table>{row('A', self.tokens_a, self.logprobs_a)}"
+            f"{row('B', self.tokens_b, self.logprobs_b)}</table></div>"
+        )
+
+
+def diff(res_a: ChatResult, res_b: ChatResult) -> Diff:
+    """Align two results' answers and mark where they first differ.
+
+    By tokens when both results carry logprobs, else by pieces of text (words, spaces,
+    punctuation). The first choice of each result is compared.
+    """
+    unit = _unit([res_a, res_b])
+    a, b = _sequence(res_a, unit), _sequence(res_b, unit)
+    return _diff(a, b, unit)
+
+
+def _diff(a: _Seq, b: _Seq, unit: str) -> Diff:
+    return Diff(
+        a.tokens,
+        b.tokens,
+        _first_difference(a, b),
+        unit,
+        a.logprobs,
+        b.logprobs,
+        a.alternatives,
+        b.alternatives,
+    )
+
+
+# -- the audit -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where the earliest difference between run 0 and another run happens."""
+
+    run: int
+    position: int
+    unit: str
+    token_ref: str | None  # run 0's token there (None: run 0 had ended)
+    token_other: str | None
+    logprob_ref: float | None
+    logprob_other: float | None
+    alternatives_ref: list[tuple[str, float]]
+    alternatives_other: list[tuple[str, float]]
+    prefix: str  # the text both share before it
+
+
+@dataclass(frozen=True, repr=False)
+class AuditReport:
+    """What an :func:`audit` found: identical or not, the first divergence, logprob drift.
+
+    ``max_abs_dlogprob`` is the largest |Δ logprob| between run 0 and any other run over the
+    generated tokens they share before diverging (``None`` without logprobs); 0 means the
+    server computed bit-for-bit the same probabilities. ``str(report)`` explains it in words.
+    """
+
+    identical: bool
+    runs: int
+    seed: int | None
+    params: dict[str, Any]
+    model: str | None
+    unit: str
+    distinct_answers: int
+    answers: dict[str, int]
+    divergence: Divergence | None
+    max_abs_dlogprob: float | None
+    max_abs_dlogprob_at: tuple[int, int] | None  # (run, position)
+    shared_prefix: int  # positions every run shares with run 0
+    results: list[ChatResult] = field(repr=False)
+    diffs: list[Diff] = field(repr=False)  # run i vs run 0, for i = 1..runs-1
+
+    @classmethod
+    def from_results(
+        cls,
+        results: Sequence[ChatResult],
+        *,
+        seed: int | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> AuditReport:
+        """Analyse results of the same request (run 0 is the reference)."""
+        results = list(results)
+        if len(results) < 2:
+            raise ParameterError("repeats", "an audit needs at least 2 results", "≥ 2")
+        unit = _unit(results)
+        seqs = [_sequence(r, unit) for r in results]
+        diffs = [_diff(seqs[0], s, unit) for s in seqs[1:]]
+        counts = Counter(r.text for r in results)
+        div = None
+        drift: tuple[float, int, int] | None = None
+        for run, (d, seq) in enumerate(zip(diffs, seqs[1:], strict=True), start=1):
+            if d.position is not None and (div is None or d.position < div.position):
+                div = _divergence(run, d, seqs[0], seq)
+            found = _max_dlogprob(seqs[0], seq, d.shared)
+            if found is not None and (drift is None or found[0] > drift[0]):
+                drift = (found[0], run, found[1])
+        sent = dict(params if params is not None else _params_of(results[0]))
+        return cls(
+            identical=all(d.identical for d in diffs) and len(counts) == 1,
+            runs=len(results),
+            seed=seed if seed is not None else sent.get("seed"),
+            params=sent,
+            model=results[0].model,
+            unit=unit,
+            distinct_answers=len(counts),
+            answers=dict(counts.most_common()),
+            divergence=div,
+            max_abs_dlogprob=None if drift is None else drift[0],
+            max_abs_dlogprob_at=None if drift is None else (drift[1], drift[2]),
+            shared_prefix=min(d.shared for d in diffs),
+            results=results,
+            diffs=diffs,
+        )
+
+    def frame(self) -> pd.DataFrame:
+        """One row per run: its answer, how it compares with run 0, tokens, latency, history id."""
+        import pandas as pd
+
+        rows = []
+        for i, res in enumerate(self.results):
+            d = self.diffs[i - 1] if i else None
+            rows.append(
+                {
+                    "run": i,
+                    "text": res.text,
+                    "identical_to_run0": True if d is None else d.identical,
+                    "first_divergence": None if d is None else d.position,
+                    "shared_with_run0": len(_sequence(res, self.unit).tokens)
+                    if d is None
+                    else d.shared,
+                    "max_abs_dlogprob": 0.0 if d is None else d.max_abs_dlogprob,
+                    "finish_reason": res.finish_reason,
+                    "completion_tokens": res.usage.completion_tokens,
+                    "latency_s": res.timing.latency_s,
+                    "history_id": getattr(res, "history_id", None),
+                }
+            )
+        df = pd.DataFrame.from_records(rows)
+        for col in ("first_divergence", "shared_with_run0", "completion_tokens", "history_id"):
+            df[col] = pd.array(df[col].tolist(), dtype="Int64")
+        for col in ("max_abs_dlogprob", "latency_s"):
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+        df.attrs["notes"] = (
+            f"run 0 is the reference. first_divergence: the first {self.unit} position "
+            f"(0-based) where the run differs from run 0 (<NA>: identical). max_abs_dlogprob: "
+            f"the largest |Δ logprob| between the run's and run 0's generated tokens over the "
+            f"{self.unit}s they share (NaN without logprobs)."
+        )
+        return df
+
+    # -- explaining ---------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        verdict = "identical" if self.identical else f"{self.distinct_answers} distinct answers"
+        parts = [f"{self.runs} runs ({self._setting()}): {verdict}"]
+        if self.divergence is not None:
+            d = self.divergence
+            parts.append(f"first divergence at {d.unit} {d.position} (run {d.run})")
+        if self.max_abs_dlogprob is not None:
+            parts.append(f"max |Δ logprob| {self.max_abs_dlogprob:.3g}")
+        return "<AuditReport " + "; ".join(parts) + "; print() it for the explanation>"
+
+    def _setting(self) -> str:
+        temp = self.params.get("temperature")
+        parts = [f"seed={self.seed}" if self.seed is not None else "no seed"]
+        parts.append(f"temperature={temp}" if temp is not None else "the server's temperature")
+        if self.model:
+            parts.append(f"model {self.model}")
+        return ", ".join(parts)
+
+    def _verdict(self) -> str:
+        if self.identical:
+            n = len(self.diffs[0].tokens_a) if self.diffs else 0
+            u = self.unit
+            return f"IDENTICAL: all {self.runs} answers are the same, {u} for {u} ({n} {u}s)."
+        return (
+            f"NOT IDENTICAL: {self.distinct_answers} different answers among {self.runs} runs; "
+            f"every run shares at least its first {self.shared_prefix} {self.unit}s with run 0."
+        )
+
+    def _divergence_lines(self) -> list[str]:
+        from tmlab.display import _show
+
+        d = self.divergence
+        if d is None:
+            return []
+
+        def tok(t: str | None, lp: float | None) -> str:
+            if t is None:
+                return "nothing (it had ended)"
+            return _show(t) + (
+                f" (logprob {lp:.3f}, p={math.exp(lp):.3f})" if lp is not None else ""
+            )
+
+        lines = [
+            f"First divergence: {d.unit} {d.position} (0-based), between run 0 and run {d.run}: "
+            f"run 0 has {tok(d.token_ref, d.logprob_ref)}, run {d.run} has "
+            f"{tok(d.token_other, d.logprob_other)}.",
+            f"Shared text before it: {_show(d.prefix[-80:])}",
+        ]
+        if d.alternatives_ref:
+            alts = ", ".join(f"{_show(t)} {lp:.3f}" for t, lp in d.alternatives_ref)
+            lines.append(f"Alternatives run 0 was offered there (token logprob): {alts}")
+        return lines
+
+    def _drift_line(self) -> str:
+        if self.max_abs_dlogprob is None:
+            if self.unit == "token":
+                return "No run shares a first token with run 0: no probabilities to compare."
+            return "No logprobs: the probabilities could not be compared."
+        where = ""
+        if self.max_abs_dlogprob_at is not None and self.max_abs_dlogprob > 0:
+            run, pos = self.max_abs_dlogprob_at
+            where = f" (run {run}, {self.unit} {pos})"
+        line = (
+            f"Over the tokens the runs share with run 0, max |Δ logprob| = "
+            f"{self.max_abs_dlogprob:.3g}{where} (logprobs as the server returned them; the "
+            f"embedded server's are the model's raw ones, before temperature)"
+        )
+        if self.max_abs_dlogprob == 0:
+            return line + ": the server computed exactly the same probabilities every time."
+        return line + (
+            ": the same tokens came with slightly different probabilities, so the server's "
+            "arithmetic differed between runs (batching, kernels). A seed fixes the random "
+            "draws, not the arithmetic."
+        )
+
+    def _meaning(self) -> str:
+        temp = self.params.get("temperature")
+        if temp == 0:
+            return (
+                "temperature=0 is greedy decoding: there is no random draw, so seed plays no "
+                "role. Any difference comes from the arithmetic: where two tokens are nearly "
+                "tied, a tiny numerical difference can pick the other one."
+            )
+        if self.seed is None:
+            return (
+                "No seed was sent, so every run drew its own random numbers: with temperature "
+                "> 0 different answers are expected. This shows the spread of the sampling, "
+                "not a fault. " + SEED_PROMISE
+            )
+        return SEED_PROMISE
+
+    def __str__(self) -> str:
+        lines = [
+            f"Determinism audit: {self.runs} runs of the same request ({self._setting()}).",
+            self._verdict(),
+            *self._divergence_lines(),
+            self._drift_line(),
+            "",
+            self._meaning(),
+        ]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        colour = "#2b8a3e" if self.identical else "#e8590c"
+        parts = [
+            f'<div style="border-left:4px solid {colour};padding:4px 10px">',
+            f"<p><b>Determinism audit</b>: {self.runs} runs of the same request "
+            f"({html.escape(self._setting())}).</p>",
+            f'<p style="color:{colour}"><b>{html.escape(self._verdict())}</b></p>',
+        ]
+        parts.extend(f"<p>{html.escape(line)}</p>" for line in self._divergence_lines())
+        if self.divergence is not None:
+            parts.append(self.diffs[self.divergence.run - 1]._repr_html_())
+        parts.append(f"<p>{html.escape(self._drift_line())}</p>")
+        parts.append(f'<p style="font-size:90%">{html.escape(self._meaning())}</p>')
+        parts.append("<p><code>report.frame()</code> has one row per run.</p></div>")
+        return "".join(parts)
+
+
+def _divergence(run: int, d: Diff, ref: _Seq, other: _Seq) -> Divergence:
+    p = d.position
+    assert p is not None
+
+    def get(values: list[Any] | None, i: int) -> Any:
+        return values[i] if values is not None and i < len(values) else None
+
+    return Divergence(
+        run=run,
+        position=p,
+        unit=d.unit,
+        token_ref=get(ref.tokens, p),
+        token_other=get(other.tokens, p),
+        logprob_ref=get(ref.logprobs, p),
+        logprob_other=get(other.logprobs, p),
+        alternatives_ref=get(ref.alternatives, p) or [],
+        alternatives_other=get(other.alternatives, p) or [],
+        prefix="".join(ref.tokens[:p]),
+    )
+
+
+def _params_of(res: ChatResult) -> dict[str, Any]:
+    return {k: v for k, v in res.request.items() if k not in ("model", "messages", "stream")}
+
+
+def audit(
+    prompt: Messages,
+    repeats: int = 8,
+    seed: int | None = 7,
+    client: Any = None,
+    *,
+    model: str | None = None,
+    system: str | None = None,
+    **params: Any,
+) -> AuditReport:
+    """Send the same request ``repeats`` times and report whether the answers are identical.
+
+    Sent with ``seed`` (``None``: no seed) and ``logprobs=True, top_logprobs=5`` unless given,
+    plus ``params``. The report says where the first divergence is (position, tokens,
+    alternatives) and how much the logprobs of the shared tokens differ (max |Δ logprob|),
+    and explains what a seed does and does not promise. Requests are sent one after another.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
+        raise ParameterError(
+            "repeats", f"repeats={repeats!r}: an audit compares runs", "an int ≥ 2"
+        )
+    params = dict(params)
+    if seed is not None:
+        params["seed"] = seed
+    params.setdefault("logprobs", True)
+    if params["logprobs"]:
+        params.setdefault("top_logprobs", 5)
+    sent = validate_params(params)  # before anything is sent
+    owned = client is None or not isinstance(client, Client)
+    if client is None:
+        sync = Client()
+    elif isinstance(client, Client):
+        sync = client
+    elif isinstance(client, _BaseClient):  # an AsyncClient: the same settings, sync
+        from tmlab.sweep import _client_kwargs
+
+        sync = Client(**_client_kwargs(client))
+    else:
+        raise ParameterError("client", f"client={type(client).__name__}", "a tmlab.Client")
+    try:
+        results = [sync.chat(prompt, model=model, system=system, **sent) for _ in range(repeats)]
+    finally:
+        if owned:
+            sync.close()
+    return AuditReport.from_results(results, seed=seed, params=sent)

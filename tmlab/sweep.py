@@ -1,0 +1,712 @@
+"""Parameter sweeps: the same prompt over a grid of parameters, one table row per request.
+
+::
+
+    df = tmlab.sweep("Name a colour.", grid={"temperature": [0.2, 1.0], "top_k": [5, 50]},
+                     repeats=5, max_tokens=8)
+    tmlab.summarize(df)                         # distinct answers and their entropy per cell
+    tmlab.plot_sweep(df, x="temperature", y="distinct_answers", hue="top_k")
+
+Every grid value and fixed parameter is checked against :data:`tmlab.PARAMS` before anything
+is sent. Requests run concurrently (at most ``concurrency`` at a time) on an
+:class:`~tmlab.AsyncClient`, in the history with source ``"sweep"``. A failed request is a row
+with its error; an interrupted sweep (Ctrl-C, the notebook's stop button, a cancelled task)
+returns the rows finished so far, and marks the others.
+
+Queued is not hung: the embedded server (and other single-slot servers on this machine)
+answers one request at a time, so with ``concurrency=8`` a request may wait behind seven
+others before its first byte. For a server on this machine the sweep's client therefore has no
+read timeout (connect and write timeouts stay); for a remote server the client's timeout holds.
+Concurrency is not capped, so a local server that batches still gets the parallel requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import itertools
+import json
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from tmlab._base import Messages, _BaseClient, _messages
+from tmlab.client import AsyncClient
+from tmlab.errors import ParameterError, redact
+from tmlab.history import request_source
+from tmlab.params import PARAMS, RESERVED, _check_one, validate_params
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+
+    from tmlab.result import ChatResult
+
+__all__ = ["SWEEP_COLUMNS", "asweep", "plot_sweep", "summarize", "sweep"]
+
+# After the grid's parameter columns, in this order.
+SWEEP_COLUMNS = [
+    "model",
+    "repeat",
+    "text",
+    "finish_reason",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "latency_s",
+    "ttft_s",
+    "mean_entropy",
+    "error",
+    "history_id",
+]
+_INT_COLUMNS = ("prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "history_id")
+
+INTERRUPTED = "interrupted: not finished when the sweep was stopped"
+
+SWEEP_NOTES = (
+    "One row per request. latency_s: request sent -> last byte, measured by the client; it "
+    "includes time spent queued at the server (the embedded server answers one request at a "
+    "time). ttft_s equals latency_s unless stream=True. text, finish_reason and mean_entropy "
+    "are those of the first choice. mean_entropy: the mean over the answer's tokens of the "
+    "entropy (nats) over the returned top_logprobs alternatives only - a lower bound of the "
+    "full distribution's entropy; NaN when no alternatives were returned. error: None, or the "
+    "error's class and message. history_id: the request's row in tmlab.history()."
+)
+
+
+@dataclass(frozen=True)
+class _Job:
+    index: int  # row number in the frame (cell-major)
+    repeat: int
+    model: str | None
+    cell: dict[str, Any]  # the grid values of this request, as validated
+    params: dict[str, Any]  # everything sent: fixed params and the cell
+
+
+@dataclass(frozen=True)
+class _Plan:
+    jobs: list[_Job]
+    grid: dict[str, list[Any]]
+    fixed: dict[str, Any]
+    models: list[str] | None
+    repeats: int
+
+
+# -- planning: everything is checked before anything is sent -------------------------------
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParameterError(name, f"{name}={value!r} is not a positive int", "an int ≥ 1")
+    return value
+
+
+def _values(name: str, values: Any) -> list[Any]:
+    out = None
+    if not isinstance(values, str | bytes | Mapping):
+        with contextlib.suppress(TypeError):
+            out = list(values)
+    if out is None:
+        raise ParameterError(
+            name, f"grid[{name!r}] must be a list of values, got {values!r}", "[v1, v2, ...]"
+        )
+    if not out:
+        raise ParameterError(name, f"grid[{name!r}] is empty: nothing to send", "[v1, v2, ...]")
+    return out
+
+
+def _plan(
+    grid: Mapping[str, Any] | None,
+    repeats: int,
+    models: Sequence[str] | str | None,
+    fixed: dict[str, Any],
+) -> _Plan:
+    if grid is None:
+        grid = {}
+    if not isinstance(grid, Mapping):
+        raise ParameterError("grid", f"grid={grid!r} is not a dict", "{'temperature': [0, 1]}")
+    repeats = _positive_int("repeats", repeats)
+    grid = dict(grid)
+    if "model" in grid:  # grid={"model": [...]} is the same as models=[...]
+        if models is not None:
+            raise ParameterError("model", "models given twice: in grid and as models=", "one")
+        models = grid.pop("model")
+    if isinstance(models, str):
+        models = [models]
+    if models is not None:
+        models = _values("model", models)
+        for m in models:
+            if not isinstance(m, str) or not m:
+                raise ParameterError("model", f"models contains {m!r}", "model names (str)")
+    sent_fixed = validate_params(fixed)
+    checked: dict[str, list[Any]] = {}
+    for name, values in grid.items():
+        if name in RESERVED or name not in PARAMS:
+            validate_params({name: None})  # the table's message: unknown, with a suggestion
+        if name in fixed:
+            raise ParameterError(name, f"{name} is both in the grid and fixed", "one of them")
+        out = []
+        for value in _values(name, values):
+            try:  # the value alone here; combinations are checked per cell below
+                out.append(_check_one(PARAMS[name], value))
+            except ParameterError as exc:
+                raise ParameterError(name, f"grid[{name!r}] value {value!r}: {exc}") from None
+        checked[name] = out
+    names = list(checked)
+    cells = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*checked.values())]
+    for cell in cells:  # combinations the API rejects (n > 1 at temperature 0 …)
+        try:
+            validate_params({**sent_fixed, **cell})
+        except ParameterError as exc:
+            raise ParameterError(exc.param, f"grid cell {cell}: {exc}") from None
+    jobs: list[_Job] = []
+    for m in models if models is not None else [None]:
+        for cell in cells:
+            for r in range(repeats):
+                params = {**sent_fixed, **cell}
+                jobs.append(_Job(len(jobs), r, m, cell, params))
+    return _Plan(jobs, checked, sent_fixed, list(models) if models else None, repeats)
+
+
+def _run_order(plan: _Plan) -> list[_Job]:
+    """Repeat-major: every cell gets its first answer before any gets its second, so an
+    interrupted sweep has covered the whole grid as evenly as it could."""
+    return sorted(plan.jobs, key=lambda j: (j.repeat, j.index))
+
+
+# -- the client the sweep sends with -------------------------------------------------------
+
+
+def _client_kwargs(client: _BaseClient) -> dict[str, Any]:
+    """Constructor arguments for a twin of ``client`` (the key travels, unprinted)."""
+    s = client._settings
+    return {
+        "base_url": client.base_url or s.base_url,
+        "api_key": s.api_key,
+        "model": client.model,
+        "timeout": client.timeout,
+        "max_retries": client.max_retries,
+    }
+
+
+def _queue_tolerant(timeout: float | httpx.Timeout | None, loopback: bool) -> httpx.Timeout | None:
+    # Time queued behind the other requests of the sweep is not a hung server: a server on
+    # this machine gets no read timeout. No pool timeout either: the sweep's own bound
+    # (concurrency) decides how many requests wait.
+    if timeout is None:
+        return None
+    t = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+    return httpx.Timeout(
+        connect=t.connect, read=None if loopback else t.read, write=t.write, pool=None
+    )
+
+
+def _sweep_client(client: Any) -> AsyncClient:
+    """A fresh AsyncClient with the settings of ``client`` (or the session's): the sweep may
+    run on another event loop than the one an AsyncClient was used on."""
+    if client is None:
+        ac = AsyncClient()
+    elif isinstance(client, _BaseClient):
+        kwargs = _client_kwargs(client)
+        transport = getattr(client, "_transport", None)
+        if isinstance(client, AsyncClient) and transport is not None:
+            kwargs["transport"] = transport
+        ac = AsyncClient(**kwargs)
+    else:
+        raise ParameterError(
+            "client", f"client={type(client).__name__} is not a tmlab client", "a tmlab.Client"
+        )
+    ac.timeout = _queue_tolerant(ac.timeout, ac._settings.loopback)
+    return ac
+
+
+async def _default_model(ac: AsyncClient) -> str:
+    model = ac.model
+    if model is not None:
+        return model
+    served = [str(m.get("id")) for m in await ac.models() if isinstance(m, dict)]
+    if len(served) == 1:
+        return served[0]
+    raise ParameterError(
+        "model",
+        f"no model given for {ac.base_url}; it serves: {', '.join(served[:20]) or 'none'}",
+        "sweep(..., models=[NAME]) or Client(model=NAME)",
+    )
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def _mean_entropy(res: ChatResult) -> float:
+    tokens = res.choices[0].logprobs if res.choices else None
+    per_token = []
+    for tok in tokens or ():
+        if tok.top:
+            # -Σ p ln p over the returned alternatives; 0·ln 0 = 0
+            per_token.append(
+                -sum(math.exp(a.logprob) * a.logprob for a in tok.top if a.logprob > -math.inf)
+            )
+    return sum(per_token) / len(per_token) if per_token else math.nan
+
+
+def _row(
+    job: _Job, model: str, res: ChatResult | None, error: str | None, hid: Any
+) -> dict[str, Any]:
+    row: dict[str, Any] = dict(job.cell)
+    row.update(model=model, repeat=job.repeat, error=error, history_id=hid)
+    if res is None:
+        return row
+    u, t = res.usage, res.timing
+    row.update(
+        text=res.text,
+        finish_reason=res.finish_reason,
+        prompt_tokens=u.prompt_tokens,
+        cached_tokens=u.cached_tokens,
+        completion_tokens=u.completion_tokens,
+        total_tokens=u.total_tokens,
+        latency_s=t.latency_s,
+        ttft_s=t.ttft_s,
+        mean_entropy=_mean_entropy(res),
+    )
+    return row
+
+
+def _one_line(exc: BaseException, secret: str | None) -> str:
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, secret)
+
+
+async def _execute(
+    plan: _Plan,
+    ac: AsyncClient,
+    prompt: Messages,
+    *,
+    system: str | None,
+    stream: bool,
+    concurrency: int,
+    bar: Any,
+) -> pd.DataFrame:
+    start = time.perf_counter()
+    rows: list[dict[str, Any] | None] = [None] * len(plan.jobs)
+    workers: list[asyncio.Task[None]] = []
+    interrupted = False
+    errors = 0
+    default = ""
+    try:
+        with request_source("sweep"):  # tasks created inside inherit the label
+            if plan.models is None:
+                default = await _default_model(ac)
+            queue = iter(_run_order(plan))
+
+            async def worker() -> None:
+                nonlocal errors
+                for job in queue:  # shared: each job is taken once (no await inside next())
+                    model = job.model or default
+                    try:
+                        res = await ac.chat(
+                            prompt, model=model, system=system, stream=stream, **job.params
+                        )
+                    except Exception as exc:  # a failed request is a row, never lost
+                        errors += 1
+                        hid = getattr(exc, "history_id", None)
+                        rows[job.index] = _row(job, model, None, _one_line(exc, ac._key), hid)
+                    else:
+                        rows[job.index] = _row(
+                            job, model, res, None, getattr(res, "history_id", None)
+                        )
+                    bar.update(1)
+                    if errors:
+                        bar.set_postfix(errors=errors, refresh=False)
+
+            n = min(concurrency, len(plan.jobs))
+            workers = [asyncio.create_task(worker()) for _ in range(n)]
+            await asyncio.gather(*workers)
+    except asyncio.CancelledError:
+        interrupted = True
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # handled: the finished rows are the answer
+    finally:
+        bar.close()
+        with contextlib.suppress(Exception):
+            await ac.aclose()
+    return _frame(plan, rows, default, interrupted, time.perf_counter() - start)
+
+
+def _frame(
+    plan: _Plan,
+    rows: list[dict[str, Any] | None],
+    default: str | None,
+    interrupted: bool,
+    wall_s: float,
+) -> pd.DataFrame:
+    import numpy as np
+    import pandas as pd
+
+    records = []
+    for job, row in zip(plan.jobs, rows, strict=True):
+        if row is None:  # never answered: the sweep was stopped first
+            row = _row(job, job.model or default or "", None, INTERRUPTED, None)
+        records.append(row)
+    columns = [*plan.grid, *SWEEP_COLUMNS]
+    df = pd.DataFrame.from_records(records, columns=columns)
+    for col in _INT_COLUMNS:
+        df[col] = pd.array(
+            [None if v is None or v != v else int(v) for v in df[col]], dtype="Int64"
+        )
+    for col in ("latency_s", "ttft_s", "mean_entropy"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    df["repeat"] = df["repeat"].astype(np.int64)
+    df["error"] = df["error"].astype(object).where(df["error"].notna(), None)
+    notes = SWEEP_NOTES
+    if interrupted:
+        done = sum(r is not None for r in rows)
+        notes = (
+            f"INTERRUPTED: {done} of {len(rows)} requests finished; the others are rows with "
+            f"error={INTERRUPTED!r}. " + notes
+        )
+    df.attrs.update(
+        notes=notes,
+        grid={k: list(v) for k, v in plan.grid.items()},
+        fixed=dict(plan.fixed),
+        repeats=plan.repeats,
+        interrupted=interrupted,
+        wall_s=wall_s,
+    )
+    return df
+
+
+def _bar(total: int, progress: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="sweep", unit="req", disable=not progress)
+
+
+async def asweep(
+    prompt_or_messages: Messages,
+    grid: Mapping[str, Any] | None = None,
+    repeats: int = 1,
+    models: Sequence[str] | str | None = None,
+    concurrency: int = 8,
+    client: Any = None,
+    progress: bool = True,
+    system: str | None = None,
+    stream: bool = False,
+    **fixed_params: Any,
+) -> pd.DataFrame:
+    """Async :func:`sweep`: ``df = await tmlab.asweep(...)``.
+
+    Cancelling it returns the rows finished so far (``df.attrs["interrupted"]`` is True)
+    instead of raising :class:`asyncio.CancelledError`.
+    """
+    _messages(prompt_or_messages, system)  # a malformed prompt fails here, not per request
+    plan = _plan(grid, repeats, models, fixed_params)
+    concurrency = _positive_int("concurrency", concurrency)
+    ac = _sweep_client(client)
+    bar = _bar(len(plan.jobs), progress)
+    return await _execute(
+        plan, ac, prompt_or_messages, system=system, stream=stream, concurrency=concurrency, bar=bar
+    )
+
+
+def sweep(
+    prompt_or_messages: Messages,
+    grid: Mapping[str, Any] | None = None,
+    repeats: int = 1,
+    models: Sequence[str] | str | None = None,
+    concurrency: int = 8,
+    client: Any = None,
+    progress: bool = True,
+    system: str | None = None,
+    stream: bool = False,
+    **fixed_params: Any,
+) -> pd.DataFrame:
+    """Send the prompt for every combination of ``grid`` values, ``repeats`` times each.
+
+    ``grid`` maps parameter names to lists of values (``{"temperature": [0, 0.7, 1.4]}``);
+    ``models`` adds the model as one more dimension; ``fixed_params`` are sent with every
+    request. Everything is validated before anything is sent. At most ``concurrency``
+    requests are in flight at a time; ``progress`` shows a bar (a widget in notebooks).
+
+    Returns one row per request: a column per grid parameter, then ``model, repeat, text,
+    finish_reason``, token counts, ``latency_s, ttft_s, mean_entropy, error, history_id``
+    (see ``df.attrs["notes"]``). A failed request is a row with its ``error``. Interrupting
+    returns the rows finished so far; the others carry ``error="interrupted: ..."``.
+    Works in a notebook (whose event loop is running: the sweep runs its own loop in a
+    thread) as in a script.
+    """
+    _messages(prompt_or_messages, system)  # a malformed prompt fails here, not per request
+    plan = _plan(grid, repeats, models, fixed_params)
+    concurrency = _positive_int("concurrency", concurrency)
+    ac = _sweep_client(client)
+    bar = _bar(len(plan.jobs), progress)  # created here, so a notebook shows it in this cell
+    coro = _execute(
+        plan, ac, prompt_or_messages, system=system, stream=stream, concurrency=concurrency, bar=bar
+    )
+    return _run_in_thread(coro)
+
+
+def _run_in_thread(coro: Any) -> Any:
+    """Run ``coro`` on a new event loop in a new thread; Ctrl-C here cancels it.
+
+    A thread, so that it also works where an event loop already runs (Jupyter); the caller's
+    context variables go along. The loop's task handles its cancellation and returns.
+    """
+    loop = asyncio.new_event_loop()
+    ctx = contextvars.copy_context()
+    ready, done = threading.Event(), threading.Event()
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["task"] = task = loop.create_task(coro)
+            ready.set()
+            out["value"] = loop.run_until_complete(task)
+        except BaseException as exc:  # handed to the caller
+            out["error"] = exc
+        finally:
+            ready.set()
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            done.set()
+
+    thread = threading.Thread(target=ctx.run, args=(target,), name="tmlab-sweep", daemon=True)
+    thread.start()
+    # Waiting on an Event, not Thread.join: on Python 3.11 a KeyboardInterrupt inside join()
+    # marks the thread as finished while it still runs. Short waits let Ctrl-C land.
+    try:
+        while not done.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        ready.wait()
+        task = out.get("task")
+        if task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed: it finished
+                loop.call_soon_threadsafe(task.cancel)
+        done.wait()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+# -- summarizing and plotting ------------------------------------------------------------
+
+SUMMARY_NOTES = (
+    "One row per grid cell. n: answers received (requests without error); errors: requests "
+    "that failed or were not finished. answers: each distinct answer text (compared exactly) "
+    "with its count, most frequent first. answer_entropy_bits: -Σ p·log2 p over the distinct "
+    "answers with p = count / n - the exact entropy of the answers observed in this sample "
+    "(0 = always the same answer, log2 n = all different); as an estimate of the model's "
+    "answer distribution it is low for small n. top_share: the most frequent answer's count / "
+    "n. mean_latency_s and the mean token counts: over the answered requests. mean_entropy: "
+    "the mean of the per-request token entropies (nats, over the returned alternatives: a "
+    "lower bound). cost_usd: the answered requests at the given prices (USD per million "
+    "tokens; cached input tokens at cached_input, default 0)."
+)
+
+
+def _key_columns(df: pd.DataFrame) -> list[str]:
+    grid = df.attrs.get("grid")
+    keys = [k for k in grid if k in df.columns] if isinstance(grid, dict) else []
+    if not keys:
+        keys = [c for c in df.columns if c in PARAMS]
+    if "model" in df.columns:
+        keys.append("model")
+    return keys
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
+
+
+def _session_prices() -> Mapping[str, Any] | None:
+    try:
+        from tmlab._settings import session
+    except ImportError:
+        return None
+    prices = getattr(session, "prices", None)
+    return prices if isinstance(prices, Mapping) else None
+
+
+def _cost(ok: pd.DataFrame, prices: Mapping[str, Any]) -> float | None:
+    import pandas as pd
+
+    from tmlab.frames import _price
+
+    total = 0.0
+    for model, p, c, out in zip(
+        ok["model"] if "model" in ok else [None] * len(ok),
+        ok["prompt_tokens"],
+        ok["cached_tokens"] if "cached_tokens" in ok else [0] * len(ok),
+        ok["completion_tokens"],
+        strict=True,
+    ):
+        price = _price(prices, model)
+        if price is None or pd.isna(p) or pd.isna(out):
+            return None  # unknown: better no number than a low one
+        cached = 0 if pd.isna(c) else int(c)
+        total += (
+            (int(p) - cached) * float(price.get("input", 0.0))
+            + cached * float(price.get("cached_input", 0.0))
+            + int(out) * float(price.get("output", 0.0))
+        )
+    return total / 1e6
+
+
+def _mean(series: Any) -> float:
+    import pandas as pd
+
+    values = pd.to_numeric(series, errors="coerce").astype(float)
+    return float(values.mean()) if values.notna().any() else math.nan
+
+
+def summarize(df: pd.DataFrame, prices: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """One row per grid cell of a :func:`sweep` frame: how many distinct answers, how spread.
+
+    Grouped by the grid's parameter columns and ``model``. Columns: ``n, errors,
+    distinct_answers, answer_entropy_bits, top_answer, top_share, answers`` (a dict answer ->
+    count, most frequent first), ``mean_latency_s, mean_prompt_tokens,
+    mean_completion_tokens``, ``mean_entropy`` (when the sweep asked for logprobs) and
+    ``cost_usd`` when prices are known (``prices``, else ``%tmconfig prices=``; USD per
+    million tokens, as in :func:`tmlab.usage_frame`). See ``attrs["notes"]``.
+    """
+    import numpy as np
+    import pandas as pd
+
+    keys = _key_columns(df)
+    prices = prices if prices is not None else _session_prices()
+    has_entropy = "mean_entropy" in df.columns and df["mean_entropy"].notna().any()
+    # positions, not labels: a frame concatenated from several sweeps repeats its index
+    failed = df["error"].notna().to_numpy() if "error" in df.columns else np.zeros(len(df), bool)
+    if keys:
+        grouping = pd.DataFrame({k: [_hashable(v) for v in df[k]] for k in keys})
+        group_of = grouping.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
+    else:
+        group_of = np.zeros(len(df), dtype=np.int64)
+    records = []
+    for g in range(int(group_of.max()) + 1 if len(df) else 0):
+        where = np.flatnonzero(group_of == g)
+        cell = df.iloc[where]
+        bad = failed[where]
+        ok = cell[~bad]
+        counts = Counter(str(t) for t in ok["text"]) if "text" in ok else Counter()
+        n = int(sum(counts.values()))
+        entropy = -sum((c / n) * math.log2(c / n) for c in counts.values()) if n else math.nan
+        top, top_count = counts.most_common(1)[0] if counts else (None, 0)
+        record: dict[str, Any] = {k: cell[k].iloc[0] for k in keys}
+        record.update(
+            n=n,
+            errors=int(bad.sum()),
+            distinct_answers=len(counts),
+            answer_entropy_bits=entropy + 0.0,  # no -0.0
+            top_answer=top,
+            top_share=top_count / n if n else math.nan,
+            answers=dict(counts.most_common()),
+            mean_latency_s=_mean(ok["latency_s"]) if "latency_s" in ok else math.nan,
+            mean_prompt_tokens=_mean(ok["prompt_tokens"]) if "prompt_tokens" in ok else math.nan,
+            mean_completion_tokens=(
+                _mean(ok["completion_tokens"]) if "completion_tokens" in ok else math.nan
+            ),
+        )
+        if has_entropy:
+            record["mean_entropy"] = _mean(ok["mean_entropy"])
+        if prices:
+            record["cost_usd"] = _cost(ok, prices) if "prompt_tokens" in ok else None
+        records.append(record)
+    out = pd.DataFrame.from_records(records)
+    if not records:
+        out = pd.DataFrame(columns=[*keys, "n", "errors", "distinct_answers"])
+    if "cost_usd" in out.columns:
+        out["cost_usd"] = pd.array(out["cost_usd"].tolist(), dtype="Float64")
+    out.attrs["notes"] = SUMMARY_NOTES
+    out.attrs["keys"] = keys
+    return out
+
+
+def plot_sweep(
+    df: pd.DataFrame,
+    x: str = "temperature",
+    y: str = "distinct_answers",
+    hue: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Draw ``y`` against the parameter ``x``, one line per value of ``hue``; returns the Axes.
+
+    ``df`` is a :func:`sweep` frame or its :func:`summarize` table; a ``y`` that only the
+    summary has (``distinct_answers``, ``answer_entropy_bits``, ``top_share`` …) summarizes
+    first. Per-request columns (``latency_s``) are drawn as the mean per point, with the
+    requests as dots. Without ``hue``, every other parameter that varies gets its own line.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    table = df
+    if y not in df.columns:
+        table = summarize(df)
+        if y not in table.columns:
+            choices = ", ".join(c for c in table.columns if c not in table.attrs.get("keys", ()))
+            raise ParameterError(
+                "y", f"y={y!r} is not a column of the sweep or its summary", choices
+            )
+    if x not in table.columns:
+        raise ParameterError("x", f"x={x!r} is not a column", ", ".join(map(str, table.columns)))
+    if hue is not None and hue not in table.columns:
+        raise ParameterError(
+            "hue", f"hue={hue!r} is not a column", ", ".join(map(str, table.columns))
+        )
+    numeric = pd.to_numeric(table[y], errors="coerce")
+    if numeric.isna().all() and table[y].notna().any():
+        raise ParameterError("y", f"y={y!r} is not a numeric column", "a column of numbers")
+    keys = table.attrs.get("keys") or _key_columns(table)
+    if hue is None:
+        lines = [k for k in keys if k != x and table[k].map(_hashable).nunique(dropna=False) > 1]
+    else:
+        lines = [hue]
+    if ax is None:
+        _, ax = plt.subplots()
+    assert ax is not None
+    frame = table.assign(**{k: table[k].map(_hashable) for k in {x, *lines}})
+    groups = frame.groupby(lines, sort=False, dropna=False) if lines else [((), frame)]
+    for label, part in groups:
+        values = part[[x, y]].copy()
+        values[y] = values[y].astype(float)
+        mean = values.groupby(x, sort=True, dropna=False)[y].mean()
+        name = ", ".join(
+            f"{k}={v}"
+            for k, v in zip(lines, label if isinstance(label, tuple) else (label,), strict=True)
+        )
+        (line,) = ax.plot(
+            [str(i) if i is None else i for i in mean.index],
+            mean.to_numpy(),
+            marker="o",
+            label=name or None,
+        )
+        if len(values) > len(mean):  # several requests per point: show them too
+            ax.scatter(
+                values[x].tolist(), values[y].tolist(), s=10, alpha=0.3, color=line.get_color()
+            )
+    ax.set_xlabel(x)
+    one_per_point = len(frame) == len(frame.drop_duplicates(subset=[x, *lines]))
+    ax.set_ylabel(y if one_per_point else f"{y} (mean)")
+    ax.set_title(f"{y} vs {x}")
+    if lines:
+        ax.legend(title=", ".join(lines) if hue else None, fontsize="small")
+    return ax
