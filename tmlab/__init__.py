@@ -57,7 +57,8 @@ if TYPE_CHECKING:
     from tmlab.audit import audit, diff
     from tmlab.frames import logprobs_frame, usage_frame
     from tmlab.jupyter.explorer import Explorer
-    from tmlab.sweep import asweep, plot_sweep, summarize, sweep
+    from tmlab.summary import plot_sweep, summarize
+    from tmlab.sweep import asweep, sweep
 
 # name -> (module, attribute or None for the module itself); imported on first use.
 _LAZY: dict[str, tuple[str, str | None]] = {
@@ -65,8 +66,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "usage_frame": ("tmlab.frames", "usage_frame"),
     "sweep": ("tmlab.sweep", "sweep"),
     "asweep": ("tmlab.sweep", "asweep"),
-    "summarize": ("tmlab.sweep", "summarize"),
-    "plot_sweep": ("tmlab.sweep", "plot_sweep"),
+    "summarize": ("tmlab.summary", "summarize"),
+    "plot_sweep": ("tmlab.summary", "plot_sweep"),
     "audit": ("tmlab.audit", "audit"),
     "diff": ("tmlab.audit", "diff"),
     "Explorer": ("tmlab.jupyter.explorer", "Explorer"),
