@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from functools import partial
 from typing import Any
 
 from _common import Row, fmt_time, interleaved
 from _loopback import STREAM_CHUNKS, sse_events
 
-BODY = {
+BODY: dict[str, Any] = {
     "model": "bench-model",
     "messages": [{"role": "user", "content": "Why is the sky blue?"}],
     "temperature": 0.7,
@@ -34,7 +35,7 @@ BODY = {
 }
 
 
-def requests(base_url: str, rounds: int = 30, batch: int = 20) -> list[Row]:
+def requests(base_url: str, rounds: int = 60, batch: int = 20) -> list[Row]:
     """Non-streaming chat over loopback, median per request."""
     import httpx
     import openai
@@ -213,7 +214,7 @@ def sse(rounds: int = 10, n: int = STREAM_CHUNKS) -> list[Row]:
     for label, chunks in chunkings.items():
         assert tmlab_parse(chunks) == openai_parse(chunks) == n
         med = interleaved(
-            {"tmlab": lambda c=chunks: tmlab_parse(c), "openai": lambda c=chunks: openai_parse(c)},
+            {"tmlab": partial(tmlab_parse, chunks), "openai": partial(openai_parse, chunks)},
             rounds,
             budget=15,
         )

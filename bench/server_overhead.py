@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from typing import Any
 
 import httpx
@@ -74,7 +75,7 @@ def http_rate(client: httpx.Client, tokens: int, logprobs: bool) -> float:
     return r.json()["usage"]["completion_tokens"] / elapsed
 
 
-def run(tokens: int = 64, repeats: int = 5) -> list[Row]:
+def run(tokens: int = 32, repeats: int = 5) -> list[Row]:
     """Both cases and the server's own loop, as table rows (target ≥ 0.9 each)."""
     from llama_cpp import Llama
 
@@ -105,11 +106,11 @@ def run(tokens: int = 64, repeats: int = 5) -> list[Row]:
             http_rate(client, 8, top is not None)
             med = interleaved_values(
                 {
-                    "direct": lambda llm=llm, top=top: direct_rate(llm, prompt, tokens, top),
-                    "http": lambda top=top: http_rate(client, tokens, top is not None),
+                    "direct": partial(direct_rate, llm, prompt, tokens, top),
+                    "http": partial(http_rate, client, tokens, top is not None),
                 },
                 repeats,
-                budget=40,
+                budget=30,
             )
             llm.close()
             rows.append(
@@ -133,7 +134,7 @@ def run(tokens: int = 64, repeats: int = 5) -> list[Row]:
                 "http": lambda: http_rate(client, tokens, True),
             },
             repeats,
-            budget=40,
+            budget=30,
         )
         engine.close()
         rows.append(

@@ -1,0 +1,135 @@
+"""Run every tmlab benchmark and print one table of ratios measured side by side.
+
+    python bench/run.py                  # everything (`make bench`), a few minutes
+    python bench/run.py --only client,sse
+
+Each benchmark lives in its own module and returns rows (:class:`_common.Row`): the measured
+number, its target, pass or MISS, and what it was computed from. Peers are measured in the
+same run, interleaved with tmlab. The machine goes above the table; the table is Markdown.
+Progress goes to stderr, the result to stdout.
+
+Benchmarks never write into your history (``TMLAB_HISTORY=off`` for the run; one row
+measures a temporary history file on purpose) and never reach a remote server (the API key
+variable is removed; every server is on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import ExitStack
+
+from _common import Row, machine, say, table
+
+# name → (what it measures, the rows it fills when it fails)
+BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, float]]]] = {
+    "client": (
+        "non-streaming client overhead",
+        [
+            ("client overhead vs raw httpx (non-streaming)", "<=", 1.05),
+            ("client overhead vs openai SDK (non-streaming)", "<=", 0.8),
+        ],
+    ),
+    "stream": (
+        "streamed request",
+        [("streamed request vs raw httpx line parsing", "<=", 1.2)],
+    ),
+    "sse": ("SSE parsing", [("SSE parse speed-up over openai SDK", ">=", 1.5)]),
+    "frames": (
+        "logprobs_frame",
+        [
+            ("logprobs_frame vs frame from a list of dicts", "<=", 1.0),
+            ("logprobs_frame, absolute", "<", 0.2),
+        ],
+    ),
+    "sweep": (
+        "sweep efficiency",
+        [("sweep efficiency (64 requests, concurrency 16, 200 ms server)", ">=", 0.9)],
+    ),
+    "server": (
+        "embedded server tokens/s (loads the model: about a minute)",
+        [("embedded server tokens/s vs direct llama.cpp", ">=", 0.9)],
+    ),
+    "import": ("import time", [("import tmlab vs import httpx", "<=", 2.0)]),
+    "display": (
+        "%%tmchat display updates",
+        [("%%tmchat live display updates/s at 1,000 tokens/s", "<=", 15.0)],
+    ),
+}
+
+
+def main() -> None:
+    """Parse arguments, run the chosen benchmarks, print the machine and the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated subset of: {', '.join(BENCHMARKS)}",
+    )
+    args = parser.parse_args()
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(chosen) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+
+    os.environ["TMLAB_HISTORY"] = "off"
+    os.environ.pop("TENSORMESH_INFERENCE_API_KEY", None)
+    os.environ.pop("TENSORMESH_SERVERLESS_BASE_URL", None)
+
+    import _loopback
+
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    rows: list[Row] = []
+    with ExitStack() as stack:
+        servers: dict[float, str] = {}
+
+        def loopback(delay: float = 0.0) -> str:
+            if delay not in servers:
+                servers[delay] = stack.enter_context(_loopback.server(delay))
+            return servers[delay]
+
+        jobs: dict[str, Callable[[], list[Row]]] = {
+            "client": lambda: __import__("client_overhead").requests(loopback()),
+            "stream": lambda: __import__("client_overhead").streaming(loopback()),
+            "sse": lambda: __import__("client_overhead").sse(),
+            "frames": lambda: __import__("frames_speed").run(),
+            "sweep": lambda: __import__("sweep_efficiency").run(loopback(0.2)),
+            "server": lambda: __import__("server_overhead").run(),
+            "import": lambda: __import__("import_time").run(),
+            "display": lambda: __import__("display_rate").run(loopback()),
+        }
+        for name in BENCHMARKS:
+            if name not in chosen:
+                continue
+            label, expected = BENCHMARKS[name]
+            say(f"[{time.perf_counter() - started:5.0f} s] {label} …")
+            try:
+                rows.extend(jobs[name]())
+            except Exception as exc:  # one broken benchmark must not hide the others
+                traceback.print_exc()
+                detail = f"did not run: {type(exc).__name__}: {exc}"
+                rows.extend(Row(n, math.nan, op, t, detail[:120]) for n, op, t in expected)
+    elapsed = time.perf_counter() - started
+    print(f"Machine: {machine()}")
+    print(
+        f"One run of `make bench`, {elapsed:.0f} s, peers measured side by side; load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other processes share "
+        "the cores: absolute times vary with it more than ratios do)."
+    )
+    print()
+    print(table(rows))
+    missed = [r for r in rows if r.passed is False]
+    if missed:
+        print()
+        print(f"{len(missed)} of {len(rows)} rows miss their target.")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
