@@ -434,7 +434,7 @@ def test_many_requests_to_the_one_at_a_time_server_never_time_out(local_server: 
 
 
 @pytest.mark.slow
-def test_parameters_reach_the_model_and_the_history(local_server: Any) -> None:
+def test_parameters_reach_the_model_and_the_history(local_server: Any, history_db: str) -> None:
     client = tmlab.Client(base_url=local_server.base_url)
     df = sweep(
         "Count from one to twenty.",
@@ -449,8 +449,7 @@ def test_parameters_reach_the_model_and_the_history(local_server: Any) -> None:
     assert (df["completion_tokens"] == df["max_tokens"]).all()
     table = summarize(df)
     assert table["distinct_answers"].tolist() == [1, 1]  # greedy: the same every time
-    history = pytest.importorskip("tmlab.history")
-    rows = history.history(source="sweep")
+    rows = tmlab.history(source="sweep")
     assert len(rows) == 4 and set(rows["id"]) == set(df["history_id"])
     sent = sorted((p["max_tokens"], p["temperature"], p["seed"]) for p in rows["params"])
     assert sent == [(1, 0.0, 1), (1, 0.0, 1), (3, 0.0, 1), (3, 0.0, 1)]
