@@ -471,11 +471,14 @@ def test_pinned_runs_side_by_side_and_runs_frame(make, client) -> None:
     ex = make(client, prompt=PROMPT, max_tokens=8, logprobs=True, top_logprobs=3)
     for t in (0.0, 1.5):
         ex.controls["temperature"].value = t
+        if t:
+            ex.controls["seed"].input.value = "3"  # sent by the second run only
         ex.send_button.click()
         assert ex.wait(120)
         ex.pin_button.click()
     df = ex.runs_frame()
     assert list(df["run"]) == [1, 2]
+    assert list(df["seed"]) == [None, 3]  # not sent is None, and an int stays an int
     assert list(df["temperature"]) == [0.0, 1.5]
     assert list(df["max_tokens"]) == [8, 8]
     assert df["answer"].str.len().gt(0).all()

@@ -619,6 +619,8 @@ class Explorer(widgets.VBox):
         columns = ["run", "model", *names, "answer", "completion_tokens", "mean_entropy"]
         columns += ["latency_s", "finish_reason", "complete", "history_id"]
         df = pd.DataFrame(rows, columns=columns)
+        for name in names:  # keep None (not sent) and ints as they were, not NaN and floats
+            df[name] = pd.Series([row[name] for row in rows], index=df.index, dtype=object)
         df.attrs["notes"] = (
             "parameters: as sent (None: not sent, the server's default); mean_entropy: mean "
             "over positions of the entropy over the returned top_logprobs alternatives, in "
