@@ -17,6 +17,7 @@ The same notes travel with each frame in ``df.attrs["notes"]``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from itertools import chain
 from operator import attrgetter
@@ -28,7 +29,14 @@ import pandas as pd
 if TYPE_CHECKING:
     from tmlab.result import ChatResult, TokenLogprob
 
-__all__ = ["LOGPROBS_COLUMNS", "LONG_COLUMNS", "USAGE_COLUMNS", "logprobs_frame", "usage_frame"]
+__all__ = [
+    "LOGPROBS_COLUMNS",
+    "LONG_COLUMNS",
+    "USAGE_COLUMNS",
+    "logprobs_frame",
+    "mean_entropy",
+    "usage_frame",
+]
 
 LOGPROBS_COLUMNS = [
     "choice",
@@ -203,6 +211,14 @@ def _price(prices: Mapping[str, Any] | None, model: str | None) -> Mapping[str, 
         return prices
     entry = prices.get(model or "")
     return entry if isinstance(entry, Mapping) else None
+
+
+def mean_entropy(res: ChatResult, choice: int = 0) -> float:
+    """Mean over one choice's positions of ``entropy`` (nats, over the returned alternatives:
+    a lower bound); NaN when the answer has no ``top_logprobs``."""
+    frame = logprobs_frame(res)
+    values = frame.loc[frame["choice"] == choice, "entropy"].dropna()
+    return float(values.to_numpy().mean()) if len(values) else math.nan
 
 
 def usage_frame(

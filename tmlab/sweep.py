@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import contextvars
 import itertools
-import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -38,6 +37,7 @@ import httpx
 from tmlab._base import Messages, _BaseClient, _messages
 from tmlab.client import AsyncClient
 from tmlab.errors import ParameterError, redact
+from tmlab.frames import mean_entropy
 from tmlab.history import request_source
 from tmlab.params import PARAMS, RESERVED, _check_one, validate_params
 
@@ -245,18 +245,6 @@ async def _default_model(ac: AsyncClient) -> str:
 # -- running -------------------------------------------------------------------------------
 
 
-def _mean_entropy(res: ChatResult) -> float:
-    tokens = res.choices[0].logprobs if res.choices else None
-    per_token = []
-    for tok in tokens or ():
-        if tok.top:
-            # -Σ p ln p over the returned alternatives; 0·ln 0 = 0
-            per_token.append(
-                -sum(math.exp(a.logprob) * a.logprob for a in tok.top if a.logprob > -math.inf)
-            )
-    return sum(per_token) / len(per_token) if per_token else math.nan
-
-
 def _row(
     job: _Job, model: str, res: ChatResult | None, error: str | None, hid: Any
 ) -> dict[str, Any]:
@@ -274,7 +262,7 @@ def _row(
         total_tokens=u.total_tokens,
         latency_s=t.latency_s,
         ttft_s=t.ttft_s,
-        mean_entropy=_mean_entropy(res),
+        mean_entropy=mean_entropy(res),
     )
     return row
 

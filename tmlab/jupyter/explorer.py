@@ -43,6 +43,7 @@ import pandas as pd
 from tmlab import display as _display
 from tmlab.errors import ParameterError
 from tmlab.explain import error_line
+from tmlab.frames import mean_entropy
 from tmlab.history import request_source
 from tmlab.jupyter.controls import (
     ParamControl,
@@ -609,7 +610,7 @@ class Explorer(widgets.VBox):
             row.update(
                 answer=res.text,
                 completion_tokens=res.usage.completion_tokens,
-                mean_entropy=_mean_entropy(res),
+                mean_entropy=mean_entropy(res),
                 latency_s=res.timing.latency_s,
                 finish_reason=res.finish_reason,
                 complete=res.complete,
@@ -709,12 +710,6 @@ def _answer_html(res: ChatResult) -> str:
     return "".join(out)
 
 
-def _mean_entropy(res: ChatResult) -> float:
-    frame = res.logprobs_frame()
-    values = frame.loc[frame["choice"] == 0, "entropy"].dropna()
-    return float(values.to_numpy().mean()) if len(values) else math.nan
-
-
 def _param_names(pins: list[_Pin]) -> list[str]:
     used = {name for p in pins for name in p.params}
     return [name for name in PARAMS if name in used]
@@ -762,7 +757,7 @@ def _pins_html(pins: list[_Pin]) -> str:
     row("tokens", [_cell(p.result.usage.completion_tokens) for p in pins], False)
     row(
         "mean entropy (nats, over returned alternatives)",
-        [_cell(round(e, 3)) if not math.isnan(e := _mean_entropy(p.result)) else "—" for p in pins],
+        [_cell(round(e, 3)) if not math.isnan(e := mean_entropy(p.result)) else "—" for p in pins],
         False,
     )
     row(
