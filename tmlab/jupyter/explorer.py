@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import threading
 import time
 import warnings
@@ -43,7 +42,6 @@ import pandas as pd
 from tmlab import display as _display
 from tmlab.errors import ParameterError
 from tmlab.explain import error_line
-from tmlab.frames import mean_entropy
 from tmlab.history import request_source
 from tmlab.jupyter.controls import (
     ParamControl,
@@ -55,6 +53,7 @@ from tmlab.jupyter.controls import (
     tmchat_line,
 )
 from tmlab.jupyter.live import Throttle
+from tmlab.jupyter.pins import Pin, pins_frame, pins_html
 from tmlab.jupyter.whatif import WhatIfPanel
 from tmlab.params import PARAMS, ParameterWarning, validate_params
 from tmlab.result import ChatResult
@@ -103,13 +102,6 @@ class _Job:
             self.text.append(delta.text)
             self.reasoning.append(delta.reasoning)
         self.deltas += 1
-
-
-@dataclass
-class _Pin:
-    params: dict[str, Any]
-    model: str | None
-    result: ChatResult
 
 
 class _Debounce:
@@ -186,7 +178,7 @@ class Explorer(widgets.VBox):
         self._job: _Job | None = None
         self._jobs: list[_Job] = []
         self._lock = threading.RLock()
-        self._pins: list[_Pin] = []
+        self._pins: list[Pin] = []
         self._debounce = _Debounce(AUTO_SEND_DELAY, self._auto_fire)
 
         self.controls: dict[str, ParamControl] = build_controls(initial_params)
@@ -586,7 +578,7 @@ class Explorer(widgets.VBox):
         if res is None:
             return
         params = {k: v for k, v in res.request.items() if k in PARAMS and k != "stream_options"}
-        self._pins.append(_Pin(params, res.model, res))
+        self._pins.append(Pin(params, res.model, res))
         self._render_pins()
 
     def clear_pins(self) -> None:
@@ -601,37 +593,11 @@ class Explorer(widgets.VBox):
         alternatives (nats, a lower bound; NaN without top_logprobs). A parameter column is
         None for a run that did not send it (the server's default).
         """
-        names = _param_names(self._pins)
-        rows = []
-        for i, p in enumerate(self._pins, start=1):
-            res = p.result
-            row: dict[str, Any] = {"run": i, "model": p.model}
-            row.update({name: p.params.get(name) for name in names})
-            row.update(
-                answer=res.text,
-                completion_tokens=res.usage.completion_tokens,
-                mean_entropy=mean_entropy(res),
-                latency_s=res.timing.latency_s,
-                finish_reason=res.finish_reason,
-                complete=res.complete,
-                history_id=getattr(res, "history_id", None),
-            )
-            rows.append(row)
-        columns = ["run", "model", *names, "answer", "completion_tokens", "mean_entropy"]
-        columns += ["latency_s", "finish_reason", "complete", "history_id"]
-        df = pd.DataFrame(rows, columns=columns)
-        for name in names:  # keep None (not sent) and ints as they were, not NaN and floats
-            df[name] = pd.Series([row[name] for row in rows], index=df.index, dtype=object)
-        df.attrs["notes"] = (
-            "parameters: as sent (None: not sent, the server's default); mean_entropy: mean "
-            "over positions of the entropy over the returned top_logprobs alternatives, in "
-            "nats, a lower bound (NaN without top_logprobs)."
-        )
-        return df
+        return pins_frame(self._pins)
 
     def _render_pins(self) -> None:
         self.clear_pins_button.layout.display = None if self._pins else "none"
-        self.pins_view.value = _pins_html(self._pins)
+        self.pins_view.value = pins_html(self._pins)
 
     # -- models ---------------------------------------------------------------------------
 
@@ -708,68 +674,3 @@ def _answer_html(res: ChatResult) -> str:
         f"{html.escape(_display.usage_line(res))}</div>"
     )
     return "".join(out)
-
-
-def _param_names(pins: list[_Pin]) -> list[str]:
-    used = {name for p in pins for name in p.params}
-    return [name for name in PARAMS if name in used]
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return '<span style="opacity: 0.5">unset</span>'
-    if isinstance(value, float):
-        return f"{value:g}"
-    return html.escape(
-        json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
-    )
-
-
-def _pins_html(pins: list[_Pin]) -> str:
-    if not pins:
-        return ""
-    names = _param_names(pins)
-    head = "".join(f"<th>run {i}</th>" for i in range(1, len(pins) + 1))
-    rows = []
-
-    def row(label: str, cells: list[str], differ: bool) -> None:
-        style = ' style="background: #fff3b0"' if differ else ""
-        cls = ' class="tmlab-differs"' if differ else ""
-        tds = "".join(f'<td style="vertical-align: top">{c}</td>' for c in cells)
-        rows.append(f"<tr{cls}{style}><th>{html.escape(label)}</th>{tds}</tr>")
-
-    models = [p.model for p in pins]
-    row("model", [_cell(m) for m in models], len(set(map(str, models))) > 1)
-    for name in names:
-        values = [p.params.get(name) for p in pins]
-        keys = {json.dumps(v, sort_keys=True, default=str) for v in values}
-        row(name, [_cell(v) for v in values], len(keys) > 1)
-    answers = [p.result.text for p in pins]
-    row(
-        "answer",
-        [
-            f'<div style="white-space: pre-wrap; max-width: 28em">{html.escape(a[:600])}'
-            f"{'…' if len(a) > 600 else ''}</div>"
-            for a in answers
-        ],
-        len(set(answers)) > 1,
-    )
-    row("tokens", [_cell(p.result.usage.completion_tokens) for p in pins], False)
-    row(
-        "mean entropy (nats, over returned alternatives)",
-        [_cell(round(e, 3)) if not math.isnan(e := mean_entropy(p.result)) else "—" for p in pins],
-        False,
-    )
-    row(
-        "latency (s)",
-        [
-            _cell(round(p.result.timing.latency_s, 2)) if p.result.timing.latency_s else "—"
-            for p in pins
-        ],
-        False,
-    )
-    return (
-        '<div><b>pinned runs</b> <span style="font-size: smaller; opacity: 0.7">(rows that '
-        "differ are highlighted)</span></div>"
-        f'<table class="tmlab-pins-table"><tr><th></th>{head}</tr>{"".join(rows)}</table>'
-    )
