@@ -45,7 +45,7 @@ def _raw_gather(base_url: str) -> None:
 def run(base_url: str, rounds: int = 5) -> list[Row]:
     """Median wall time of a 64-request sweep; ideal ÷ wall. Bare httpx alongside."""
     import tmlab
-    from tmlab.sweep import sweep
+    from tmlab.sweeps import sweep
 
     repeats = REQUESTS // len(TEMPERATURES)
     client = tmlab.AsyncClient(base_url=base_url, api_key="bench-key", model="bench-model")

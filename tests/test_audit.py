@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import tmlab
-from tmlab.audit import AuditReport, audit, diff
+from tmlab.audits import AuditReport, audit, diff
 from tmlab.errors import ParameterError
 from tmlab.result import ChatResult
 

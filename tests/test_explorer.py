@@ -22,7 +22,8 @@ from _fake_server import USAGE, chunk, sse, sse_response
 
 import tmlab
 from tmlab.history import history
-from tmlab.jupyter.controls import FEATURED, editable, featured, tmchat_line
+from tmlab.jupyter.codeline import tmchat_line
+from tmlab.jupyter.controls import FEATURED, editable, featured
 from tmlab.jupyter.explorer import Explorer
 from tmlab.jupyter.flags import parse_flags
 from tmlab.params import PARAMS

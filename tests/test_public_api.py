@@ -82,6 +82,21 @@ def test_import_tmlab_stays_light() -> None:
     assert callable(tmlab.history) and tmlab.history.__module__ == "tmlab.history"
 
 
+def test_function_names_stay_functions_whatever_was_imported_first() -> None:
+    """``tmlab.sweep`` and friends are functions even after their modules were imported by
+    another path (the magic imports ``tmlab.sweeps`` on its own, for instance)."""
+    code = (
+        "import tmlab.sweeps, tmlab.audits, tmlab.align, tmlab.summary, tmlab.history\n"
+        "import tmlab.jupyter.magics, tmlab.jupyter.explorer\n"
+        "import tmlab, inspect\n"
+        "names = ['sweep', 'asweep', 'summarize', 'plot_sweep', 'audit', 'diff', 'history',\n"
+        "         'rerun', 'Explorer']\n"
+        "print([n for n in names if inspect.ismodule(getattr(tmlab, n))])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_error_tree() -> None:
     assert issubclass(tmlab.ParameterError, ValueError)
     assert issubclass(tmlab.ParameterError, tmlab.TmlabError)

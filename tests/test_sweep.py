@@ -20,7 +20,7 @@ from _fake_server import KEY, LiveServer, Script, completion
 
 import tmlab
 from tmlab.errors import ParameterError
-from tmlab.sweep import (
+from tmlab.sweeps import (
     INTERRUPTED,
     SWEEP_COLUMNS,
     _sweep_client,

@@ -54,22 +54,23 @@ from tmlab.result import ChatResult, Choice, Timing, TokenLogprob, TopLogprob, U
 
 if TYPE_CHECKING:
     from tmlab import local, sampling
-    from tmlab.audit import audit, diff
+    from tmlab.align import diff
+    from tmlab.audits import audit
     from tmlab.frames import logprobs_frame, usage_frame
     from tmlab.jupyter.explorer import Explorer
     from tmlab.summary import plot_sweep, summarize
-    from tmlab.sweep import asweep, sweep
+    from tmlab.sweeps import asweep, sweep
 
 # name -> (module, attribute or None for the module itself); imported on first use.
 _LAZY: dict[str, tuple[str, str | None]] = {
     "logprobs_frame": ("tmlab.frames", "logprobs_frame"),
     "usage_frame": ("tmlab.frames", "usage_frame"),
-    "sweep": ("tmlab.sweep", "sweep"),
-    "asweep": ("tmlab.sweep", "asweep"),
+    "sweep": ("tmlab.sweeps", "sweep"),
+    "asweep": ("tmlab.sweeps", "asweep"),
     "summarize": ("tmlab.summary", "summarize"),
     "plot_sweep": ("tmlab.summary", "plot_sweep"),
-    "audit": ("tmlab.audit", "audit"),
-    "diff": ("tmlab.audit", "diff"),
+    "audit": ("tmlab.audits", "audit"),
+    "diff": ("tmlab.align", "diff"),
     "Explorer": ("tmlab.jupyter.explorer", "Explorer"),
     "sampling": ("tmlab.sampling", None),
     "local": ("tmlab.local", None),

@@ -28,7 +28,7 @@ named ``stream*`` (the panel always streams; the client sets the stream options 
 plus :data:`FEATURED` (the length limit, logprobs and reasoning effort); the others sit in a
 collapsed "advanced" section, by group.
 
-:func:`chat_call` and :func:`tmchat_line` turn the parameters set into the equivalent
+The parameters set become, in :mod:`tmlab.jupyter.codeline`, the equivalent
 ``client.chat(...)`` call and ``%%tmchat`` line, to paste into code.
 """
 
@@ -38,7 +38,6 @@ import ast
 import html
 import json
 import random
-import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -46,20 +45,17 @@ import ipywidgets as widgets
 import traitlets
 
 from tmlab.errors import ParameterError
-from tmlab.jupyter.flags import flag_name
 from tmlab.params import NOT_GIVEN, PARAMS, Param, validate_params
 
 __all__ = [
     "FEATURED",
     "ParamControl",
     "build_controls",
-    "chat_call",
     "editable",
     "featured",
     "layout_controls",
     "link_logprobs",
     "set_params",
-    "tmchat_line",
 ]
 
 FEATURED: Final = ("max_tokens", "logprobs", "top_logprobs", "reasoning_effort")
@@ -473,55 +469,6 @@ def layout_controls(
 
 
 # -- the same request as code -------------------------------------------------------------
-
-
-def chat_call(
-    params: Mapping[str, Any],
-    prompt: str = "",
-    system: str = "",
-    model: str | None = None,
-) -> str:
-    """The ``client.chat(...)`` call that sends the same request."""
-    args = [repr(prompt)]
-    if model:
-        args.append(f"model={model!r}")
-    if system:
-        args.append(f"system={system!r}")
-    args.extend(f"{name}={value!r}" for name, value in params.items())
-    args.append("stream=True")
-    return f"client.chat({', '.join(args)})"
-
-
-def tmchat_line(params: Mapping[str, Any], system: str = "", model: str | None = None) -> str:
-    """The ``%%tmchat`` line with the same settings: one kebab-case flag per parameter set.
-
-    ``logprobs=True`` (with ``top_logprobs=N``) is ``--logprobs [N]``; other booleans are
-    ``--name`` / ``--no-name``; JSON values are quoted for the shell. ``logprobs=False`` is
-    the default and has no flag: it is left out.
-    """
-    parts = ["%%tmchat"]
-    if model:
-        parts += ["--model", shlex.quote(model)]
-    if system:
-        parts += ["--system", shlex.quote(system)]
-    logprobs = params.get("logprobs")
-    top = params.get("top_logprobs")
-    for name, value in params.items():
-        flag = flag_name(name)
-        if name == "logprobs":
-            if value is True:
-                parts.append(flag if top is None else f"{flag} {top}")
-        elif name == "top_logprobs" and logprobs is True:
-            continue  # folded into --logprobs N
-        elif isinstance(value, bool):
-            parts.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, int | float):
-            parts.append(f"{flag} {value!r}")
-        elif isinstance(value, str) and PARAMS[name].kind != "json":
-            parts.append(f"{flag} {shlex.quote(value)}")
-        else:
-            parts.append(f"{flag} {shlex.quote(json.dumps(value, ensure_ascii=False))}")
-    return " ".join(parts)
 
 
 def set_params(controls: Iterable[ParamControl]) -> dict[str, Any]:

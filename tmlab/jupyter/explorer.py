@@ -43,16 +43,15 @@ from tmlab import display as _display
 from tmlab.errors import ParameterError
 from tmlab.explain import error_line
 from tmlab.history import request_source
+from tmlab.jupyter.codeline import chat_call, tmchat_line
 from tmlab.jupyter.controls import (
     ParamControl,
     build_controls,
-    chat_call,
     layout_controls,
     link_logprobs,
     set_params,
-    tmchat_line,
 )
-from tmlab.jupyter.live import Throttle
+from tmlab.jupyter.live import Debounce, Throttle
 from tmlab.jupyter.pins import Pin, pins_frame, pins_html
 from tmlab.jupyter.whatif import WhatIfPanel
 from tmlab.params import PARAMS, ParameterWarning, validate_params
@@ -104,47 +103,6 @@ class _Job:
         self.deltas += 1
 
 
-class _Debounce:
-    """Calls ``fn`` once, ``delay`` seconds after the last of a burst of ``__call__``."""
-
-    def __init__(self, delay: float, fn: Callable[[], object]) -> None:
-        self.delay = delay
-        self._fn = fn
-        self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
-        self._timers: list[threading.Timer] = []
-
-    def __call__(self) -> None:
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-            timer = threading.Timer(self.delay, self._fire)
-            timer.daemon = True
-            self._timer = timer
-            self._timers = [t for t in self._timers if t.is_alive()] + [timer]
-            timer.start()
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self._timer is not threading.current_thread():
-                return
-            self._timer = None
-        self._fn()
-
-    def cancel(self) -> None:
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-
-    def join(self, timeout: float | None) -> None:
-        with self._lock:
-            timers = list(self._timers)
-        for t in timers:
-            if t is not threading.current_thread():
-                t.join(timeout)
-
-
 def _deadline(timeout: float | None) -> Callable[[], float | None]:
     end = None if timeout is None else time.monotonic() + timeout
     return lambda: None if end is None else max(0.0, end - time.monotonic())
@@ -179,7 +137,7 @@ class Explorer(widgets.VBox):
         self._jobs: list[_Job] = []
         self._lock = threading.RLock()
         self._pins: list[Pin] = []
-        self._debounce = _Debounce(AUTO_SEND_DELAY, self._auto_fire)
+        self._debounce = Debounce(AUTO_SEND_DELAY, self._auto_fire)
 
         self.controls: dict[str, ParamControl] = build_controls(initial_params)
         # Parameters given that have no control (tools, stream_options …): sent as given.

@@ -8,7 +8,8 @@ the final view, so the answer is on screen once and stays there, also when the s
 interrupted.
 
 The views are Markdown (with the reasoning in a ``<details>`` element, collapsible) plus a
-plain-text fallback; the Markdown is built by :func:`answer_markdown`.
+plain-text fallback; the Markdown is built by :func:`answer_markdown`. :class:`Debounce` is
+the other timing rule of live widgets: one call after a burst (the Explorer's auto-send).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from tmlab.result import ChatResult
 
 __all__ = [
+    "Debounce",
     "LiveAnswer",
     "MarkdownView",
     "Throttle",
@@ -283,3 +285,44 @@ def result_view(
         markdown = "\n\n".join([markdown, *extra]) if markdown else "\n\n".join(extra)
     plain = "\n".join([res.text if "answer" in show else "", *[f for f in footer if f]]).strip()
     return MarkdownView(markdown, plain)
+
+
+class Debounce:
+    """Calls ``fn`` once, ``delay`` seconds after the last of a burst of ``__call__``."""
+
+    def __init__(self, delay: float, fn: Callable[[], object]) -> None:
+        self.delay = delay
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._timers: list[threading.Timer] = []
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            timer = threading.Timer(self.delay, self._fire)
+            timer.daemon = True
+            self._timer = timer
+            self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+            timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._timer is not threading.current_thread():
+                return
+            self._timer = None
+        self._fn()
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def join(self, timeout: float | None) -> None:
+        with self._lock:
+            timers = list(self._timers)
+        for t in timers:
+            if t is not threading.current_thread():
+                t.join(timeout)

@@ -242,10 +242,9 @@ class TmChat(Magics):
 
     def _sweep(self, flags: Flags, prompt: str) -> pd.DataFrame:
         """Comma lists / --repeat: a small sweep; shows its summary, returns its rows."""
-        try:
-            from tmlab.sweep import summarize, sweep
-        except ImportError:
-            raise TmchatError("%%tmchat: comma lists and --repeat need tmlab.sweep") from None
+        from tmlab.summary import summarize
+        from tmlab.sweeps import sweep
+
         messages: list[dict[str, str]] = [{"role": "user", "content": prompt}]
         if flags.continue_:
             messages = [*self.turns, *messages]
