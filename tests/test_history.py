@@ -51,7 +51,7 @@ def test_columns_are_in_the_documented_order(history_db: str) -> None:
     assert row["params"] == {"temperature": 0.7}  # not model/messages/stream/stream_options
     assert row["messages"] == [{"role": "user", "content": "hi"}]
     assert row["text"] == "Hello there"
-    assert row["complete"] is True or row["complete"] == True  # noqa: E712 - numpy bool
+    assert bool(row["complete"]) is True
     assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (5, 3, 8)
     assert row["latency_s"] == 0.5 and row["ttft_s"] == 0.1 and row["tokens_per_s"] == 40.0
     assert row["time"].endswith("+00:00")  # UTC ISO
