@@ -15,6 +15,7 @@ the Authorization header.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import json
@@ -142,6 +143,16 @@ class _BaseClient:
         self._discovered: str | None = None
         self._served: list[str] | None = None
 
+    def _copy_settings(self, other: _BaseClient) -> None:
+        """Take ``other``'s resolved settings (key, URL, model, what it learnt of the server)."""
+        self._settings = other._settings
+        self._key = other._key
+        self._base_url = other._base_url
+        self._headers = dict(other._headers)
+        self._lookup_model = other._lookup_model
+        self._discovered = other._discovered
+        self._served = other._served
+
     # -- public, read-only --------------------------------------------------------------
 
     @property
@@ -234,6 +245,25 @@ class _BaseClient:
         self._chat_url = httpx.URL(base + "/chat/completions")
         self._models_url = httpx.URL(base + "/models")
 
+    def _relocate(self, exc: Exception) -> bool:
+        """After ``exc`` (no answer yet): True if the embedded server had died and a new one
+        now serves at a new URL, so the request can go there at once.
+
+        Only for the embedded local server, which this client does not own: it may have been
+        killed (or crashed) since the last request; the next request then starts a new one
+        instead of failing until the kernel restarts.
+        """
+        if not self._settings.local or not isinstance(exc, _RETRY_EXCEPTIONS):
+            return False
+        old = self._base_url
+        self._base_url = None
+        try:
+            self._resolve()  # the shared server, restarted if it is not running
+        except BaseException:
+            self._base_url = old
+            raise
+        return self._base_url != old
+
     # -- retry decisions and errors -----------------------------------------------------
 
     def _status_delay(self, attempt: int, response: httpx.Response) -> float | None:
@@ -308,7 +338,8 @@ class _BaseClient:
         if exc is not None:
             if isinstance(exc, TmlabError):
                 error = f"{type(exc).__name__}: {exc}"
-            elif isinstance(exc, KeyboardInterrupt):
+            elif isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+                # Ctrl-C, the kernel's stop button, the Explorer's Stop, a stopped sweep
                 error = "interrupted"
             else:
                 error = f"cancelled ({type(exc).__name__})"

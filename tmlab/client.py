@@ -209,6 +209,9 @@ class Client(_BaseClient):
             try:
                 response = http.send(request, stream=True)
             except httpx.RequestError as exc:
+                if self._relocate(exc):
+                    url = self._models_url if payload is None else self._chat_url
+                    continue
                 delay = self._exception_delay(attempt, exc)
                 if delay is None:
                     raise self._transport_error(exc) from None
@@ -263,6 +266,8 @@ class Client(_BaseClient):
             except httpx.RequestError as exc:
                 if reader.received:
                     raise reader.broken(exc) from None
+                if self._relocate(exc):
+                    continue
                 delay = self._exception_delay(attempt, exc)
                 if delay is None:
                     raise self._transport_error(exc) from None
@@ -271,6 +276,21 @@ class Client(_BaseClient):
                 raise
             self._sleep(delay)
             attempt += 1
+
+    def _async_twin(self) -> AsyncClient | None:
+        """An :class:`AsyncClient` with this client's settings, for a request that must stop
+        the moment it is told to (a task is cancelled wherever it waits; a blocking socket
+        read in a thread cannot be interrupted from outside). None when the httpx client was
+        injected: its settings cannot be carried over.
+        """
+        if not self._owns_http:
+            return None
+        transport = self._transport
+        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+            return None
+        twin = AsyncClient(timeout=self.timeout, max_retries=self.max_retries, transport=transport)
+        twin._copy_settings(self)
+        return twin
 
     def close(self) -> None:
         """Close the connection pool (not an ``http_client`` you passed in)."""
@@ -379,6 +399,9 @@ class AsyncClient(_BaseClient):
             try:
                 response = await http.send(request, stream=True)
             except httpx.RequestError as exc:
+                if await anyio.to_thread.run_sync(self._relocate, exc):
+                    url = self._models_url if payload is None else self._chat_url
+                    continue
                 delay = self._exception_delay(attempt, exc)
                 if delay is None:
                     raise self._transport_error(exc) from None
@@ -434,6 +457,8 @@ class AsyncClient(_BaseClient):
             except httpx.RequestError as exc:
                 if reader.received:
                     raise reader.broken(exc) from None
+                if await anyio.to_thread.run_sync(self._relocate, exc):
+                    continue
                 delay = self._exception_delay(attempt, exc)
                 if delay is None:
                     raise self._transport_error(exc) from None

@@ -7,8 +7,9 @@ is gone. :func:`ensure_server` starts one shared server per process, for ``tmlab
 with no API key and no base URL.
 
 Progress is one calm line, never on stderr (JupyterLab paints stderr pink, like an error): in
-a Jupyter kernel a display that is updated in place once the model is ready, elsewhere a line
-on stdout that is completed then.
+a Jupyter kernel a display that is updated in place once the model is ready (and, for front
+ends that render an output once and never update it, such as Voilà, a second line saying the
+outcome), elsewhere a line on stdout that is completed then.
 """
 
 from __future__ import annotations
@@ -90,25 +91,52 @@ class _Notice:
     """One line of progress: a display updated in place in a Jupyter kernel, else stdout.
 
     Shows ``"{prefix} — starting …"``; :meth:`done` turns it into ``"{prefix} — {outcome}"``
-    (on stdout by completing the line, so a terminal or a log gets one line).
+    (on stdout by completing the line, so a terminal or a log gets one line). In a kernel the
+    display carries a small text widget too: front ends that render an output once and never
+    apply later updates to it (Voilà, an app built on a notebook) still show the outcome,
+    because a widget stays live; saved notebooks and static renderers get the plain text.
     """
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self._handle: Any = None
+        self._widget: Any = None
         display = _kernel_display()
         if display is not None:
-            text = {"text/plain": f"{prefix} — starting …"}
-            self._handle = display(text, raw=True, display_id=True)
+            text = f"{prefix} — starting …"
+            self._widget = _text_widget(text)
+            self._handle = display(self._bundle(text), raw=True, display_id=True)
         else:
             print(f"{prefix} — starting …", end="", file=sys.stdout, flush=True)
 
+    def _bundle(self, text: str) -> dict[str, Any]:
+        bundle: dict[str, Any] = {"text/plain": text}
+        if self._widget is not None:
+            bundle["application/vnd.jupyter.widget-view+json"] = {
+                "model_id": self._widget.model_id,
+                "version_major": 2,
+                "version_minor": 0,
+            }
+        return bundle
+
     def done(self, outcome: str) -> None:
         """Say how it ended (``"ready in 1.9s"``)."""
+        text = f"{self.prefix} — {outcome}"
         if self._handle is not None:
-            self._handle.update({"text/plain": f"{self.prefix} — {outcome}"}, raw=True)
+            if self._widget is not None:
+                self._widget.value = text
+            self._handle.update(self._bundle(text), raw=True)
         else:
             print(f" {outcome}", file=sys.stdout, flush=True)
+
+
+def _text_widget(text: str) -> Any:
+    """A plain-text ``ipywidgets.Label`` showing ``text``; None if ipywidgets cannot load."""
+    try:
+        import ipywidgets
+    except ImportError:  # pragma: no cover - ipywidgets is a dependency
+        return None
+    return ipywidgets.Label(value=text)
 
 
 def _kernel_display() -> Any:
@@ -236,6 +264,9 @@ def _start(
         text=True,
         env=env,
         stdin=subprocess.DEVNULL,
+        # Its own session: SIGINT sent to this process's group (a kernel's stop button, Ctrl-C
+        # in a terminal) must not stop the model. It exits with this process (--parent-pid).
+        start_new_session=True,
     )
     assert proc.stdout is not None and proc.stderr is not None
     tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -276,14 +307,23 @@ def ensure_server() -> LocalServer:
     """The process's shared local server, started on first use (thread-safe).
 
     The first start shows :data:`NOTICE` as one calm line (a display in Jupyter, else
-    stdout), completed once the model is ready; the server is stopped at exit.
+    stdout), completed once the model is ready; the server is stopped at exit. A shared
+    server that has died (killed, crashed) is never handed out: a new one is started, with a
+    line saying so.
     """
     global _shared
     with _shared_lock:
         if _shared is not None and _shared.running:
             return _shared
         first = _shared is None
-        notice = _Notice(NOTICE) if first else None
+        if first:
+            notice = _Notice(NOTICE)
+        else:
+            assert _shared is not None
+            notice = _Notice(
+                f"tmlab: the local {MODEL_NAME} model server had stopped "
+                f"(exit status {_shared.process.returncode}); starting a new one"
+            )
         _shared = _start("127.0.0.1", None, None, None, 120.0, None, notice, None)
         if first:
             atexit.register(_stop_shared)

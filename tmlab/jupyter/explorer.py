@@ -10,8 +10,11 @@ The controls are generated from the parameter table (:mod:`tmlab.jupyter.control
 the parameters touched are sent. Requests run in a worker thread (never on the kernel's main
 thread, never inside a trait observer), recorded in the history with source ``explorer``; the
 answer streams in through a :class:`~tmlab.jupyter.live.Throttle` (about 10 redraws a second).
-Stop makes ``on_delta`` raise :class:`StoppedByUser` at the next piece: the client closes the
-stream (the server stops generating) and records what arrived, which stays on screen. Auto-send
+Stop takes effect at once, wherever the request is (queued behind others on the server, in
+prompt evaluation, streaming, or waiting for a non-streamed answer): the request runs as an
+asyncio task in the worker thread, and Stop cancels it, which closes the connection (the
+server stops, or drops the queued request) and records what arrived as ``interrupted``; the
+partial answer stays on screen. Auto-send
 (off by default: requests may cost money) sends :data:`AUTO_SEND_DELAY` seconds after the
 last change of a parameter control, so a burst of slider moves is one request.
 
@@ -27,6 +30,8 @@ Stable names for code and tests: ``controls[name]`` (a :class:`ParamControl` per
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import html
 import json
 import threading
@@ -76,8 +81,11 @@ _CSS = """<style>
 
 
 class StoppedByUser(Exception):
-    """Raised inside ``on_delta`` when Stop is clicked: the client closes the stream (so the
-    server stops generating), keeps what arrived on ``exc.partial`` and records it."""
+    """The request was stopped with Stop: what arrived is on ``.partial`` (or None)."""
+
+    def __init__(self, partial: ChatResult | None = None) -> None:
+        super().__init__("stopped by the user")
+        self.partial = partial
 
 
 @dataclass
@@ -95,6 +103,14 @@ class _Job:
     deltas: int = 0
     started: float = field(default_factory=time.perf_counter)
     thread: threading.Thread | None = None
+    abort: Callable[[], object] | None = None  # cancels the request where it waits
+
+    def cancel(self) -> None:
+        """Stop the request now (also one not started yet: it then never starts)."""
+        self.stop.set()
+        abort = self.abort
+        if abort is not None:
+            abort()
 
     def add(self, delta: Delta) -> None:
         if delta.choice == 0:
@@ -328,7 +344,7 @@ class Explorer(widgets.VBox):
         """
         with self._lock:
             if self._job is not None:
-                self._job.stop.set()
+                self._job.cancel()
             seed = self.controls.get("seed")
             if seed is not None:
                 seed.draw_seed()
@@ -373,11 +389,9 @@ class Explorer(widgets.VBox):
             self._debounce.cancel()
             job = self._job
             if job is not None and not job.stop.is_set():
-                job.stop.set()
                 if job.thread is not None and job.thread.is_alive():
-                    # the stream ends at the next piece that arrives (then the client closes
-                    # the connection, which stops the server)
                     self.status.value = "stopping …"
+                job.cancel()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for a pending auto-send, the request running and the model list; True if done."""
@@ -401,8 +415,6 @@ class Explorer(widgets.VBox):
         throttle = Throttle(lambda: self._show_live(job), interval=0.1)
 
         def on_delta(delta: Delta) -> None:
-            if job.stop.is_set():
-                raise StoppedByUser
             job.add(delta)
             throttle.poke()
 
@@ -412,17 +424,10 @@ class Explorer(widgets.VBox):
         try:
             # contextvars are not inherited by threads: the source is set here, in the sender
             with request_source("explorer"):
-                res = job.client.chat(
-                    job.prompt,
-                    system=job.system,
-                    model=job.model,
-                    stream=True,
-                    on_delta=on_delta,
-                    **job.params,
-                )
+                res = self._request(job, on_delta)
         except StoppedByUser as exc:
             stopped = True
-            res = getattr(exc, "partial", None) or self._partial(job)
+            res = exc.partial or self._partial(job)
         except Exception as exc:  # shown as one line in the widget; the next Send works
             problem = exc
             partial = getattr(exc, "partial", None)
@@ -431,6 +436,52 @@ class Explorer(widgets.VBox):
             self._finish(job, res, problem, stopped)
         except Exception as exc:  # a view that failed to render must not kill the thread
             self._show_error(f"could not show the answer: {error_line(exc)}")
+
+    @staticmethod
+    def _request(job: _Job, on_delta: Callable[[Delta], None]) -> ChatResult:
+        """Send ``job``'s request; raises :class:`StoppedByUser` when it is cancelled."""
+        kwargs: dict[str, Any] = dict(
+            system=job.system, model=job.model, stream=True, on_delta=on_delta, **job.params
+        )
+        twin = job.client._async_twin()
+        if twin is None:  # an injected httpx client: Stop acts when the next piece arrives
+
+            def checked(delta: Delta) -> None:
+                if job.stop.is_set():
+                    raise StoppedByUser
+                on_delta(delta)
+
+            try:
+                return job.client.chat(job.prompt, **{**kwargs, "on_delta": checked})
+            except StoppedByUser as exc:
+                partial = getattr(exc, "partial", None)
+                raise StoppedByUser(partial if isinstance(partial, ChatResult) else None) from None
+
+        async def send() -> ChatResult:
+            loop = asyncio.get_running_loop()
+            task = asyncio.current_task()
+            assert task is not None
+
+            def abort() -> None:
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to stop
+                    loop.call_soon_threadsafe(task.cancel)
+
+            job.abort = abort
+            async with twin:
+                try:
+                    if job.stop.is_set():  # stopped before it started
+                        raise asyncio.CancelledError
+                    return await twin.chat(job.prompt, **kwargs)
+                except asyncio.CancelledError as exc:
+                    partial = getattr(exc, "partial", None)
+                    raise StoppedByUser(
+                        partial if isinstance(partial, ChatResult) else None
+                    ) from None
+
+        try:
+            return asyncio.run(send())
+        finally:
+            job.abort = None
 
     @staticmethod
     def _partial(job: _Job) -> ChatResult:
