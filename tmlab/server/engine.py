@@ -300,14 +300,23 @@ class Engine:
 
     # --- the loop ------------------------------------------------------------------------
 
-    def prefill(self, prompt: Sequence[int]) -> None:
-        """Evaluate ``prompt`` from position 0, whatever the KV cache holds.
+    def prefill(self, prompt: Sequence[int], cancel: threading.Event | None = None) -> bool:
+        """Evaluate ``prompt`` from position 0, whatever the KV cache holds; False when
+        ``cancel`` was set before the whole prompt was evaluated.
 
-        Always the same split into llama.cpp batches for the same prompt, hence the same
-        numbers (reusing a cached prefix would change the rounding).
+        Always the same split into llama.cpp batches for the same prompt (``n_batch`` tokens
+        each, as ``Llama.eval`` splits it), hence the same numbers (reusing a cached prefix
+        would change the rounding). ``cancel`` is checked between batches, so a client that
+        leaves during a long prompt frees the model within one batch.
         """
         self.llm.reset()
-        self.llm.eval(list(prompt))
+        tokens = list(prompt)
+        step = self.llm.n_batch
+        for i in range(0, len(tokens), step):
+            if cancel is not None and cancel.is_set():
+                return False
+            self.llm.eval(tokens[i : i + step])
+        return True
 
     def generate(
         self,
@@ -338,7 +347,8 @@ class Engine:
         if len(prompt) >= self.n_ctx:
             raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in {self.n_ctx}")
         ctx = self.llm._ctx
-        self.prefill(prompt)
+        if not self.prefill(prompt, cancel):
+            return
         filt, pick = self._chains(sampling, grammar=grammar, lazy_trigger=lazy_trigger)
         cand = LlamaTokenDataArray(n_vocab=self.n_vocab)
         trigger = lazy_trigger.encode() if grammar is not None and lazy_trigger else None
