@@ -8,14 +8,14 @@ STAMP  := $(VENV)/.installed
 # crash on these machines (ggml_backend_amx_mul_mat), so pin the instruction sets instead.
 export CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install test lint format lab bench clean
+.PHONY: install test lint format lab demo bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --progress-bar off -e '.[local,plot,dev]'
+	$(BIN)/python -m pip install --progress-bar off -e '.[local,plot,dev,demo]'
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -35,6 +35,10 @@ LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(LAB_FLAGS) $(LABARGS) notebooks/
+
+# The Explorer as a Voilà app (no code cells) on http://127.0.0.1:8866/; a room: DEMOARGS='--host 0.0.0.0'.
+demo: $(STAMP)
+	$(BIN)/tmlab demo $(DEMOARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -1,4 +1,5 @@
-"""The ``tmlab`` command: ``tmlab serve`` starts the embedded local server."""
+"""The ``tmlab`` command: ``tmlab serve`` starts the embedded local server; ``tmlab demo``
+serves the Explorer (or another notebook) as a Voilà app."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tmlab`` command; returns the exit status."""
+    from tmlab.demo import build_parser as build_demo_parser
     from tmlab.server.__main__ import build_parser, serve
 
     parser = argparse.ArgumentParser(prog="tmlab", description="tmlab command-line tools.")
@@ -21,8 +23,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             description="An OpenAI-compatible chat-completions server over a local GGUF model.",
         )
     )
+    build_demo_parser(
+        sub.add_parser(
+            "demo",
+            help="serve the Explorer (or NOTEBOOK) as a web app with Voilà",
+            description="Serve a notebook with Voilà: its widgets and text full-page, no code "
+            "cells. Default: the Explorer app with lesson prompts (explorer-app.ipynb).",
+        )
+    )
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "demo":
+        from tmlab.demo import demo
+
+        return demo(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2  # pragma: no cover
