@@ -74,9 +74,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default="127.0.0.1",
         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: a room)",
     )
-    p.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
-    )
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument(
         "--base-url",
         default=None,
