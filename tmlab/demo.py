@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tmlab._settings import _check_setting
-from tmlab.errors import ParameterError
+from tmlab.errors import LocalServerError, ParameterError
 
 if TYPE_CHECKING:
     from tmlab.local import LocalServer
@@ -178,9 +178,14 @@ def demo(args: argparse.Namespace) -> int:
     except ParameterError as exc:
         print(f"tmlab demo: error: --base-url: {exc}", file=sys.stderr)
         return 2
-    server = _model_server(base_url)
     try:
-        shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        server = _model_server(base_url)
+    except LocalServerError as exc:
+        print(f"tmlab demo: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(args.host, args.host)
+        shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
         _say(f"serving {notebook.name} at http://{shown}:{args.port}/ (Ctrl-C stops it)")
         if not _is_loopback(args.host):
             _say(
