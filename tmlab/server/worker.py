@@ -3,7 +3,8 @@
 A llama.cpp context is not thread-safe (two threads on one ``Llama`` abort the process), so
 every use of the engine is a job on :class:`Worker`'s queue, run in turn. Each job carries a
 cancel flag that the generation loop checks at every token; a job cancelled while still
-queued is skipped.
+queued is skipped. The worker counts its jobs (queued or running) and keeps a running mean of
+how long one takes, which the server's queue limit reads (:mod:`tmlab.server.limits`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -29,28 +31,45 @@ class Worker:
     def __init__(self, name: str = "tmlab-model") -> None:
         self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any], threading.Event] | None]
         self._jobs = queue.Queue()
+        self._count_lock = threading.Lock()
+        self._pending = 0
+        self.mean_job_s = 1.0  # running mean of a job's duration, for Retry-After estimates
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+
+    def pending(self) -> int:
+        """Jobs queued or running."""
+        return self._pending
 
     def _loop(self) -> None:
         while True:
             item = self._jobs.get()
             if item is None:
                 return
-            fn, fut, cancel = item
-            if cancel.is_set():  # its client is gone
-                fut.cancel()
-                continue
-            if not fut.set_running_or_notify_cancel():
-                continue
             try:
-                fut.set_result(fn())
-            except BaseException as exc:  # handed to the awaiting request
-                fut.set_exception(exc)
+                self._run(*item)
+            finally:
+                with self._count_lock:
+                    self._pending -= 1
+
+    def _run(self, fn: Callable[[], Any], fut: Future[Any], cancel: threading.Event) -> None:
+        if cancel.is_set():  # its client is gone
+            fut.cancel()
+            return
+        if not fut.set_running_or_notify_cancel():
+            return
+        t0 = time.perf_counter()
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:  # handed to the awaiting request
+            fut.set_exception(exc)
+        self.mean_job_s += 0.2 * (time.perf_counter() - t0 - self.mean_job_s)
 
     def submit(self, fn: Callable[[], T], cancel: threading.Event | None = None) -> Future[T]:
         """Queue ``fn``; its result (or exception) arrives in the returned future."""
         fut: Future[T] = Future()
+        with self._count_lock:
+            self._pending += 1
         self._jobs.put((fn, fut, cancel or threading.Event()))
         return fut
 
