@@ -4,10 +4,20 @@ Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, ``GE
 ``POST /tokenize``, ``POST /detokenize``. With an API key, the routes that use the model need
 ``Authorization: Bearer KEY``; models, health and version stay open, as on Tensormesh.
 
-The event loop only moves bytes: a body is read up to the size limit, decoded and validated in
-a parsing thread, and planned (templating, tokenising) and generated in the model's worker
-thread, so ``/health`` and every other request answer while a large one is refused. The routes
-that use the model admit a request only while the queue has room (:mod:`tmlab.server.limits`).
+Three kinds of thread, so that no request holds up the others for long:
+
+* the event loop only moves bytes: it reads a body up to the size limit and sends answers, so
+  ``/health`` and every other request answer while a large one is being refused;
+* one *preparing* thread decodes and validates each body, then plans it (chat template,
+  tokenising, grammar checks: :func:`~tmlab.server.prompting.plan_request`). Planning uses
+  only the model's vocabulary, which llama.cpp reads without changing (its own server
+  tokenises in its HTTP threads while it decodes), so it runs beside a generation instead of
+  holding it up; one thread, so that at most one body's JSON is being decoded at a time;
+* the model's worker (:mod:`tmlab.server.worker`) evaluates prompts and generates, one
+  request at a time.
+
+The routes that use the model admit a request only while the queue has room
+(:mod:`tmlab.server.limits`).
 """
 
 from __future__ import annotations
@@ -33,8 +43,9 @@ from tmlab._meta import VERSION
 from tmlab.server.chat import run_chat
 from tmlab.server.engine import Engine
 from tmlab.server.limits import Admission, Limits, prompt_bound, read_body
-from tmlab.server.prompting import plan_request
+from tmlab.server.prompting import Plan, plan_request
 from tmlab.server.protocol import (
+    ChatRequest,
     RequestError,
     bad,
     error_body,
@@ -80,15 +91,13 @@ class _Server:
         self.api_key = api_key
         self.limits = limits
         self.admission = Admission(limits.max_queue, self.worker.pending)
-        # One thread decodes and validates bodies: never the event loop, and never more than
-        # one body's worth of parsed JSON at a time.
-        self.parser = ThreadPoolExecutor(1, thread_name_prefix="tmlab-parse")
+        self.preparer = ThreadPoolExecutor(1, thread_name_prefix="tmlab-prepare")
         self.created = int(time.time())
-        self.worker.submit(lambda: prompt_bound(engine))  # the vocabulary's bound, once
+        self.preparer.submit(prompt_bound, engine)  # the vocabulary's bound, once
 
     def close(self, timeout: float = 5.0) -> bool:
         """Stop the worker after its queued jobs; True if it stopped within ``timeout``."""
-        self.parser.shutdown(wait=False, cancel_futures=True)
+        self.preparer.shutdown(wait=False, cancel_futures=True)
         return self.worker.close(timeout)
 
     @contextlib.contextmanager
@@ -98,18 +107,24 @@ class _Server:
         with self.admission.enter(retry_after=wait):
             yield
 
-    async def parsed(self, request: Request, parse: Callable[[Any], T]) -> T:
-        """The body, read up to the limit, then decoded and ``parse``d off the event loop."""
+    async def prepared(self, request: Request, prepare: Callable[[Any], T]) -> T:
+        """The body, read up to the limit, then decoded and ``prepare``d off the event loop."""
         raw = await read_body(request, self.limits.max_body_bytes)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.parser, lambda: parse(parse_json(raw)))
+        return await loop.run_in_executor(self.preparer, lambda: prepare(parse_json(raw)))
 
-    def chat_request(self, body: Any) -> Any:
-        """A decoded body validated as a chat request (runs in the parsing thread)."""
+    def chat_request(self, body: Any) -> ChatRequest:
+        """A decoded body validated as a chat request (in the preparing thread)."""
         engine = self.engine
         return parse_chat_request(
             body, [engine.model_name], engine.n_vocab, max_n=self.limits.max_n
         )
+
+    def chat_plan(self, body: Any) -> tuple[ChatRequest, Plan]:
+        """A decoded body validated and planned (in the preparing thread)."""
+        req = self.chat_request(body)
+        budget = self.limits.max_request_tokens
+        return req, plan_request(self.engine, req, max_request_tokens=budget)
 
     def check_auth(self, request: Request) -> None:
         if not self.api_key:
@@ -133,20 +148,17 @@ class _Server:
         self.check_auth(request)
         cancel = threading.Event()
         engine = self.engine
-        budget = self.limits.max_request_tokens
         with self.admitted():
-            req = await self.parsed(request, self.chat_request)
+            req, plan = await self.prepared(request, self.chat_plan)
             if not req.stream:
 
                 def complete() -> dict[str, Any] | None:
-                    plan = plan_request(engine, req, max_request_tokens=budget)
                     return run_chat(engine, req, plan, timing=timing, cancel=cancel)
 
                 job = self.worker.submit(complete, cancel)
             else:
 
                 def produce(emit: Any) -> None:
-                    plan = plan_request(engine, req, max_request_tokens=budget)
                     emit(_READY)
                     run_chat(engine, req, plan, timing=timing, cancel=cancel, emit=emit)
 
@@ -241,17 +253,15 @@ class _Server:
         self.check_auth(request)
         engine = self.engine
 
-        def parse(body: Any) -> Any:
+        def count(body: Any) -> list[int]:
             if not isinstance(body, dict):
                 raise bad("the request body must be a JSON object")
             if body.get("messages") is not None:
-                return self.chat_request({**body, "model": engine.model_name})
+                req = self.chat_request({**body, "model": engine.model_name})
+                return plan_request(engine, req).prompt_tokens
             prompt = body.get("prompt")
             if not isinstance(prompt, str):
                 raise bad("send {'prompt': str} or {'messages': [...]}", "prompt")
-            return prompt
-
-        def count(prompt: str) -> list[int]:
             least = prompt_bound(engine).at_least(prompt)
             if least >= engine.n_ctx:  # refused untokenised, as a chat prompt would be
                 raise RequestError(
@@ -263,20 +273,15 @@ class _Server:
                 )
             return engine.tokenize(prompt, special=True)
 
-        with self.admitted():
-            got = await self.parsed(request, parse)
-            if isinstance(got, str):
-                job = self.worker.submit(lambda: count(got))
-            else:
-                job = self.worker.submit(lambda: plan_request(engine, got).prompt_tokens)
-        tokens = await asyncio.wrap_future(job)
+        with self.admitted():  # tokenising uses the vocabulary only: no job for the worker
+            tokens = await self.prepared(request, count)
         return _JSON({"tokens": tokens, "count": len(tokens), "max_model_len": engine.n_ctx})
 
     async def detokenize(self, request: Request) -> Response:
         self.check_auth(request)
         engine = self.engine
 
-        def parse(body: Any) -> list[int]:
+        def text(body: Any) -> str:
             tokens = body.get("tokens") if isinstance(body, dict) else None
             if not isinstance(tokens, list) or not all(
                 isinstance(t, int) and not isinstance(t, bool) for t in tokens
@@ -285,12 +290,10 @@ class _Server:
             n = engine.n_vocab
             if any(not 0 <= t < n for t in tokens):
                 raise bad(f"token ids must be in 0..{n - 1}", "tokens")
-            return tokens
+            return engine.detokenize(tokens)
 
         with self.admitted():
-            tokens = await self.parsed(request, parse)
-            job = self.worker.submit(lambda: engine.detokenize(tokens))
-        return _JSON({"prompt": await asyncio.wrap_future(job)})
+            return _JSON({"prompt": await self.prepared(request, text)})
 
 
 async def _unless_disconnected(request: Request, awaitable: Awaitable[Any]) -> Any:

@@ -180,7 +180,7 @@ def _pieces(engine: Engine) -> Iterator[bytes]:
 def prompt_bound(engine: Engine) -> PromptBound:
     """The :class:`PromptBound` of ``engine``'s vocabulary (computed once, ~0.1 s).
 
-    Call it from the thread that owns the model.
+    Reads the vocabulary only, like tokenising: safe beside a generation.
     """
     with _bounds_lock:
         bound = _bounds.get(engine)

@@ -1,7 +1,9 @@
 """The one thread that owns the model, and the bridge from it to asyncio.
 
 A llama.cpp context is not thread-safe (two threads on one ``Llama`` abort the process), so
-every use of the engine is a job on :class:`Worker`'s queue, run in turn. Each job carries a
+every use of the context (evaluating, sampling) is a job on :class:`Worker`'s queue, run in
+turn. Only the read-only vocabulary (tokenising, templating, grammar checks) is used from
+elsewhere: the app's preparing thread plans requests beside a running generation. Each job carries a
 cancel flag that the generation loop checks at every token; a job cancelled while still
 queued is skipped. The worker counts its jobs (queued or running) and keeps a running mean of
 how long one takes, which the server's queue limit reads (:mod:`tmlab.server.limits`).
