@@ -5,8 +5,11 @@ limit is reached quickly. Each row of the issue's table is a test that measures 
 would notice: how long the refusal took, how long a small request sent meanwhile waited, and
 how much memory the server process reached (``VmHWM``, its peak resident set, from /proc).
 
-Timing bounds are generous on purpose (2 cores shared with other model tests): a one-token
-answer takes 0.2-2 s here; before this change it waited 13 s behind a 20 MB body.
+The small request's wait is the time the server itself reports it queued
+(``perf_metrics.queue_time``: from its arrival to the start of its generation), which what
+runs ahead of it decides, not how crowded the machine is; before this change it was 13 s
+behind a 20 MB body. Its whole latency is shown too, not asserted: on 2 cores shared with other
+model servers a one-token answer takes anything from 0.2 to 15 s.
 """
 
 from __future__ import annotations
@@ -38,9 +41,12 @@ MAX_QUEUE = 2
 MiB = 1024 * 1024
 
 SMALL = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
-# A small request must not wait behind a refused one for longer than this. Generous: a
-# one-token answer takes well under 2 s here even on a crowded machine.
-SMALL_WAIT_BOUND_S = 10.0
+# How long a small request may queue behind a refused one: milliseconds are expected (the
+# refused one never reaches the model), seconds allow for a crowded machine.
+SMALL_QUEUE_BOUND_S = 2.0
+# How long a refusal may take: measured 0.04-0.7 s (a 60 MB upload over loopback); before
+# this change 14.8 s for a 20 MB body and no answer within 120 s for 60 MB.
+REJECT_BOUND_S = 10.0
 # How much a refused request may raise the server's peak memory: the body it holds is at
 # most LIMIT, decoded and rendered a few times over; before this change a 60 MB body took
 # it to 4.7 GB.
@@ -98,7 +104,8 @@ class Row:
     name: str
     status: int
     reject_s: float  # from sending the request to its answer
-    small_wait_s: float  # a one-token request sent while it was in flight
+    small_wait_s: float  # a one-token request sent while it was in flight: whole latency
+    small_queue_s: float  # … of which queued (as the server reports it)
     health_max_s: float  # the slowest /health answer meanwhile
     peak_mb: float  # VmHWM of the server process afterwards
     growth_mb: float  # VmHWM afterwards minus VmHWM before
@@ -106,7 +113,8 @@ class Row:
 
     def line(self) -> str:
         return (
-            f"| {self.name} | {self.status} | {self.reject_s:.3f} s | {self.small_wait_s:.3f} s"
+            f"| {self.name} | {self.status} | {self.reject_s:.3f} s"
+            f" | {self.small_queue_s:.3f} s ({self.small_wait_s:.3f} s in all)"
             f" | {self.peak_mb:.0f} MB (+{self.growth_mb:.0f})"
             f" | health ≤ {self.health_max_s:.3f} s |"
         )
@@ -142,7 +150,7 @@ def measure(server: LocalServer, name: str, send: Callable[[httpx.Client], httpx
     time.sleep(0.05)  # the big one is on its way
     with httpx.Client(base_url=server.url, timeout=180) as c:
         t = time.perf_counter()
-        small = c.post("/v1/chat/completions", json=SMALL)
+        small = c.post("/v1/chat/completions", json={**SMALL, "perf_metrics_in_response": True})
         small_s = time.perf_counter() - t
     sender.join(180)
     done.set()
@@ -155,12 +163,16 @@ def measure(server: LocalServer, name: str, send: Callable[[httpx.Client], httpx
         r.status_code,
         box["t"],
         small_s,
+        small.json()["perf_metrics"]["queue_time"],
         max(health),
         after / 1024,
         (after - before) / 1024,
         r.json(),
     )
     print(row.line())
+    assert row.reject_s < REJECT_BOUND_S, row
+    assert row.small_queue_s < SMALL_QUEUE_BOUND_S, row
+    assert row.health_max_s < SMALL_QUEUE_BOUND_S, row  # /health answered throughout
     return row
 
 
@@ -190,7 +202,6 @@ def test_a_body_over_the_limit_is_a_413_that_costs_no_memory(
     err = row.body["error"]
     assert err["code"] == "request_too_large" and "--max-body-bytes" in err["message"]
     assert f"{LIMIT:,}" in err["message"]
-    assert row.small_wait_s < SMALL_WAIT_BOUND_S
     assert row.growth_mb < RSS_GROWTH_BOUND_MB, row
 
 
@@ -254,7 +265,6 @@ def test_a_1_mb_prompt_is_refused_without_tokenising_it(server: LocalServer) -> 
     # "at least": counted from its length alone, not tokenised
     assert f"the prompt is at least {1_000_000 // 25}" in err["message"]
     assert f"context is {N_CTX} tokens" in err["message"]
-    assert row.small_wait_s < SMALL_WAIT_BOUND_S
     assert row.growth_mb < RSS_GROWTH_BOUND_MB, row
 
 
@@ -271,13 +281,14 @@ def test_a_prompt_in_the_undecided_band_gets_its_exact_count(client: httpx.Clien
 FIVE_THOUSAND = [
     {
         "role": "user" if i % 2 == 0 else "assistant",
-        "content": f"Message {i}: " + "tell me more " * 15,
+        "content": f"Message {i}: " + "tell me more " * 10,
     }
     for i in range(5000)
 ]
 
 
 def test_5000_messages_are_refused_quickly(server: LocalServer) -> None:
+    assert len(json.dumps(FIVE_THOUSAND)) < LIMIT
     row = measure(
         server,
         "5,000 messages",
@@ -286,21 +297,24 @@ def test_5000_messages_are_refused_quickly(server: LocalServer) -> None:
     assert row.status == 400
     err = row.body["error"]
     assert err["param"] == "messages" and err["code"] == "context_length_exceeded"
-    assert row.small_wait_s < SMALL_WAIT_BOUND_S
 
 
 def test_5000_messages_truncated_keep_the_newest(client: httpx.Client) -> None:
-    # dropping the oldest until it fits is a bisection, not 5,000 renderings
-    t = time.perf_counter()
+    # dropping the oldest until it fits is a bisection, not 5,000 renderings (which took
+    # minutes): planning it is part of its queue time
     r = client.post(
         "/v1/chat/completions",
-        json={**SMALL, "messages": FIVE_THOUSAND, "prompt_truncate_len": 1000},
+        json={
+            **SMALL,
+            "messages": FIVE_THOUSAND,
+            "prompt_truncate_len": 1000,
+            "perf_metrics_in_response": True,
+        },
     )
-    took = time.perf_counter() - t
     assert r.status_code == 200, r.text
     prompt = r.json()["usage"]["prompt_tokens"]
     assert 900 < prompt <= 1000  # as many of the newest messages as fit
-    assert took < SMALL_WAIT_BOUND_S
+    assert r.json()["perf_metrics"]["queue_time"] < REJECT_BOUND_S
     tokenized = client.post("/tokenize", json={"messages": FIVE_THOUSAND[-20:]}).json()["count"]
     assert tokenized < prompt  # more than the last 20 messages were kept
 
@@ -332,7 +346,7 @@ def test_n_times_max_tokens_is_bounded(client: httpx.Client) -> None:
     )
     assert "capped to what the context leaves" in err["message"]
     ok = {**SMALL, "max_completion_tokens": 10**9, "max_tokens": None, "n": 1}
-    ok["messages"] = [{"role": "user", "content": "Say hi."}]
+    ok.update(messages=[{"role": "user", "content": "Say hi."}], temperature=0)
     assert client.post("/v1/chat/completions", json=ok).status_code == 200
 
 
@@ -341,7 +355,15 @@ def test_n_times_max_tokens_is_bounded(client: httpx.Client) -> None:
     [
         ({"stop": [f"s{i}" for i in range(5000)]}, 400, "stop"),
         ({"seed": 2**80}, 400, "seed"),
-        ({"max_tokens": 10**9, "messages": [{"role": "user", "content": "Say hi."}]}, 200, None),
+        (
+            {
+                "max_tokens": 10**9,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": "Hi"}],
+            },
+            200,
+            None,
+        ),
         ({"logit_bias": {str(i): -1 for i in range(49_000)}}, 200, None),
     ],
 )
@@ -350,7 +372,8 @@ def test_hostile_but_small_requests_keep_their_answers(
 ) -> None:
     t = time.perf_counter()
     r = client.post("/v1/chat/completions", json={**SMALL, **extra})
-    assert time.perf_counter() - t < SMALL_WAIT_BOUND_S
+    if status != 200:
+        assert time.perf_counter() - t < REJECT_BOUND_S
     if status == 200:
         assert r.status_code == 200, r.text[:300]
     else:
@@ -398,7 +421,7 @@ def test_a_full_queue_answers_503_with_retry_after(
         time.sleep(1.0)  # they are read, planned and queued behind the busy stream
         t = time.perf_counter()
         r = client.post("/v1/chat/completions", json=SMALL)
-        assert time.perf_counter() - t < SMALL_WAIT_BOUND_S  # refused, not queued
+        assert time.perf_counter() - t < REJECT_BOUND_S  # refused, not queued
         err = envelope(r, 503)
         assert err["code"] == "server_overloaded" and err["type"] == "server_error"
         assert "--max-queue" in err["message"] and f"{MAX_QUEUE} requests" in err["message"]
