@@ -213,10 +213,9 @@ def test_a_declared_oversize_body_is_refused_before_it_is_sent(server: LocalServ
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (60 * MiB)
         )
-        answer = sock.recv(65536)
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 413"), answer[:200]
-    assert json.loads(body)["error"]["code"] == "request_too_large"
+        answer = _read_until(sock, b'"code"')  # the envelope's last field
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"code": "request_too_large"' in answer
 
 
 def test_a_chunked_body_is_counted_as_it_arrives(server: LocalServer) -> None:
@@ -263,7 +262,8 @@ def test_a_1_mb_prompt_is_refused_without_tokenising_it(server: LocalServer) -> 
     err = row.body["error"]
     assert err["param"] == "messages" and err["code"] == "context_length_exceeded"
     # "at least": counted from its length alone, not tokenised
-    assert f"the prompt is at least {1_000_000 // 25}" in err["message"]
+    assert err["message"].startswith("the prompt is at least ")
+    assert int(err["message"].split()[5]) >= 800_000 // 25  # 800 kB of letters, ≤ 25 a token
     assert f"context is {N_CTX} tokens" in err["message"]
     assert row.growth_mb < RSS_GROWTH_BOUND_MB, row
 
