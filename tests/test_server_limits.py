@@ -27,6 +27,8 @@ from typing import Any
 import httpx
 import pytest
 from _e2e import MODEL, STORY, post_raw
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tmlab.local
 from tmlab.local import LocalServer
@@ -488,3 +490,97 @@ def test_the_server_says_its_limits(client: httpx.Client) -> None:
         "max_queue": MAX_QUEUE,
         "n_ctx": N_CTX,
     }
+
+
+# -- in-process: the bound, the per-request budget, and planning beside a generation ----------
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Any]:
+    from tmlab.server.engine import Engine
+
+    e = Engine(n_ctx=256, n_threads=1)
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+RUNS = st.sampled_from([" ", "\n", "-", "#", "=", "\t", "ab", "é", "😀", "<|im_start|>", "1"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(max_size=300)
+    | st.lists(st.tuples(RUNS, st.integers(1, 400)), max_size=6).map(
+        lambda runs: "".join(piece * k for piece, k in runs)
+    )
+)
+def test_the_length_bound_never_exceeds_the_true_count(engine: Any, text: str) -> None:
+    from tmlab.server.limits import prompt_bound
+
+    assert prompt_bound(engine).at_least(text) <= len(engine.tokenize(text))
+
+
+def test_the_bound_sees_the_longest_tokens(engine: Any) -> None:
+    from tmlab.server.limits import prompt_bound
+
+    bound = prompt_bound(engine)
+    # SmolLM2 has an 81-byte token (a newline and 80 spaces): llama-cpp-python's own
+    # detokenize returns nothing for tokens over 32 bytes, so the bound reads llama.cpp's
+    assert bound.longest == len(b"\n" + b" " * 80)
+    assert bound.longest_core == len("ManagementPlaneProtection")
+
+
+def test_an_unset_max_tokens_shares_the_budget(engine: Any) -> None:
+    from tmlab.server.prompting import plan_request
+    from tmlab.server.protocol import RequestError, parse_chat_request
+
+    def plan(budget: int, **extra: Any) -> Any:
+        req = parse_chat_request({**SMALL, "max_tokens": None, **extra}, [MODEL], engine.n_vocab)
+        return plan_request(engine, req, max_request_tokens=budget)
+
+    assert plan(1000, n=1).max_tokens == engine.n_ctx - len(plan(1000).prompt_tokens)
+    assert plan(100, n=4).max_tokens == 25  # not the context's room: the budget, shared
+    assert plan(100, n=4, max_tokens=25).max_tokens == 25
+    with pytest.raises(RequestError) as exc:
+        plan(100, n=4, max_tokens=26)
+    assert exc.value.param == "max_tokens" and "4 × 26 = 104" in exc.value.message
+    with pytest.raises(RequestError) as exc:
+        plan(3, n=4)
+    assert exc.value.param == "n"
+
+
+def test_planning_beside_a_generation_changes_nothing(engine: Any) -> None:
+    # The preparing thread tokenises, renders and checks grammars while the worker
+    # generates: the numbers must be those of a generation alone, and nothing may crash.
+    from tmlab.server.engine import Sampling
+    from tmlab.server.prompting import JSON_GBNF
+
+    prompt = engine.tokenize(engine.render(STORY))
+
+    def generate() -> list[tuple[int, float]]:
+        steps = engine.generate(prompt, Sampling(temperature=0), max_tokens=24, top_logprobs=2)
+        return [(s.token_id, s.logprob) for s in steps]
+
+    alone = generate()
+    stop = threading.Event()
+    done = [0]
+
+    def churn() -> None:
+        while not stop.is_set():
+            tokens = engine.tokenize("ab cd\n-#  " * 2000)
+            engine.detokenize(tokens[:500])
+            engine.grammar_from_gbnf(JSON_GBNF)
+            engine.render([{"role": "user", "content": "x" * 1000}])
+            done[0] += 1
+
+    side = threading.Thread(target=churn)
+    side.start()
+    try:
+        beside = [generate() for _ in range(3)]
+    finally:
+        stop.set()
+        side.join()
+    assert done[0] > 0
+    assert beside == [alone] * 3
