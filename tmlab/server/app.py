@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import json
 import threading
@@ -111,7 +112,7 @@ class _Server:
         """The body, read up to the limit, then decoded and ``prepare``d off the event loop."""
         raw = await read_body(request, self.limits.max_body_bytes)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.preparer, lambda: prepare(parse_json(raw)))
+        return await loop.run_in_executor(self.preparer, lambda: prepare(_decode(raw)))
 
     def chat_request(self, body: Any) -> ChatRequest:
         """A decoded body validated as a chat request (in the preparing thread)."""
@@ -294,6 +295,22 @@ class _Server:
 
         with self.admitted():
             return _JSON({"prompt": await self.prepared(request, text)})
+
+
+def _decode(raw: bytes) -> Any:
+    """:func:`parse_json` with the garbage collector paused.
+
+    Decoding holds the GIL, so the event loop waits meanwhile. A body of a million small
+    arrays makes a million tracked objects, and with the collector on, their allocation runs
+    full collections over and over: 0.5-1 s for 4 MiB instead of 0.15 s.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return parse_json(raw)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 async def _unless_disconnected(request: Request, awaitable: Awaitable[Any]) -> Any:
