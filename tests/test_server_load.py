@@ -1,8 +1,10 @@
-"""Load: 32 concurrent clients against one model are all answered, in turn, none refused."""
+"""Load: 32 concurrent clients against one model are all answered, in turn, none refused,
+even with an oversized body and a pasted book thrown in (issue 16: those are refused alone)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -25,14 +27,29 @@ def test_32_concurrent_clients_are_all_answered(local_server: Any) -> None:
         r = await client.post("/v1/chat/completions", json=body)
         return r.status_code, r.text
 
-    async def main() -> list[tuple[int, str]]:
+    async def oversized(client: httpx.AsyncClient, content: bytes) -> int:
+        r = await client.post("/v1/chat/completions", content=content)
+        return r.status_code
+
+    def body(text: str) -> bytes:
+        return json.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": text}]}
+        ).encode()
+
+    async def main() -> tuple[list[tuple[int, str]], list[int]]:
         limits = httpx.Limits(max_connections=64)
         async with httpx.AsyncClient(
             base_url=local_server.url, timeout=180.0, limits=limits
         ) as client:
-            return await asyncio.gather(*(one(client, i) for i in range(32)))
+            answers = asyncio.gather(*(one(client, i) for i in range(32)))
+            refused = asyncio.gather(
+                oversized(client, body("word " * 4_000_000)),  # 20 MB
+                oversized(client, body("word " * 200_000)),  # a 1 MB prompt
+            )
+            return await answers, await refused
 
-    results = asyncio.run(main())
+    results, refused = asyncio.run(main())
+    assert refused == [413, 400]
     assert [status for status, _ in results] == [200] * 32
     for i, (_, text) in enumerate(results):
         assert ("data: [DONE]" in text) if i % 2 else ('"chat.completion"' in text)

@@ -211,16 +211,32 @@ def start(
     quiet: bool = False,
     timeout: float = 120.0,
     n_ctx: int | None = None,
+    *,
+    max_body_bytes: int | None = None,
+    max_n: int | None = None,
+    max_request_tokens: int | None = None,
+    max_queue: int | None = None,
 ) -> LocalServer:
     """Start a local server in a subprocess and wait until ``/health`` answers.
 
     ``port=None`` picks a free port; ``n_ctx`` sets the context size in tokens (default
-    8192). Raises :class:`~tmlab.LocalServerError` (with the server's last stderr lines) if
-    it exits or is not healthy within ``timeout`` seconds; an interrupt (Ctrl-C) while
-    waiting stops the child before it propagates. Unless ``quiet``, shows one line of
+    8192); ``max_body_bytes``, ``max_n``, ``max_request_tokens`` and ``max_queue`` set what
+    one request may cost (the options of ``tmlab serve``; None: the server's default).
+    Raises :class:`~tmlab.LocalServerError` (with the server's last stderr lines) if it exits
+    or is not healthy within ``timeout`` seconds; an interrupt (Ctrl-C) while waiting stops
+    the child before it propagates. Unless ``quiet``, shows one line of
     progress (stdout, or a display in Jupyter) when starting takes more than a moment.
     """
-    return _start(host, port, model_path, api_key, timeout, n_ctx, None, None if quiet else 1.0)
+    limits = {
+        "--max-body-bytes": max_body_bytes,
+        "--max-n": max_n,
+        "--max-request-tokens": max_request_tokens,
+        "--max-queue": max_queue,
+    }
+    extra = [a for flag, v in limits.items() if v is not None for a in (flag, str(int(v)))]
+    return _start(
+        host, port, model_path, api_key, timeout, n_ctx, None, None if quiet else 1.0, extra
+    )
 
 
 def _start(
@@ -232,6 +248,7 @@ def _start(
     n_ctx: int | None,
     notice: _Notice | None,
     notice_after: float | None,
+    server_args: list[str] | None = None,
 ) -> LocalServer:
     cmd = [
         sys.executable,
@@ -251,6 +268,7 @@ def _start(
         cmd += ["--model-path", str(model_path)]
     if n_ctx is not None:
         cmd += ["--n-ctx", str(int(n_ctx))]
+    cmd += server_args or []
     env = dict(os.environ)
     if api_key is not None:
         env["TMLAB_SERVER_API_KEY"] = api_key  # not on the command line, where ps shows it

@@ -1,5 +1,9 @@
 """``python -m tmlab.server``: load the model, bind a socket, serve until told to stop.
 
+Options: where to listen, the model, its context, and what one request may cost
+(``--max-body-bytes``, ``--max-n``, ``--max-request-tokens``, ``--max-queue``; see
+:mod:`tmlab.server.limits`).
+
 Prints one line ``TMLAB_SERVER_READY http://HOST:PORT`` on stdout once it answers, which is
 how :func:`tmlab.local.start` learns the port when it asked for port 0. With
 ``--parent-pid`` it exits when that process is gone, so a crashed kernel leaves no server
@@ -18,6 +22,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tmlab.local import READY_PREFIX
+from tmlab.server.limits import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_N,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_REQUEST_TOKENS,
+    Limits,
+)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -35,9 +46,55 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     p.add_argument("--n-ctx", type=int, default=8192, help="context size in tokens")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp")
+    limits = p.add_argument_group(
+        "limits", "what one request may cost (a server shared by a room stays responsive)"
+    )
+    limits.add_argument(
+        "--max-body-bytes",
+        type=_at_least(1),
+        default=DEFAULT_MAX_BODY_BYTES,
+        metavar="N",
+        help=f"larger request bodies get 413, unread (default {DEFAULT_MAX_BODY_BYTES}: 4 MiB)",
+    )
+    limits.add_argument(
+        "--max-n",
+        type=_at_least(1),
+        default=DEFAULT_MAX_N,
+        metavar="N",
+        help=f"most choices (n) per request (default {DEFAULT_MAX_N})",
+    )
+    limits.add_argument(
+        "--max-request-tokens",
+        type=_at_least(1),
+        default=DEFAULT_MAX_REQUEST_TOKENS,
+        metavar="N",
+        help="most tokens one request may generate, n x max_tokens "
+        f"(default {DEFAULT_MAX_REQUEST_TOKENS})",
+    )
+    limits.add_argument(
+        "--max-queue",
+        type=_at_least(0),
+        default=DEFAULT_MAX_QUEUE,
+        metavar="N",
+        help="most requests waiting for the model; beyond, 503 with Retry-After "
+        f"(default {DEFAULT_MAX_QUEUE})",
+    )
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress or access log")
     return p
+
+
+def _at_least(least: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum, {least}")
+        return value
+
+    return parse
 
 
 def _alive(pid: int) -> bool:
@@ -102,7 +159,13 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    app = create_app(engine, api_key=args.api_key, close_engine=True)
+    limits = Limits(
+        max_body_bytes=args.max_body_bytes,
+        max_n=args.max_n,
+        max_request_tokens=args.max_request_tokens,
+        max_queue=args.max_queue,
+    )
+    app = create_app(engine, api_key=args.api_key, close_engine=True, limits=limits)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

@@ -1,7 +1,9 @@
 """The llama.cpp side of the local server: one model, its template, and a token loop.
 
 :class:`Engine` owns one ``llama_cpp.Llama``. It is NOT thread-safe (llama.cpp aborts the
-process when two threads use one context); the server calls it from a single worker thread.
+process when two threads use one context); the server calls it from a single worker thread,
+except the vocabulary-only methods (``tokenize``, ``detokenize``, ``token_bytes``, ``render``,
+``grammar_from_gbnf``), which one other thread uses to plan requests.
 
 The generation loop is written here, over ``Llama.eval`` and a llama.cpp sampler chain,
 instead of ``create_chat_completion``, for two reasons:

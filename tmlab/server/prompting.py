@@ -1,6 +1,10 @@
 """From a chat request to prompt text and grammars: templating, tools, truncation, limits.
 
 Everything here runs before any token is generated, so every problem is still a clean 400.
+It runs in the model's worker thread, never on the event loop. A prompt is rendered, then
+tokenised only when its byte length leaves it a chance to fit the context
+(:class:`tmlab.server.limits.PromptBound`): a pasted book is refused after a rendering, not
+after seconds of tokenising.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tmlab.server.engine import Engine, GrammarError
+from tmlab.server.limits import prompt_bound
 from tmlab.server.protocol import ChatRequest, RequestError, bad
 
 __all__ = ["REASONING_BUDGETS", "TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "Plan", "plan_request"]
@@ -150,6 +155,32 @@ def _with_system(messages: list[dict[str, Any]], note: str) -> list[dict[str, An
     return [{"role": "system", "content": note}, *messages]
 
 
+@dataclass
+class _Count:
+    """A text's tokens when they fit a limit (else None), and how many there are.
+
+    ``exact`` is False when the text was not tokenised because its length alone proves it
+    longer than the limit; ``count`` is then that lower bound.
+    """
+
+    tokens: list[int] | None
+    count: int
+    exact: bool
+
+    def said(self) -> str:
+        """The count as a message says it."""
+        return str(self.count) if self.exact else f"at least {self.count}"
+
+
+def _tokens_within(engine: Engine, text: str, limit: int) -> _Count:
+    """Tokenise ``text`` unless its byte length alone proves it longer than ``limit`` tokens."""
+    least = prompt_bound(engine).at_least(text)
+    if least > limit:
+        return _Count(None, least, exact=False)
+    tokens = engine.tokenize(text)
+    return _Count(tokens if len(tokens) <= limit else None, len(tokens), exact=True)
+
+
 def _truncate(
     engine: Engine,
     messages: list[dict[str, Any]],
@@ -158,22 +189,38 @@ def _truncate(
     """Drop the oldest non-system messages until the prompt fits ``limit`` tokens.
 
     System messages and the last message are never dropped; when what remains is still
-    longer than ``limit``, that is a 400 naming the shortest length possible.
+    longer than ``limit``, that is a 400 naming the shortest length possible. How many to
+    drop is found by bisection (a prompt never grows when a message is dropped), so a long
+    conversation costs a few renderings, not one per message.
     """
-    msgs = list(messages)
-    while True:
-        text = engine.render(msgs)
-        tokens = engine.tokenize(text)
-        if len(tokens) <= limit:
-            return msgs, text, tokens
-        droppable = [i for i, m in enumerate(msgs[:-1]) if m["role"] != "system"]
-        if not droppable:
+    droppable = [i for i, m in enumerate(messages[:-1]) if m["role"] != "system"]
+
+    def attempt(k: int) -> tuple[list[dict[str, Any]], str, _Count]:
+        gone = set(droppable[:k])
+        kept = [m for i, m in enumerate(messages) if i not in gone]
+        text = engine.render(kept)
+        return kept, text, _tokens_within(engine, text, limit)
+
+    best = attempt(0)
+    if best[2].tokens is None:
+        fewest = attempt(len(droppable))
+        if fewest[2].tokens is None:
             raise bad(
                 f"prompt_truncate_len={limit} is too small: the system messages and the last "
-                f"message alone take {len(tokens)} tokens, which is the minimum",
+                f"message alone take {fewest[2].said()} tokens, which is the minimum",
                 "prompt_truncate_len",
             )
-        del msgs[droppable[0]]
+        lo, hi, best = 0, len(droppable), fewest  # attempt(lo) is too long, attempt(hi) fits
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            got = attempt(mid)
+            if got[2].tokens is None:
+                lo = mid
+            else:
+                hi, best = mid, got
+    kept, text, count = best
+    assert count.tokens is not None
+    return kept, text, count.tokens
 
 
 def _fit_reasoning(engine: Engine, text: str, budget: tuple[int, int]) -> tuple[int, int]:
@@ -193,8 +240,43 @@ def _fit_reasoning(engine: Engine, text: str, budget: tuple[int, int]) -> tuple[
     return min(budget[0], room), min(budget[1], room)
 
 
-def plan_request(engine: Engine, req: ChatRequest) -> Plan:
-    """Turn a validated request into a :class:`Plan`; raises :class:`RequestError`."""
+def _within_request_budget(
+    req: ChatRequest, max_tokens: int, requested: int | None, budget: int
+) -> int:
+    """``max_tokens`` per choice such that ``n × max_tokens <= budget``, or a 400.
+
+    A request that set no limit gets ``budget // n`` per choice; one whose limit (as far as
+    the context allows it) is over the budget is refused.
+    """
+    n = req.get("n", 1)
+    if n * max_tokens <= budget:
+        return max_tokens
+    if requested is not None or budget < n:
+        only_new = req.get("max_tokens") is None and req.get("max_completion_tokens") is not None
+        name = "max_completion_tokens" if only_new else "max_tokens"
+        param = name if requested is not None else "n"
+        capped = ""
+        if requested is None:
+            capped = " (unset: what the context leaves)"
+        elif requested != max_tokens:
+            capped = " (capped to what the context leaves)"
+        raise bad(
+            f"n × {name} = {n} × {max_tokens}{capped} = {n * max_tokens} tokens is more than "
+            f"this server generates for one request: at most {budget} "
+            f"(tmlab serve --max-request-tokens); lower {name} or n",
+            param,
+        )
+    return budget // n
+
+
+def plan_request(
+    engine: Engine, req: ChatRequest, *, max_request_tokens: int | None = None
+) -> Plan:
+    """Turn a validated request into a :class:`Plan`; raises :class:`RequestError`.
+
+    ``max_request_tokens``: this server's bound on ``n × max_tokens`` (see
+    :mod:`tmlab.server.limits`).
+    """
     messages = _template_messages(req.messages)
     tools = req.get("tools") or []
     choice = req.get("tool_choice", "auto")
@@ -236,27 +318,29 @@ def plan_request(engine: Engine, req: ChatRequest) -> Plan:
         grammar = _schema_grammar(engine, schema, "response_format")
 
     limit = req.get("prompt_truncate_len")
+    n_ctx = engine.n_ctx
     try:
         if limit is not None:
             messages, text, tokens = _truncate(engine, messages, limit)
+            count = _Count(tokens, len(tokens), exact=True)
         else:
             text = engine.render(messages)
-            tokens = engine.tokenize(text)
+            count = _tokens_within(engine, text, n_ctx - 1)
     except RequestError:
         raise
     except Exception as exc:  # a template that raises on these messages
         raise bad(f"the chat template cannot render these messages: {exc}", "messages") from None
 
-    n_ctx = engine.n_ctx
-    if len(tokens) >= n_ctx:
+    if count.tokens is None or count.count >= n_ctx:
         raise RequestError(
             400,
-            f"the prompt is {len(tokens)} tokens long; this model's "
+            f"the prompt is {count.said()} tokens long; this model's "
             f"context is {n_ctx} tokens (use prompt_truncate_len to drop "
             "older messages)",
             param="messages",
             code="context_length_exceeded",
         )
+    tokens = count.tokens
     # The API accepts both names; given both, this server honours the smaller limit.
     limits = [v for v in (req.get("max_tokens"), req.get("max_completion_tokens")) if v is not None]
     requested = min(limits) if limits else None
@@ -275,6 +359,8 @@ def plan_request(engine: Engine, req: ChatRequest) -> Plan:
         max_tokens = room
     else:
         max_tokens = requested
+    if max_request_tokens is not None:
+        max_tokens = _within_request_budget(req, max_tokens, requested, max_request_tokens)
 
     stop = req.get("stop") or []
     stop = [stop] if isinstance(stop, str) else [s for s in stop if s]

@@ -33,12 +33,14 @@ class RequestError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.status = status
         self.message = message
         self.type = type
         self.param = param
         self.code = code
+        self.headers = headers or {}
         super().__init__(message)
 
     def body(self) -> dict[str, Any]:
@@ -138,11 +140,14 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
     return messages
 
 
-def parse_chat_request(body: Any, served: list[str], n_vocab: int) -> ChatRequest:
+def parse_chat_request(
+    body: Any, served: list[str], n_vocab: int, *, max_n: int | None = None
+) -> ChatRequest:
     """Validate a decoded chat-completions body against the parameter table.
 
     Unknown fields are ignored (as vLLM does); known ones are checked for type, range and the
-    combinations the API rejects. An unknown model is a 404 listing the served models.
+    combinations the API rejects. An unknown model is a 404 listing the served models; ``n``
+    above ``max_n`` (this server's limit) is a 400 naming ``n``.
     """
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
@@ -168,6 +173,13 @@ def parse_chat_request(body: Any, served: list[str], n_vocab: int) -> ChatReques
         params = validate_params(known, warn=False)  # both max_tokens names: the smaller
     except ParameterError as exc:
         raise bad(str(exc), exc.param) from None
+    n = params.get("n")
+    if max_n is not None and n is not None and n > max_n:
+        raise bad(
+            f"n={n} is more choices than this server generates for one request: at most "
+            f"{max_n} (tmlab serve --max-n); send several requests instead",
+            "n",
+        )
     if params.get("stream_options") is not None and not stream:
         raise bad("stream_options is only allowed when stream=true", "stream_options")
     for key in params.get("logit_bias") or {}:

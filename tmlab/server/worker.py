@@ -1,18 +1,24 @@
 """The one thread that owns the model, and the bridge from it to asyncio.
 
 A llama.cpp context is not thread-safe (two threads on one ``Llama`` abort the process), so
-every use of the engine is a job on :class:`Worker`'s queue, run in turn. Each job carries a
+every use of the context (evaluating, sampling) is a job on :class:`Worker`'s queue, run in
+turn. Only the read-only vocabulary (tokenising, templating, grammar checks) is used from
+elsewhere: the app's preparing thread plans requests beside a running generation. Each job carries a
 cancel flag that the generation loop checks at every token; a job cancelled while still
-queued is skipped.
+queued is skipped. The worker counts its jobs (queued or running, their client still there)
+and keeps a running mean of how long one takes, which the server's queue limit reads
+(:mod:`tmlab.server.limits`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
+import collections
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 __all__ = ["DONE", "Worker"]
@@ -23,35 +29,82 @@ DONE = object()
 """Sentinel that ends a job's event stream."""
 
 
+@dataclass(eq=False)
+class _Job:
+    fn: Callable[[], Any]
+    fut: Future[Any]
+    cancel: threading.Event
+
+    def dropped(self) -> bool:
+        """Its client is gone (the request set the flag, or cancelled the future)."""
+        return self.cancel.is_set() or self.fut.cancelled()
+
+
 class Worker:
     """A single thread running jobs one at a time, in arrival order."""
 
     def __init__(self, name: str = "tmlab-model") -> None:
-        self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any], threading.Event] | None]
-        self._jobs = queue.Queue()
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Job | None] = collections.deque()
+        self._running: _Job | None = None
+        self.mean_job_s = 1.0  # running mean of a job's duration, for Retry-After estimates
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
+    def pending(self) -> int:
+        """Jobs queued or running whose client is still there.
+
+        Queued jobs whose client left are dropped here and then, so that neither their
+        place in the queue nor the request they hold outlives their client.
+        """
+        with self._cond:
+            gone = [j for j in self._queue if j is not None and j.dropped()]
+            if gone:
+                self._queue = collections.deque(
+                    j for j in self._queue if j is None or not j.dropped()
+                )
+                for job in gone:
+                    job.fut.cancel()
+            running = self._running is not None and not self._running.dropped()
+            return int(running) + sum(j is not None for j in self._queue)
+
     def _loop(self) -> None:
         while True:
-            item = self._jobs.get()
-            if item is None:
-                return
-            fn, fut, cancel = item
-            if cancel.is_set():  # its client is gone
-                fut.cancel()
-                continue
-            if not fut.set_running_or_notify_cancel():
-                continue
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                job = self._queue.popleft()
+                if job is None:
+                    return
+                self._running = job
             try:
-                fut.set_result(fn())
-            except BaseException as exc:  # handed to the awaiting request
-                fut.set_exception(exc)
+                self._run(job)
+            finally:
+                with self._cond:
+                    self._running = None
+
+    def _run(self, job: _Job) -> None:
+        if job.cancel.is_set():  # its client is gone
+            job.fut.cancel()
+            return
+        if not job.fut.set_running_or_notify_cancel():
+            return
+        t0 = time.perf_counter()
+        try:
+            job.fut.set_result(job.fn())
+        except BaseException as exc:  # handed to the awaiting request
+            job.fut.set_exception(exc)
+        self.mean_job_s += 0.2 * (time.perf_counter() - t0 - self.mean_job_s)
+
+    def _put(self, job: _Job | None) -> None:
+        with self._cond:
+            self._queue.append(job)
+            self._cond.notify()
 
     def submit(self, fn: Callable[[], T], cancel: threading.Event | None = None) -> Future[T]:
         """Queue ``fn``; its result (or exception) arrives in the returned future."""
         fut: Future[T] = Future()
-        self._jobs.put((fn, fut, cancel or threading.Event()))
+        self._put(_Job(fn, fut, cancel or threading.Event()))
         return fut
 
     async def call(self, fn: Callable[[], T], cancel: threading.Event | None = None) -> T:
@@ -95,6 +148,6 @@ class Worker:
 
         Waits up to ``timeout`` seconds (None: as long as it takes) for the thread to end.
         """
-        self._jobs.put(None)
+        self._put(None)
         self._thread.join(timeout)
         return not self._thread.is_alive()
