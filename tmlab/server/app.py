@@ -93,13 +93,23 @@ class _Server:
         self.limits = limits
         self.admission = Admission(limits.max_queue, self.worker.pending)
         self.preparer = ThreadPoolExecutor(1, thread_name_prefix="tmlab-prepare")
+        self._preparing = threading.Lock()  # held while the preparer uses the vocabulary
         self.created = int(time.time())
-        self.preparer.submit(prompt_bound, engine)  # the vocabulary's bound, once
+        self.preparer.submit(self._prepare, lambda: prompt_bound(engine))  # computed once
+
+    def _prepare(self, fn: Callable[[], T]) -> T:
+        with self._preparing:
+            return fn()
 
     def close(self, timeout: float = 5.0) -> bool:
-        """Stop the worker after its queued jobs; True if it stopped within ``timeout``."""
+        """Stop preparing and the worker after its queued jobs; True if both stopped.
+
+        Waits up to ``timeout`` seconds for each; only then may the model be freed.
+        """
         self.preparer.shutdown(wait=False, cancel_futures=True)
-        return self.worker.close(timeout)
+        # kept for good: a preparation that is late to start must not use a freed model
+        idle = self._preparing.acquire(timeout=timeout)
+        return self.worker.close(timeout) and idle
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
@@ -112,7 +122,9 @@ class _Server:
         """The body, read up to the limit, then decoded and ``prepare``d off the event loop."""
         raw = await read_body(request, self.limits.max_body_bytes)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.preparer, lambda: prepare(_decode(raw)))
+        return await loop.run_in_executor(
+            self.preparer, self._prepare, lambda: prepare(_decode(raw))
+        )
 
     def chat_request(self, body: Any) -> ChatRequest:
         """A decoded body validated as a chat request (in the preparing thread)."""
