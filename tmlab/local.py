@@ -183,16 +183,30 @@ def start(
     quiet: bool = False,
     timeout: float = 120.0,
     n_ctx: int | None = None,
+    *,
+    logprobs_mode: str | None = None,
 ) -> LocalServer:
     """Start a local server in a subprocess and wait until ``/health`` answers.
 
     ``port=None`` picks a free port; ``n_ctx`` sets the context size in tokens (default
-    8192). Raises :class:`~tmlab.LocalServerError` (with the server's last stderr lines) if
+    8192); ``logprobs_mode`` the server's default for requests that do not say
+    (``"raw_logprobs"``, the default, or ``"processed_logprobs"``). Raises
+    :class:`~tmlab.LocalServerError` (with the server's last stderr lines) if
     it exits or is not healthy within ``timeout`` seconds; an interrupt (Ctrl-C) while
     waiting stops the child before it propagates. Unless ``quiet``, shows one line of
     progress (stdout, or a display in Jupyter) when starting takes more than a moment.
     """
-    return _start(host, port, model_path, api_key, timeout, n_ctx, None, None if quiet else 1.0)
+    return _start(
+        host,
+        port,
+        model_path,
+        api_key,
+        timeout,
+        n_ctx,
+        None,
+        None if quiet else 1.0,
+        logprobs_mode=logprobs_mode,
+    )
 
 
 def _start(
@@ -204,6 +218,8 @@ def _start(
     n_ctx: int | None,
     notice: _Notice | None,
     notice_after: float | None,
+    *,
+    logprobs_mode: str | None = None,
 ) -> LocalServer:
     cmd = [
         sys.executable,
@@ -223,6 +239,8 @@ def _start(
         cmd += ["--model-path", str(model_path)]
     if n_ctx is not None:
         cmd += ["--n-ctx", str(int(n_ctx))]
+    if logprobs_mode is not None:
+        cmd += ["--logprobs-mode", str(logprobs_mode)]
     env = dict(os.environ)
     if api_key is not None:
         env["TMLAB_SERVER_API_KEY"] = api_key  # not on the command line, where ps shows it
