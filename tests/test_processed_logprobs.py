@@ -333,3 +333,26 @@ def test_echo_without_logprobs_is_unchanged(http: Any) -> None:
     res = _post(http, temperature=0, max_tokens=3, echo=True)
     assert res["choices"][0]["logprobs"] is None
     assert "logprobs_mode" not in res
+
+
+def test_bad_logprobs_mode_is_a_400_naming_it(http: Any) -> None:
+    body = {"model": MODEL, "messages": STORY, "logprobs": True, "logprobs_mode": "logits"}
+    res = http.post("/v1/chat/completions", json=body, headers=CLOSE)
+    assert res.status_code == 400
+    err = res.json()["error"]
+    assert err["param"] == "logprobs_mode" and "processed_logprobs" in err["message"]
+
+
+def test_extreme_temperature_processed_stays_valid_json(http: Any) -> None:
+    # logits ÷ 1e-5 overflow float32: the draw had no distribution; the number says so (null)
+    res = _post(
+        http,
+        temperature=1e-5,
+        seed=1,
+        max_tokens=3,
+        logprobs=True,
+        top_logprobs=3,
+        logprobs_mode="processed_logprobs",
+    )
+    for entry in res["choices"][0]["logprobs"]["content"]:
+        assert entry["logprob"] is None or entry["logprob"] <= 0.0

@@ -333,22 +333,26 @@ class Engine:
     @staticmethod
     def _processed(
         cand: Any, token: int, top_logprobs: int
-    ) -> tuple[float, list[tuple[int, float]]]:
+    ) -> tuple[float | None, list[tuple[int, float]]]:
         """The distribution the draw used: log-softmax of the candidates the picker left.
 
         Read after the picker ran: llama.cpp's truncation samplers shrink the array in place
         and the temperature divides the logits in place; the draw (``dist``, mirostat) only
         sets probabilities and picks one, so the (id, logit) pairs are those it drew from.
         Tokens with a -inf logit (banned, biased away, refused by a grammar) have no entry.
+        When the temperature overflowed a logit to +inf (or made a NaN), the draw had no
+        distribution to speak of: the log-probability is None (null) and no alternatives.
         """
         arr = cand.candidates
         size = int(arr.size)
         ids = np.array(cand.candidates_data.id[:size], dtype=np.int64)
         logits = np.array(cand.candidates_data.logit[:size], dtype=np.float64)
+        if np.isnan(logits).any() or np.isposinf(logits).any():
+            return None, []
         finite = np.isfinite(logits)
         ids, lp = ids[finite], _log_softmax(logits[finite])
         hit = np.flatnonzero(ids == token)
-        logprob = float(lp[hit[0]]) if hit.size else 0.0
+        logprob = float(lp[hit[0]]) if hit.size else None
         top: list[tuple[int, float]] = []
         if top_logprobs > 0:
             top = [(int(ids[i]), v) for i, v in _top_items(lp, top_logprobs)]
