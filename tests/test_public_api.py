@@ -30,6 +30,7 @@ EXPECTED = {
     "ParameterWarning",
     "PermissionDeniedError",
     "RateLimitError",
+    "ScoreResult",
     "ServerError",
     "StreamError",
     "Timing",
@@ -40,6 +41,7 @@ EXPECTED = {
     "__version__",
     "asweep",
     "audit",
+    "classify",
     "diff",
     "history",
     "load_ipython_extension",
@@ -47,8 +49,10 @@ EXPECTED = {
     "logprobs_frame",
     "params_table",
     "plot_sweep",
+    "probe",
     "rerun",
     "sampling",
+    "score",
     "session",
     "summarize",
     "sweep",
@@ -87,10 +91,11 @@ def test_function_names_stay_functions_whatever_was_imported_first() -> None:
     another path (the magic imports ``tmlab.sweeps`` on its own, for instance)."""
     code = (
         "import tmlab.sweeps, tmlab.audits, tmlab.align, tmlab.summary, tmlab.history\n"
+        "import tmlab.scoring, tmlab.classification, tmlab.probes\n"
         "import tmlab.jupyter.magics, tmlab.jupyter.explorer\n"
         "import tmlab, inspect\n"
         "names = ['sweep', 'asweep', 'summarize', 'plot_sweep', 'audit', 'diff', 'history',\n"
-        "         'rerun', 'Explorer']\n"
+        "         'rerun', 'Explorer', 'score', 'classify', 'probe']\n"
         "print([n for n in names if inspect.ismodule(getattr(tmlab, n))])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

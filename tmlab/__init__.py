@@ -56,8 +56,11 @@ if TYPE_CHECKING:
     from tmlab import local, sampling
     from tmlab.align import diff
     from tmlab.audits import audit
+    from tmlab.classification import classify
     from tmlab.frames import logprobs_frame, usage_frame
     from tmlab.jupyter.explorer import Explorer
+    from tmlab.probes import probe
+    from tmlab.scoring import ScoreResult, score
     from tmlab.summary import plot_sweep, summarize
     from tmlab.sweeps import asweep, sweep
 
@@ -74,6 +77,10 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Explorer": ("tmlab.jupyter.explorer", "Explorer"),
     "sampling": ("tmlab.sampling", None),
     "local": ("tmlab.local", None),
+    "score": ("tmlab.scoring", "score"),
+    "ScoreResult": ("tmlab.scoring", "ScoreResult"),
+    "classify": ("tmlab.classification", "classify"),
+    "probe": ("tmlab.probes", "probe"),
 }
 
 
@@ -125,6 +132,7 @@ __all__ = [
     "ParameterWarning",
     "PermissionDeniedError",
     "RateLimitError",
+    "ScoreResult",
     "ServerError",
     "StreamError",
     "Timing",
@@ -135,6 +143,7 @@ __all__ = [
     "__version__",
     "asweep",
     "audit",
+    "classify",
     "diff",
     "history",
     "load_ipython_extension",
@@ -142,8 +151,10 @@ __all__ = [
     "logprobs_frame",
     "params_table",
     "plot_sweep",
+    "probe",
     "rerun",
     "sampling",
+    "score",
     "session",
     "summarize",
     "sweep",

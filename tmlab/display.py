@@ -20,6 +20,7 @@ __all__ = [
     "chat_result_html",
     "chat_result_markdown",
     "style_logprobs",
+    "token_heatmap_html",
     "tokens_html",
     "usage_line",
 ]
@@ -308,7 +309,13 @@ def _tooltip(piece: _Piece) -> str:
     return "\n".join(lines)
 
 
-def _legend() -> str:
+_GENERATED = (
+    "probability of each generated token, as returned by the server (the embedded "
+    "server: the model's raw distribution, before temperature and truncation)"
+)
+
+
+def _legend(what: str = _GENERATED) -> str:
     swatches = []
     for i, (low, high, colour) in enumerate(PROB_BINS):
         last = i == len(PROB_BINS) - 1
@@ -323,8 +330,7 @@ def _legend() -> str:
     )
     return (
         '<div class="tmlab-legend" style="font-size: 12px; margin-top: 6px; opacity: 0.85">'
-        "colour = probability of each generated token, as returned by the server (the embedded "
-        "server: the model's raw distribution, before temperature and truncation): "
+        f"colour = {html.escape(what)}: "
         + "".join(swatches)
         + "<br>\u2423 space \u00b7 \u21b5 newline \u00b7 \u21e5 tab \u00b7 hover a token for "
         "the returned alternatives and their probabilities</div>"
@@ -344,10 +350,7 @@ def tokens_html(res: ChatResult, choice: int = 0) -> HTMLText:
     that Jupyter displays rendered.
     """
     chosen = [c for c in res.choices if c.index == choice]
-    box = (
-        '<div class="tmlab-tokens" style="font-family: ui-monospace, SFMono-Regular, Menlo, '
-        'Consolas, monospace; font-size: 13px; line-height: 2.1">'
-    )
+    box = _BOX
     if not chosen or not chosen[0].logprobs:
         text = chosen[0].text if chosen else ""
         return HTMLText(
@@ -355,8 +358,25 @@ def tokens_html(res: ChatResult, choice: int = 0) -> HTMLText:
             '<div style="font-size: 12px; opacity: 0.7">no token logprobs in this response: '
             "ask with logprobs=True, top_logprobs=5 to see the token heatmap</div></div>"
         )
+    return token_heatmap_html(chosen[0].logprobs)
+
+
+_BOX = (
+    '<div class="tmlab-tokens" style="font-family: ui-monospace, SFMono-Regular, Menlo, '
+    'Consolas, monospace; font-size: 13px; line-height: 2.1">'
+)
+
+
+def token_heatmap_html(
+    tokens: list[TokenLogprob], *, what: str = _GENERATED, head: str | None = None
+) -> HTMLText:
+    """Tokens coloured by probability, with tooltips and a legend saying ``what`` they are.
+
+    The heatmap of :func:`tokens_html` for any list of tokens (a scored text, say); ``head``
+    is an optional first line (totals).
+    """
     spans = []
-    for piece in _pieces(chosen[0].logprobs):
+    for piece in _pieces(tokens):
         lp = sum(t.logprob for t in piece.tokens)
         style = f"{_TOKEN_STYLE}; background: {_colour(math.exp(lp))}"
         if piece.escaped:
@@ -366,4 +386,7 @@ def tokens_html(res: ChatResult, choice: int = 0) -> HTMLText:
             f'title="{html.escape(_tooltip(piece), quote=True)}" style="{style}">'
             f"{_visible_html(piece.text)}</span><wbr>"
         )
-    return HTMLText(_HOVER_CSS + box + "<div>" + "".join(spans) + "</div>" + _legend() + "</div>")
+    top = f'<div style="font-size: 12px; opacity: 0.85">{html.escape(head)}</div>' if head else ""
+    return HTMLText(
+        _HOVER_CSS + _BOX + top + "<div>" + "".join(spans) + "</div>" + _legend(what) + "</div>"
+    )

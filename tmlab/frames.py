@@ -5,7 +5,10 @@ Frames know nothing of HTTP or display. Every number says which distribution it 
 - ``logprob``/``prob`` are what the server returned for the generated token. For the embedded
   server (and vLLM by default) that is the model's raw distribution: log-softmax of the
   logits *before* temperature, penalties and truncation — not the distribution the token was
-  sampled from.
+  sampled from; with ``logprobs_mode="processed_logprobs"`` it is that one. Which it is comes
+  from the response when it says, else from :func:`tmlab.probe` for that server and model,
+  else "as returned by the server (meaning not probed)": the notes say which
+  (``df.attrs["logprobs_mode"]``: ``"raw_logprobs"``, ``"processed_logprobs"`` or None).
 - ``rank``, ``entropy``, ``top_mass`` and ``other_mass`` are computed over the *returned*
   alternatives (``top_logprobs``), the only part of the distribution the server sent.
   ``entropy = -Σ p·ln p`` over those alternatives, in nats: a lower bound of the entropy of the
@@ -77,12 +80,15 @@ USAGE_COLUMNS = [
 ]
 
 LOGPROBS_NOTES = (
-    "logprob/prob: as returned by the server for the generated token (embedded server: the "
-    "model's raw distribution, before temperature, penalties and truncation). rank, entropy, "
+    "logprob/prob: for the generated token, {meaning}. rank, entropy, "
     "top_mass, other_mass: over the returned top_logprobs alternatives only; entropy is in nats "
     "and is a lower bound of the full distribution's entropy; other_mass is the probability "
     "outside the returned alternatives. rank is <NA> when the generated token is not among them "
     "or its logprob is unknown (null)."
+)
+LONG_NOTES = (
+    "one row per returned alternative (top_logprobs), alt_rank 1 = most likely; probabilities "
+    "{meaning}."
 )
 
 
@@ -100,7 +106,7 @@ def logprobs_frame(res: ChatResult, long: bool = False) -> pd.DataFrame:
     describes. Empty (with the columns) when the response carries no logprobs.
     """
     if long:
-        return _long_frame(list(_rows(res)))
+        return _long_frame(list(_rows(res)), res)
     # Column by column, with the per-alternative work done by map/attrgetter and
     # itertools in C: a long answer has hundreds of thousands of alternatives.
     toks: list[TokenLogprob] = []
@@ -156,8 +162,18 @@ def logprobs_frame(res: ChatResult, long: bool = False) -> pd.DataFrame:
         },
         columns=LOGPROBS_COLUMNS,
     )
-    df.attrs["notes"] = LOGPROBS_NOTES
+    _describe(df, res)
     return df
+
+
+def _describe(df: pd.DataFrame, res: ChatResult, notes: str = LOGPROBS_NOTES) -> None:
+    """Notes saying which distribution the numbers describe (response, probe, or unknown)."""
+    from tmlab._meaning import meaning
+
+    m = meaning(res)
+    df.attrs["notes"] = notes.format(meaning=m.text)
+    df.attrs["logprobs_mode"] = m.mode
+    df.attrs["logprobs_meaning_source"] = m.source
 
 
 _get_top = attrgetter("top")
@@ -175,7 +191,7 @@ def _contains(tok: TokenLogprob, top_tokens: list[str]) -> bool:
     return tok.token in top_tokens
 
 
-def _long_frame(rows: list[tuple[int, int, Any]]) -> pd.DataFrame:
+def _long_frame(rows: list[tuple[int, int, Any]], res: ChatResult) -> pd.DataFrame:
     flat = [(c, p, t, i, a) for c, p, t in rows for i, a in enumerate(t.top, start=1)]
     alt_lp = np.fromiter((a.logprob for *_, a in flat), dtype=float, count=len(flat))
     df = pd.DataFrame(
@@ -197,10 +213,7 @@ def _long_frame(rows: list[tuple[int, int, Any]]) -> pd.DataFrame:
         },
         columns=LONG_COLUMNS,
     )
-    df.attrs["notes"] = (
-        "one row per returned alternative (top_logprobs), alt_rank 1 = most "
-        "likely; probabilities as returned by the server."
-    )
+    _describe(df, res, LONG_NOTES)
     return df
 
 

@@ -216,16 +216,19 @@ def start(
     max_n: int | None = None,
     max_request_tokens: int | None = None,
     max_queue: int | None = None,
+    logprobs_mode: str | None = None,
 ) -> LocalServer:
     """Start a local server in a subprocess and wait until ``/health`` answers.
 
     ``port=None`` picks a free port; ``n_ctx`` sets the context size in tokens (default
     8192); ``max_body_bytes``, ``max_n``, ``max_request_tokens`` and ``max_queue`` set what
-    one request may cost (the options of ``tmlab serve``; None: the server's default).
-    Raises :class:`~tmlab.LocalServerError` (with the server's last stderr lines) if it exits
-    or is not healthy within ``timeout`` seconds; an interrupt (Ctrl-C) while waiting stops
-    the child before it propagates. Unless ``quiet``, shows one line of
-    progress (stdout, or a display in Jupyter) when starting takes more than a moment.
+    one request may cost (the options of ``tmlab serve``; None: the server's default);
+    ``logprobs_mode`` the server's default for requests that do not say (``"raw_logprobs"``,
+    the default, or ``"processed_logprobs"``). Raises :class:`~tmlab.LocalServerError` (with
+    the server's last stderr lines) if it exits or is not healthy within ``timeout`` seconds;
+    an interrupt (Ctrl-C) while waiting stops the child before it propagates. Unless
+    ``quiet``, shows one line of progress (stdout, or a display in Jupyter) when starting
+    takes more than a moment.
     """
     limits = {
         "--max-body-bytes": max_body_bytes,
@@ -234,6 +237,8 @@ def start(
         "--max-queue": max_queue,
     }
     extra = [a for flag, v in limits.items() if v is not None for a in (flag, str(int(v)))]
+    if logprobs_mode is not None:
+        extra += ["--logprobs-mode", str(logprobs_mode)]
     return _start(
         host, port, model_path, api_key, timeout, n_ctx, None, None if quiet else 1.0, extra
     )

@@ -247,6 +247,8 @@ _TABLE: tuple[Param, ...] = (
     Param("prompt_cache_isolation_key", "str", "text", "Isolation key for prompt caching.", group="serving"),
     Param("user", "str", "text", "An identifier of your end user.", group="serving"),
     Param("metadata", "json", "json", "Metadata stored with the request for tracing.", shape=_dict, shape_help="an object", group="serving"),
+    # extensions: not on the Tensormesh page; the help says who honours them
+    Param("logprobs_mode", "enum", "dropdown", "Extension, not on the Tensormesh page (honoured per request by tmlab's embedded server; vLLM sets it server-wide with --logprobs-mode): what logprobs describe, raw_logprobs (the model's distribution before sampling) or processed_logprobs (the one the token was drawn from).", choices=("raw_logprobs", "processed_logprobs"), group="extensions"),
 )
 # fmt: on
 

@@ -1,4 +1,4 @@
-"""Matplotlib plots of one response: what-if bars, per-position entropy and surprisal.
+"""Matplotlib plots: what-if bars, per-position entropy and surprisal, a scored text's surprisal.
 
 ``matplotlib`` is an optional extra (``pip install 'tmlab[plot]'``), imported inside each
 function, so ``import tmlab`` never needs it. Every function draws on ``ax`` when given (else a
@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
     from tmlab.result import ChatResult
+    from tmlab.scoring import ScoreResult
 
-__all__ = ["plot_entropy", "plot_whatif"]
+__all__ = ["plot_entropy", "plot_surprisal", "plot_whatif"]
 
 OTHER_LABEL = "raw mass outside the returned alternatives (unknown to the what-if)"
 
@@ -149,5 +150,43 @@ def plot_entropy(
     )
     top = float(np.nanmax([df["entropy"].max(), df["surprisal"].max(), 0.1]))
     ax.set_ylim(0, top * 1.45)  # headroom for the legend
+    ax.legend(fontsize=8, loc="upper right")
+    return ax
+
+
+def plot_surprisal(score: ScoreResult, *, ax: Axes | None = None) -> Axes:
+    """Surprisal (bits) of each token of a scored text, along the text.
+
+    Bars of ``-logprob / ln 2`` per token, the entropy over the returned alternatives (a lower
+    bound, bits) as a line, and the mean surprisal as a dashed line; the tokens label the
+    x axis when there are few enough. The title says what the numbers are.
+    """
+    df = score.frame()
+    ax = _axes(ax, (max(6.5, 0.22 * len(df) + 3.0), 4.2))
+    pos = df["position"].to_numpy()
+    bits = df["surprisal_bits"].to_numpy(dtype=float)
+    ax.bar(pos, np.nan_to_num(bits), color="#c0504d", label="surprisal = −log₂ p")
+    ax.plot(
+        pos,
+        df["entropy_bits"].to_numpy(dtype=float),
+        marker=".",
+        color="#3b6ea8",
+        label="entropy over the returned alternatives (lower bound)",
+    )
+    mean = float(np.nanmean(bits)) if np.isfinite(bits).any() else math.nan
+    if math.isfinite(mean):
+        ax.axhline(mean, color="#555", linestyle="--", linewidth=1, label=f"mean {mean:.2f} bits")
+    if len(df) <= 60:
+        ax.set_xticks(pos)
+        ax.set_xticklabels([_show(t) for t in df["token"]], rotation=60, ha="right", fontsize=8)
+    ax.set_xlabel("token of the text")
+    ax.set_ylabel("bits")
+    ax.set_title(
+        f"Surprisal along the text (perplexity {score.perplexity:.2f})\n{score.meaning}",
+        fontsize=9,
+        wrap=True,
+    )
+    finite = bits[np.isfinite(bits)]
+    ax.set_ylim(0, float(max(finite.max() if finite.size else 1.0, 1.0)) * 1.4)
     ax.legend(fontsize=8, loc="upper right")
     return ax

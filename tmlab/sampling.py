@@ -37,11 +37,19 @@ total-variation error is exactly the tempered mass outside the returned alternat
 ``other_mass`` alone no longer bounds the error. Every what-if frame carries that bound per
 position (``tv_bound``: 0 = exact, NaN = unknown; see :func:`tv_bound`) and says which
 distribution each number describes (``df.attrs["notes"]``, ``df.attrs["distribution"]``).
+
+**Raw logprobs only.** The what-if starts from the model's raw distribution. Logprobs that are
+already processed (the distribution the token was drawn from, after the request's own
+temperature and truncation: ``logprobs_mode="processed_logprobs"``, or a server that
+:func:`tmlab.probe` found to return them) would get a temperature applied twice: a what-if on
+them warns (:class:`ProcessedLogprobsWarning`), and its notes say so. A response that carries
+both (Fireworks-style ``logprob`` raw beside ``sampling_logprob``) is reshaped from the raw ones.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -66,6 +74,7 @@ __all__ = [
     "TOLERANCE",
     "WHATIF_COLUMNS",
     "WHATIF_LABEL",
+    "ProcessedLogprobsWarning",
     "Settings",
     "check_settings",
     "entropy_frame",
@@ -123,10 +132,41 @@ ENTROPY_COLUMNS: Final = [
 ]
 
 _RAW_NOTE = (
-    "raw_prob/logprob: as returned by the server (embedded server: the model's raw "
-    "distribution, before temperature, penalties and truncation), not renormalised; "
-    "other_mass: the raw probability outside the returned alternatives."
+    "raw_prob/logprob: as returned by the server ({meaning}), not renormalised; "
+    "other_mass: the probability outside the returned alternatives."
 )
+_TWICE_NOTE = (
+    " WARNING: these logprobs are processed (the request's own temperature and truncation are "
+    "already in them): the what-if applies its settings on top, a temperature twice; ask with "
+    "logprobs_mode='raw_logprobs' for a what-if from the model's own distribution."
+)
+
+
+class ProcessedLogprobsWarning(UserWarning):
+    """A what-if on processed logprobs: the temperature would apply twice."""
+
+
+def _check_raw(res: ChatResult, s: Settings) -> str:
+    """The meaning note; warns when the what-if would reshape processed logprobs."""
+    from tmlab._meaning import PROCESSED, meaning
+
+    m = meaning(res)
+    note = _RAW_NOTE.format(meaning=m.text)
+    if m.mode == PROCESSED:
+        note += _TWICE_NOTE
+        changes = s.temperature != 1.0 or any(v is not None for v in (s.top_k, s.top_p, s.min_p))
+        if changes:
+            warnings.warn(
+                f"what-if ({s.describe()}) on processed logprobs ({m.source}): they already "
+                "carry the request's temperature and truncation, so this applies a temperature "
+                "twice. Ask with logprobs_mode='raw_logprobs' (or a server that returns raw "
+                "logprobs) for a what-if from the model's own distribution.",
+                ProcessedLogprobsWarning,
+                stacklevel=3,
+            )
+    return note
+
+
 _WHATIF_NOTE = (
     "whatif_prob: an APPROXIMATION, recomputed locally with no new request over the returned "
     "top_logprobs alternatives only (as if other_mass did not exist): softmax(logprob / "
@@ -184,8 +224,8 @@ def _other_mass(alts: list[TopLogprob]) -> float:
     return float(min(1.0, max(0.0, 1.0 - sum(math.exp(a.logprob) for a in alts))))
 
 
-def _attrs(df: pd.DataFrame, s: Settings) -> pd.DataFrame:
-    df.attrs["notes"] = _RAW_NOTE + " " + _WHATIF_NOTE.format(order=s.order)
+def _attrs(df: pd.DataFrame, s: Settings, note: str) -> pd.DataFrame:
+    df.attrs["notes"] = note + " " + _WHATIF_NOTE.format(order=s.order)
     df.attrs["distribution"] = {"raw_prob": RAW_LABEL, "whatif_prob": WHATIF_LABEL}
     df.attrs["settings"] = {
         "temperature": s.temperature,
@@ -223,6 +263,7 @@ def whatif(
     """
     s = check_settings(temperature, top_k, top_p, min_p, order)
     c = _choice(res, choice)
+    note = _check_raw(res, s)
     rows: list[tuple[Any, ...]] = []
     for pos in _positions(c, position):
         tok = (c.logprobs or [])[pos]
@@ -257,7 +298,7 @@ def whatif(
         df[col] = df[col].astype(bool)
     if long:
         df = _long(df)
-    return _attrs(df, s)
+    return _attrs(df, s, note)
 
 
 def _long(df: pd.DataFrame) -> pd.DataFrame:
@@ -327,6 +368,7 @@ def whatif_sampled(
     """
     s = check_settings(temperature, top_k, top_p, min_p, order)
     c = _choice(res, choice)
+    note = _check_raw(res, s)
     rows = []
     for pos, tok in enumerate(c.logprobs or ()):
         alts = _sorted_alts(tok)
@@ -350,7 +392,7 @@ def whatif_sampled(
     df["token_id"] = pd.array(df["token_id"].tolist(), dtype="Int64")
     for col in ("logprob", "raw_prob", "whatif_prob", "other_mass", "tv_bound"):
         df[col] = df[col].astype(float)
-    return _attrs(df, s)
+    return _attrs(df, s, note)
 
 
 # --- entropy, surprisal, close calls ----------------------------------------------------------

@@ -79,6 +79,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="most requests waiting for the model; beyond, 503 with Retry-After "
         f"(default {DEFAULT_MAX_QUEUE})",
     )
+    p.add_argument(
+        "--logprobs-mode",
+        choices=("raw_logprobs", "processed_logprobs"),
+        default="raw_logprobs",
+        help="what logprobs describe when a request does not say (logprobs_mode): the model's "
+        "raw distribution (default) or the one each token was drawn from",
+    )
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress or access log")
     return p
@@ -152,6 +159,7 @@ def serve(args: argparse.Namespace) -> int:
     if not args.quiet:
         print("loading the model …", file=sys.stderr, flush=True)
     engine = Engine(args.model_path, n_ctx=args.n_ctx, n_threads=args.threads)
+    engine.logprobs_mode = args.logprobs_mode
     if not args.quiet:
         print(
             f"loaded {engine.model_name} ({engine.model_path.name}) in "

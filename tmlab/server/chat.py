@@ -9,7 +9,14 @@ Bytes become text in :mod:`tmlab.server.text`; finished choices become response 
 The end-of-generation token is part of a choice's token table: it is in ``token_ids`` and
 usage, and has its logprobs entry (``<|im_end|>`` spelled out, its raw logprob and
 alternatives). A stream carries exactly what the response has: concatenating one choice's
-chunks gives its content, tool calls, ``logprobs.content`` and ``token_ids``. A tool call's
+chunks gives its content, tool calls, ``logprobs.content`` and ``token_ids``.
+
+Logprobs say what they are: ``logprobs_mode`` (the request's, else the server's default) is
+in the response (top level, and in each choice's ``logprobs``). With ``echo`` (or
+``echo_last``) and ``logprobs``, the echoed prompt tokens come first in ``logprobs.content``
+(their count in ``logprobs.echo_tokens``): raw log-probabilities in either mode, since no
+sampler drew them, and ``null`` for the prompt's first token, as OpenAI's completions echo
+does. They come from the same prompt evaluation that the answer starts from. A tool call's
 tokens go out with the chunk that carries the call (or, when the call cannot be parsed, its
 text as content), the end-of-generation step with the chunk that carries ``finish_reason``.
 """
@@ -99,6 +106,43 @@ class ChatRun:
         self.created = int(time.time())
         want = req.get("logprobs", False)
         self.top_logprobs: int | None = req.get("top_logprobs", 0) if want else None
+        self.logprobs_mode: str = req.get("logprobs_mode") or engine.logprobs_mode
+        self.echo_tokens = 0  # how many prompt tokens are echoed with their logprobs
+        if want:
+            n = len(plan.prompt_tokens)
+            if req.get("echo"):
+                self.echo_tokens = n
+            elif req.get("echo_last"):
+                self.echo_tokens = min(n, int(req.get("echo_last")))
+        self._echo_entries: list[dict[str, Any]] | None = None
+
+    def logprobs_meta(self) -> dict[str, Any]:
+        """What a choice's logprobs describe: ``logprobs_mode`` (and ``echo_tokens``)."""
+        out: dict[str, Any] = {"logprobs_mode": self.logprobs_mode}
+        if self.echo_tokens:
+            out["echo_tokens"] = self.echo_tokens
+        return out
+
+    def logprobs_dict(self, content: list[dict[str, Any]]) -> dict[str, Any]:
+        """A choice's ``logprobs`` object: the entries and what they describe."""
+        return {"content": content, **self.logprobs_meta()}
+
+    def echo_entries(self) -> list[dict[str, Any]]:
+        """The echoed prompt tokens' logprobs entries (computed once per request).
+
+        The scoring evaluation is the one the first choice's answer starts from (without
+        reasoning, whose prompt is another; later choices evaluate the prompt again).
+        """
+        if self._echo_entries is None:
+            steps = self.engine.prefill(
+                self.plan.prompt_tokens,
+                score_last=self.echo_tokens,
+                top_logprobs=self.top_logprobs or 0,
+                cancel=self.cancel,
+            )
+            # cancelled (the client left): nothing is sent any more
+            self._echo_entries = [logprob_content(self.engine, s) for s in steps or []]
+        return list(self._echo_entries)
 
     # --- streaming helpers ---------------------------------------------------------------
 
@@ -128,7 +172,7 @@ class ChatRun:
         choice: dict[str, Any] = {
             "index": index,
             "delta": delta,
-            "logprobs": None if logprobs is None else {"content": logprobs},
+            "logprobs": None if logprobs is None else self.logprobs_dict(logprobs),
             "finish_reason": finish,
         }
         if token_ids is not None:
@@ -206,8 +250,13 @@ class ChatRun:
         marker = TOOL_CALL_OPEN if plan.tool_mode == "auto" else None
         forced = plan.tool_mode == "forced"
         text = TextStream([] if forced else plan.stop, marker)
+        echoed: list[dict[str, Any]] = []
+        if self.echo_tokens:
+            echoed = self.echo_entries()
         if plan.echo_text and self.emit is not None:
-            self._send(index, {"content": plan.echo_text})
+            self._send(
+                index, {"content": plan.echo_text}, logprobs=echoed if self.echo_tokens else None
+            )
         token_ids: list[int] = []
         logprobs: list[dict[str, Any]] | None = [] if self.top_logprobs is not None else None
         # tokens generated but not streamed yet (a tool call's, until it is parsed)
@@ -222,6 +271,7 @@ class ChatRun:
             sampling_of(req, index),
             max_tokens=plan.max_tokens,
             top_logprobs=self.top_logprobs,
+            logprobs_mode=self.logprobs_mode,
             grammar=plan.grammar,
             lazy_trigger=marker,
             ignore_eos=bool(req.get("ignore_eos")),
@@ -283,7 +333,8 @@ class ChatRun:
             finish_reason=finish,
             stop_reason=text.stopped,
             token_ids=token_ids,
-            logprobs=logprobs,
+            logprobs=None if logprobs is None else echoed + logprobs,
+            logprobs_meta={} if logprobs is None else self.logprobs_meta(),
             reasoning_tokens=reasoning_tokens,
             raw_completion=raw.decode("utf-8", errors="replace"),
             raw_prompts=raw_prompts,
@@ -313,6 +364,8 @@ def run_chat(
     first_extra: dict[str, Any] = {}
     if req.get("return_token_ids"):
         first_extra["prompt_token_ids"] = plan.prompt_tokens
+    mode = {"logprobs_mode": run.logprobs_mode} if run.top_logprobs is not None else {}
+    first_extra.update(mode)
     for i in range(n):
         if emit is not None:
             emit(
@@ -355,6 +408,7 @@ def run_chat(
         if tail:
             emit(run.chunk([], **tail))
         return None
+
     body: dict[str, Any] = {
         "id": run.id,
         "object": "chat.completion",
@@ -362,6 +416,7 @@ def run_chat(
         "model": req.model,
         "choices": [choice_dict(req, plan, r) for r in results],
         "usage": total,
+        **mode,
     }
     if perf is not None:
         body["perf_metrics"] = perf

@@ -11,9 +11,21 @@ instead of ``create_chat_completion``, for two reasons:
 * logprobs without ``logits_all=True``: after each ``eval`` the logits of the last position
   stay in the context (``llama_get_logits_ith(ctx, -1)``), which is all a generated token's
   log-probability needs, so a request that asks for none pays nothing for them;
-* the numbers are true: ``logprob`` and ``top_logprobs`` are the log-softmax (float64) of the
-  raw logits of that step, before logit bias, penalties, grammar, temperature and
-  truncation (vLLM's default), and there are exactly as many alternatives as asked.
+* the numbers are true: by default (``raw_logprobs``) ``logprob`` and ``top_logprobs`` are
+  the log-softmax (float64) of the raw logits of that step, before logit bias, penalties,
+  grammar, temperature and truncation (vLLM's default), and there are exactly as many
+  alternatives as asked. With ``processed_logprobs`` they describe the distribution the
+  token was drawn from: the candidates left after both chains (filter, then the picker's
+  truncation and temperature), read just as the draw saw them, log-softmax in float64;
+  tokens the sampler removed have no entry, and greedy decoding gives the chosen token
+  probability 1 (log-probability 0). Reading them costs nothing when nobody asks.
+
+Prompt logprobs (``echo`` with ``logprobs``): :meth:`Engine.prefill` can evaluate the prompt
+with the logits of its last positions kept (llama.cpp batch output flags), in the same
+batches as always; the KV cache and the last position's logits are bitwise those of a plain
+prefill (checked in the tests), so the answer that follows is unchanged. A prompt token's
+log-probability is the log-softmax of the previous position's raw logits (float32 ``exp``
+summed in float64: within 1e-6 of a float64 computation); the first token has none.
 
 Sampling itself (temperature, top-k/p, min-p, typical-p, penalties, mirostat v2, grammar,
 logit bias, seed) is done by llama.cpp's own samplers, in two chains applied in turn: the
@@ -54,6 +66,7 @@ MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 __all__ = [
     "GREEDY_BELOW",
+    "LOGPROBS_MODES",
     "MODEL_NAME",
     "Engine",
     "GrammarError",
@@ -64,6 +77,10 @@ __all__ = [
 
 GREEDY_BELOW = 1e-5
 """Temperatures below this sample greedily (logits ÷ a tiny temperature overflow float32)."""
+
+LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
+"""What a step's logprobs describe (vLLM's names): the model's raw distribution, or the one
+the token was drawn from."""
 
 
 def default_model_path() -> Path:
@@ -104,7 +121,11 @@ class Sampling:
 
 @dataclass
 class Step:
-    """One generated token, with its raw log-probability when asked for."""
+    """One token with its log-probability when asked for (raw or processed, as asked).
+
+    A prompt token scored by :meth:`Engine.prefill` is a Step too; the prompt's first token
+    has ``logprob=None`` (nothing precedes it).
+    """
 
     token_id: int
     piece: bytes  # the token's bytes in the text (empty for control tokens)
@@ -163,6 +184,10 @@ class Engine:
         self._add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
         self.eog_ids = [t for t in range(self.n_vocab) if self.is_eog(t)]
         self._eog = np.array(self.eog_ids, dtype=np.intp)
+        self.logprobs_mode = "raw_logprobs"
+        """The server's default for requests that do not set ``logprobs_mode``."""
+        # The prompt the context holds after an explicit prefill, until generate() uses it.
+        self._prefilled: list[int] | None = None
 
     # --- tokens ------------------------------------------------------------------------
 
@@ -275,8 +300,13 @@ class Engine:
             pick.add_dist(seed)
         return filt, pick
 
-    def _sample(self, filt: Any, pick: Any, cand: Any, ban: bool) -> int | None:
-        """One token from the candidates (logits loaded); None when no token is allowed."""
+    def _sample(self, filt: Any, pick: Any, cand: Any, ban: bool) -> tuple[int, bool] | None:
+        """One token from the candidates (logits loaded); None when no token is allowed.
+
+        Returns ``(token, drawn)``: ``drawn`` is False when the picker's choice was overridden
+        (a disallowed token from NaN probabilities). After it, the candidates array holds what
+        the picker left: the truncated candidates, their logits divided by the temperature.
+        """
         lib = self._lib
         data = cand.candidates_data
         arr = cand.candidates
@@ -294,31 +324,144 @@ class Engine:
         data.logit[: arr.size] = np.where(finite, logits, -np.inf)  # no NaN for the picker
         lib.llama_sampler_apply(pick.sampler, ctypes.byref(arr))
         token = int(data.id[arr.selected]) if 0 <= arr.selected < arr.size else -1
+        drawn = True
         if token < 0 or not allowed[token]:
             token = int(ids[finite][np.argmax(logits[finite])])
+            drawn = False
         lib.llama_sampler_accept(filt.sampler, token)
         lib.llama_sampler_accept(pick.sampler, token)
-        return token
+        return token, drawn
+
+    @staticmethod
+    def _processed(
+        cand: Any, token: int, top_logprobs: int
+    ) -> tuple[float | None, list[tuple[int, float]]]:
+        """The distribution the draw used: log-softmax of the candidates the picker left.
+
+        Read after the picker ran: llama.cpp's truncation samplers shrink the array in place
+        and the temperature divides the logits in place; the draw (``dist``, mirostat) only
+        sets probabilities and picks one, so the (id, logit) pairs are those it drew from.
+        Tokens with a -inf logit (banned, biased away, refused by a grammar) have no entry.
+        When the temperature overflowed a logit to +inf (or made a NaN), the draw had no
+        distribution to speak of: the log-probability is None (null) and no alternatives.
+        """
+        arr = cand.candidates
+        size = int(arr.size)
+        ids = np.array(cand.candidates_data.id[:size], dtype=np.int64)
+        logits = np.array(cand.candidates_data.logit[:size], dtype=np.float64)
+        if np.isnan(logits).any() or np.isposinf(logits).any():
+            return None, []
+        finite = np.isfinite(logits)
+        ids, lp = ids[finite], _log_softmax(logits[finite])
+        hit = np.flatnonzero(ids == token)
+        logprob = float(lp[hit[0]]) if hit.size else None
+        top: list[tuple[int, float]] = []
+        if top_logprobs > 0:
+            top = [(int(ids[i]), v) for i, v in _top_items(lp, top_logprobs)]
+        return logprob, top
 
     # --- the loop ------------------------------------------------------------------------
 
-    def prefill(self, prompt: Sequence[int], cancel: threading.Event | None = None) -> bool:
-        """Evaluate ``prompt`` from position 0, whatever the KV cache holds; False when
-        ``cancel`` was set before the whole prompt was evaluated.
+    def prefill(
+        self,
+        prompt: Sequence[int],
+        *,
+        score_last: int = 0,
+        top_logprobs: int = 0,
+        cancel: threading.Event | None = None,
+    ) -> list[Step] | None:
+        """Evaluate ``prompt`` from position 0, whatever the KV cache holds.
 
         Always the same split into llama.cpp batches for the same prompt (``n_batch`` tokens
         each, as ``Llama.eval`` splits it), hence the same numbers (reusing a cached prefix
         would change the rounding). ``cancel`` is checked between batches, so a client that
-        leaves during a long prompt frees the model within one batch.
+        leaves during a long prompt frees the model within one batch: then the result is
+        None and the context holds a partial prompt. With ``score_last=k``,
+        also returns the last ``k`` prompt tokens as :class:`Step` s with their raw
+        log-probabilities (and ``top_logprobs`` alternatives): the logits of the positions
+        before them are kept (llama.cpp output flags), which leaves the KV cache and the last
+        position's logits bitwise unchanged. The next :meth:`generate` of the same prompt
+        starts from this evaluation instead of repeating it.
         """
-        self.llm.reset()
         tokens = list(prompt)
-        step = self.llm.n_batch
-        for i in range(0, len(tokens), step):
+        self._prefilled = None
+        if score_last <= 0:
+            self.llm.reset()
+            step = self.llm.n_batch
+            for i in range(0, len(tokens), step):
+                if cancel is not None and cancel.is_set():
+                    return None
+                self.llm.eval(tokens[i : i + step])
+            return []
+        steps = self._scored_eval(tokens, min(score_last, len(tokens)), top_logprobs, cancel)
+        if steps is not None:
+            self._prefilled = tokens
+        return steps
+
+    def _scored_eval(
+        self, tokens: list[int], k: int, top_logprobs: int, cancel: threading.Event | None
+    ) -> list[Step] | None:
+        """``Llama.eval`` of ``tokens`` from 0 with the output flags of the last k+1 kept."""
+        llm, lib = self.llm, self._lib
+        llm.reset()
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        n = len(tokens)
+        first = n - k  # the first scored token; its logits are those of position first - 1
+        steps: list[Step] = []
+        if first == 0:
+            steps.append(self._prompt_step(tokens[0], None, None))
+        batch = llm._batch.batch
+        for start in range(0, n, llm.n_batch):
             if cancel is not None and cancel.is_set():
-                return False
-            self.llm.eval(tokens[i : i + step])
-        return True
+                return None
+            chunk = tokens[start : start + llm.n_batch]
+            # the same batches as Llama.eval, with more output flags
+            llm._batch.set_batch(batch=chunk, n_past=start, logits_all=False)
+            flagged = [i for i in range(len(chunk)) if start + i >= first - 1]
+            for i in flagged:
+                batch.logits[i] = True
+            llm._ctx.decode(llm._batch)
+            llm.input_ids[start : start + len(chunk)] = chunk
+            llm.n_tokens += len(chunk)
+            rows = [i for i in flagged if start + i + 1 < n]  # the last position scores none
+            for lo in range(0, len(rows), _SCORE_ROWS):
+                part = rows[lo : lo + _SCORE_ROWS]
+                block = np.stack(
+                    [
+                        np.ctypeslib.as_array(
+                            lib.llama_get_logits_ith(llm._ctx.ctx, i), shape=(self.n_vocab,)
+                        )
+                        for i in part
+                    ]
+                )
+                nxt = [tokens[start + i + 1] for i in part]
+                steps.extend(self._score_rows(block, nxt, top_logprobs))
+        return steps
+
+    def _score_rows(self, block: np.ndarray, nxt: list[int], n_top: int) -> list[Step]:
+        """Raw logprob of ``nxt[r]`` under the logits ``block[r]`` (and the top ``n_top``)."""
+        top_logit = block.max(axis=1, keepdims=True)
+        total = np.exp(block - top_logit).sum(axis=1, dtype=np.float64)
+        lse = top_logit[:, 0].astype(np.float64) + np.log(total)
+        steps = []
+        if n_top > 0:
+            n_top = min(n_top, self.n_vocab)
+            part = np.argpartition(-block, n_top - 1, axis=1)[:, :n_top]
+        for r, tok in enumerate(nxt):
+            top = None
+            if n_top > 0:
+                idx = part[r]
+                vals = block[r, idx].astype(np.float64) - lse[r]
+                order = np.argsort(-vals, kind="stable")
+                top = [(int(idx[j]), float(vals[j])) for j in order]
+            logprob = float(np.float64(block[r, tok]) - lse[r])
+            steps.append(self._prompt_step(tok, logprob, top if n_top > 0 else []))
+        return steps
+
+    def _prompt_step(
+        self, token: int, logprob: float | None, top: list[tuple[int, float]] | None
+    ) -> Step:
+        return Step(token, self.token_bytes(token), self.is_eog(token), logprob, top or [])
 
     def generate(
         self,
@@ -327,6 +470,7 @@ class Engine:
         *,
         max_tokens: int,
         top_logprobs: int | None = None,
+        logprobs_mode: str = "raw_logprobs",
         grammar: str | None = None,
         lazy_trigger: str | None = None,
         ignore_eos: bool = False,
@@ -336,7 +480,9 @@ class Engine:
         """Generate up to ``max_tokens`` tokens after ``prompt``, one :class:`Step` each.
 
         ``top_logprobs`` = None: no logprobs; 0: the sampled token's only; N: also the N most
-        likely tokens. ``min_tokens`` bans end-of-generation until that many tokens exist,
+        likely tokens; of the raw distribution, or with ``logprobs_mode="processed_logprobs"``
+        of the one the token was drawn from (see the module docstring). ``min_tokens`` bans
+        end-of-generation until that many tokens exist,
         ``ignore_eos`` always; neither while a grammar is active. ``lazy_trigger`` applies
         ``grammar`` only from that text on. Stops at an end-of-generation token (yielded,
         ``eog=True``), at ``max_tokens``, when no token is allowed, when ``cancel`` is set,
@@ -348,9 +494,14 @@ class Engine:
             raise ValueError("empty prompt")
         if len(prompt) >= self.n_ctx:
             raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in {self.n_ctx}")
+        if logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"logprobs_mode={logprobs_mode!r} is not one of {LOGPROBS_MODES}")
+        processed = logprobs_mode == "processed_logprobs" and top_logprobs is not None
+        greedy = sampling.temperature < GREEDY_BELOW
         ctx = self.llm._ctx
-        if not self.prefill(prompt, cancel):
+        if self._prefilled != list(prompt) and self.prefill(prompt, cancel=cancel) is None:
             return
+        self._prefilled = None
         filt, pick = self._chains(sampling, grammar=grammar, lazy_trigger=lazy_trigger)
         cand = LlamaTokenDataArray(n_vocab=self.n_vocab)
         trigger = lazy_trigger.encode() if grammar is not None and lazy_trigger else None
@@ -362,16 +513,23 @@ class Engine:
                 if cancel is not None and cancel.is_set():
                     return
                 row = np.ctypeslib.as_array(ctx.get_logits_ith(-1), shape=(self.n_vocab,))
-                lp = _log_softmax(row) if top_logprobs is not None else None
+                want_raw = top_logprobs is not None and not processed
+                lp = _log_softmax(row) if want_raw else None
                 cand.copy_logits(row)
                 ban = not grammar_on and (ignore_eos or i < min_tokens)
-                token = self._sample(filt, pick, cand, ban)
-                if token is None:  # nothing is allowed: end here rather than abort
+                picked = self._sample(filt, pick, cand, ban)
+                if picked is None:  # nothing is allowed: end here rather than abort
                     return
+                token, drawn = picked
                 logprob = top = None
                 if lp is not None and top_logprobs is not None:
                     logprob = float(lp[token])
                     top = _top(lp, top_logprobs) if top_logprobs > 0 else []
+                elif processed and top_logprobs is not None:
+                    if greedy or not drawn:  # nothing was drawn: the token was certain
+                        logprob, top = 0.0, [(token, 0.0)] if top_logprobs > 0 else []
+                    else:
+                        logprob, top = self._processed(cand, token, top_logprobs)
                 eog = self.is_eog(token)
                 yield Step(token, b"" if eog else self.piece(token), eog, logprob, top)
                 if eog or i == limit - 1:
@@ -400,6 +558,15 @@ def _top(lp: np.ndarray, n: int) -> list[tuple[int, float]]:
     idx = np.argpartition(-lp, n - 1)[:n]
     idx = idx[np.argsort(-lp[idx], kind="stable")]
     return [(int(i), float(lp[i])) for i in idx]
+
+
+def _top_items(lp: np.ndarray, n: int) -> list[tuple[int, float]]:
+    """(index into ``lp``, value) of the ``n`` largest, most likely first."""
+    return _top(lp, n) if lp.size else []
+
+
+# Prompt positions scored per numpy block: bounds the temporary memory (rows × vocabulary).
+_SCORE_ROWS = 64
 
 
 def _regex_escape(text: str) -> str:

@@ -54,9 +54,11 @@ class ChoiceResult:
     # step, so that a reassembled stream has every token the response has)
     rest_logprobs: list[dict[str, Any]] = field(default_factory=list)
     rest_ids: list[int] = field(default_factory=list)
+    # what the logprobs describe: {"logprobs_mode": ..., "echo_tokens": ...}
+    logprobs_meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _lp_entry(engine: Engine, token: int, logprob: float) -> dict[str, Any]:
+def _lp_entry(engine: Engine, token: int, logprob: float | None) -> dict[str, Any]:
     b = engine.token_bytes(token)
     return {
         "token": b.decode("utf-8", errors="replace"),
@@ -67,8 +69,8 @@ def _lp_entry(engine: Engine, token: int, logprob: float) -> dict[str, Any]:
 
 
 def logprob_content(engine: Engine, step: Step) -> dict[str, Any]:
-    """The OpenAI logprobs entry of one step (raw log-softmax, exact alternatives)."""
-    assert step.logprob is not None
+    """The OpenAI logprobs entry of one step (exact alternatives; ``logprob`` null for the
+    prompt's first token, which nothing precedes)."""
     entry = _lp_entry(engine, step.token_id, step.logprob)
     entry["top_logprobs"] = [_lp_entry(engine, t, lp) for t, lp in step.top or []]
     return entry
@@ -131,7 +133,7 @@ def choice_dict(req: ChatRequest, plan: Plan, r: ChoiceResult) -> dict[str, Any]
     choice: dict[str, Any] = {
         "index": r.index,
         "message": message,
-        "logprobs": None if r.logprobs is None else {"content": r.logprobs},
+        "logprobs": None if r.logprobs is None else {"content": r.logprobs, **r.logprobs_meta},
         "finish_reason": r.finish_reason,
         "stop_reason": r.stop_reason,
     }
