@@ -150,10 +150,42 @@ def _with_system(messages: list[dict[str, Any]], note: str) -> list[dict[str, An
     return [{"role": "system", "content": note}, *messages]
 
 
+def _prompt(
+    engine: Engine, messages: list[dict[str, Any]], req: ChatRequest
+) -> tuple[str, list[int]]:
+    """The prompt's text and tokens.
+
+    With ``continue_final_message`` the final (assistant) message is left open. Its text is
+    tokenised with the rest of the prompt (as vLLM does), unless ``continue_token_ids``
+    gives its tokens: those follow the tokens of the open assistant header verbatim, since
+    re-tokenising a text can merge its tokens differently from the tokens it came from.
+    """
+    if not req.get("continue_final_message"):
+        text = engine.render(messages, add_generation_prompt=req.get("add_generation_prompt", True))
+        return text, engine.tokenize(text)
+    ids = req.get("continue_token_ids")
+    if ids is None:
+        text = engine.render(messages, continue_final_message=True)
+        return text, engine.tokenize(text)
+    content = messages[-1]["content"]
+    spelled = engine.detokenize(ids)
+    if spelled != content:
+        raise bad(
+            f"continue_token_ids spell {spelled[:80]!r}, but the final assistant message's "
+            f"content is {content[:80]!r}: send that message's exact text with its token ids",
+            "continue_token_ids",
+        )
+    header = engine.render(
+        [*messages[:-1], {**messages[-1], "content": ""}], continue_final_message=True
+    )
+    return header + spelled, engine.tokenize(header) + list(ids)
+
+
 def _truncate(
     engine: Engine,
     messages: list[dict[str, Any]],
     limit: int,
+    req: ChatRequest,
 ) -> tuple[list[dict[str, Any]], str, list[int]]:
     """Drop the oldest non-system messages until the prompt fits ``limit`` tokens.
 
@@ -162,8 +194,7 @@ def _truncate(
     """
     msgs = list(messages)
     while True:
-        text = engine.render(msgs)
-        tokens = engine.tokenize(text)
+        text, tokens = _prompt(engine, msgs, req)
         if len(tokens) <= limit:
             return msgs, text, tokens
         droppable = [i for i, m in enumerate(msgs[:-1]) if m["role"] != "system"]
@@ -238,10 +269,9 @@ def plan_request(engine: Engine, req: ChatRequest) -> Plan:
     limit = req.get("prompt_truncate_len")
     try:
         if limit is not None:
-            messages, text, tokens = _truncate(engine, messages, limit)
+            messages, text, tokens = _truncate(engine, messages, limit, req)
         else:
-            text = engine.render(messages)
-            tokens = engine.tokenize(text)
+            text, tokens = _prompt(engine, messages, req)
     except RequestError:
         raise
     except Exception as exc:  # a template that raises on these messages
