@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from tmlab import local, sampling
     from tmlab.align import diff
     from tmlab.audits import audit
+    from tmlab.branchtree import tree
     from tmlab.frames import logprobs_frame, usage_frame
     from tmlab.jupyter.explorer import Explorer
     from tmlab.summary import plot_sweep, summarize
@@ -74,6 +75,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Explorer": ("tmlab.jupyter.explorer", "Explorer"),
     "sampling": ("tmlab.sampling", None),
     "local": ("tmlab.local", None),
+    "tree": ("tmlab.branchtree", "tree"),
 }
 
 
@@ -147,6 +149,7 @@ __all__ = [
     "session",
     "summarize",
     "sweep",
+    "tree",
     "usage_frame",
     "validate_params",
 ]
