@@ -55,6 +55,7 @@ EXPECTED = {
     "usage_frame",
     "validate_params",
     "tree",
+    "continuations",
 }
 
 
@@ -88,11 +89,12 @@ def test_function_names_stay_functions_whatever_was_imported_first() -> None:
     another path (the magic imports ``tmlab.sweeps`` on its own, for instance)."""
     code = (
         "import tmlab.sweeps, tmlab.audits, tmlab.align, tmlab.summary, tmlab.history\n"
-        "import tmlab.branchtree, tmlab.branching\n"
+        "import tmlab.branchtree, tmlab.branching, tmlab.probtree\n"
         "import tmlab.jupyter.magics, tmlab.jupyter.explorer\n"
         "import tmlab, inspect\n"
         "names = ['sweep', 'asweep', 'summarize', 'plot_sweep', 'audit', 'diff', 'history',\n"
-        "         'rerun', 'Explorer', 'tree']\n"
+        "         'rerun', 'Explorer', 'tree',\n"
+        "         'continuations']\n"
         "print([n for n in names if inspect.ismodule(getattr(tmlab, n))])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from tmlab.branchtree import tree
     from tmlab.frames import logprobs_frame, usage_frame
     from tmlab.jupyter.explorer import Explorer
+    from tmlab.probtree import continuations
     from tmlab.summary import plot_sweep, summarize
     from tmlab.sweeps import asweep, sweep
 
@@ -76,6 +77,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "sampling": ("tmlab.sampling", None),
     "local": ("tmlab.local", None),
     "tree": ("tmlab.branchtree", "tree"),
+    "continuations": ("tmlab.probtree", "continuations"),
 }
 
 
@@ -137,6 +139,7 @@ __all__ = [
     "__version__",
     "asweep",
     "audit",
+    "continuations",
     "diff",
     "history",
     "load_ipython_extension",
