@@ -292,8 +292,14 @@ class ChatResult:
 
     @property
     def full_text(self) -> str:
-        """The whole answer: for a branch the prefix it continued from, then :attr:`text`."""
-        return self.parent.prefix_text + self.text if self.parent is not None else self.text
+        """The whole answer: the prefix it continued (branch, prefill), then :attr:`text`."""
+        if self.parent is not None:
+            return self.parent.prefix_text + self.text
+        if self.request.get("continue_final_message"):
+            last = (self.request.get("messages") or [{}])[-1]
+            content = last.get("content") if isinstance(last, dict) else None
+            return (content if isinstance(content, str) else "") + self.text
+        return self.text
 
     @property
     def sequence_logprob(self) -> float | None:
