@@ -32,7 +32,7 @@ import math
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tmlab.errors import BadRequestError, ParameterError, TmlabError
@@ -95,7 +95,7 @@ class BranchOrigin:
     when known. ``prefix_logprob`` is the log-probability of that prefix by the parent's
     numbers (``None`` when unknown, e.g. after a text prefill); ``prefix_logprob +
     sequence_logprob`` is then the whole answer's. ``exact``: the server was sent the token
-    ids (the embedded server), not just the text.
+    ids (the embedded server), not just the text. ``parent_result``: the parent answer.
     """
 
     parent_id: int | None
@@ -108,6 +108,8 @@ class BranchOrigin:
     prefix_token_ids: tuple[int, ...] | None
     prefix_logprob: float | None
     exact: bool
+    parent_result: ChatResult | None = field(default=None, repr=False, compare=False)
+    """The parent answer itself (its tokens and alternatives), when it is in memory."""
 
 
 @dataclass(frozen=True)
@@ -448,12 +450,14 @@ def branch(
     params = _inherited(res, position + 1, overrides)
     own = client is None
     target = _client_for(res) if client is None else client
+    known = dataclasses.replace(origin, parent_result=res)
     try:
         model = str(res.request.get("model") or res.model or "") or None
         capability = ensure_continues(target, model) if model else None
         exact = (
             origin.prefix_token_ids is not None and capability is not None and capability.token_ids
         )
+        known = dataclasses.replace(known, exact=exact)
         with branch_origin(origin.parent_id, origin.position, origin.token, origin.prefix_logprob):
             new = continue_final(
                 target,
@@ -463,8 +467,15 @@ def branch(
                 token_ids=origin.prefix_token_ids if exact else None,
                 **params,
             )
+    except BaseException as exc:  # a stopped or broken stream: its partial is a branch too
+        from tmlab.result import ChatResult
+
+        partial = getattr(exc, "partial", None)
+        if isinstance(partial, ChatResult):
+            partial.parent = known
+        raise
     finally:
         if own:
             target.close()
-    new.parent = dataclasses.replace(origin, exact=exact)
+    new.parent = known
     return new
