@@ -64,7 +64,8 @@ _NOTES = {
     "path_prob": "exact: the product of prob along the path (exp of path_logprob)",
     "other_mass": "1 - the sum of this node's children's prob: the mass of the tokens "
     "outside the width returned (NaN for nodes that were not expanded)",
-    "ends": "the token ends the answer (end of turn): the path has no children",
+    "ends": "the token ends the answer (end of turn): the path has no children, and the "
+    "token adds nothing to text",
 }
 
 
@@ -164,14 +165,15 @@ def continuations(
                         0.0, 1.0 - math.fsum(math.exp(a.logprob) for a in alts)
                     )
                 for rank, alt in enumerate(alts, 1):
-                    child_bytes = path_bytes + _bytes(alt)
+                    ends = bool(_END.match(alt.token))
+                    # an end-of-turn token adds nothing to the answer's text
+                    child_bytes = path_bytes + (b"" if ends else _bytes(alt))
                     child_ids = (
                         [*ids, int(alt.token_id)]
                         if ids is not None and alt.token_id is not None
                         else None
                     )
                     lp = path_lp + alt.logprob
-                    ends = bool(_END.match(alt.token))
                     parent_path = rows[parent]["path"] if parent >= 0 else ()
                     rows.append(
                         {
