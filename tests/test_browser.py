@@ -323,32 +323,26 @@ def test_explorer_sends_the_slider_value_and_shows_token_alternatives(
         session.fail(f"the Answer tab is empty: {answer_text!r}")
     session.shot("02-answer")
 
-    # -- the Tokens tab: the heatmap, and a token's alternatives on hover ---------------------
+    # -- the Tokens tab: the clickable token view, and a token's alternatives on hover --------
     explorer.locator(".tmlab-tabs .lm-TabBar-tab", has_text="Tokens").click()
-    tokens = explorer.locator(".tmlab-heatmap .tmlab-tok")
-    session.wait(tokens.first, "the token heatmap", 15_000)
+    tokens = explorer.locator(".tmlab-tokenview .tmlab-tv-tok")
+    session.wait(tokens.first, "the token view", 15_000)
     n_tokens = tokens.count()
     if not 1 <= n_tokens <= MAX_TOKENS:
-        session.fail(f"the heatmap shows {n_tokens} tokens, expected 1..{MAX_TOKENS}")
+        session.fail(f"the token view shows {n_tokens} tokens, expected 1..{MAX_TOKENS}")
     token = tokens.nth(min(1, n_tokens - 1))
     token.hover()
-    title = token.get_attribute("title") or ""
-    if "alternatives" not in title or not re.search(r"p = [01]\.\d{4}", title):
-        session.fail(f"the hovered token's tooltip lists no alternatives: {title!r}")
-    listed = re.findall(r"^\s*\d+\. ", title, re.M)
-    if len(listed) != top_logprobs:
-        session.fail(f"the tooltip lists {len(listed)} alternatives, not {top_logprobs}: {title!r}")
-    # JupyterLab keeps <style>: the CSS popup (::after, from the title) shows while hovering
-    popup = token.evaluate(_POPUP_PROBE)
-    if "alternatives" not in popup["content"]:
-        session.fail(f"no hover popup with the alternatives over the token: {popup!r}")
+    popup = page.locator(".tmlab-tv-alts")
+    session.wait(popup, "the alternatives popup on hover", 10_000)
+    alts = popup.locator(".tmlab-tv-alt")
+    if alts.count() != top_logprobs:
+        session.fail(f"the popup lists {alts.count()} alternatives, not {top_logprobs}")
+    if not re.search(r"p = [01]\.\d{4}", alts.first.inner_text()):
+        session.fail(f"the alternative shows no probability: {alts.first.inner_text()!r}")
     session.shot("03-token-hover")
-    if popup["seen"] < popup["full"] - 8:
-        session.fail(
-            f"the hover popup is cut off: {popup['seen']:.0f} of its {popup['full']:.0f} px "
-            "can be seen (an ancestor with overflow: auto/hidden clips it, so the last "
-            "alternatives are hidden)"
-        )
+    hidden = alts.last.evaluate(_HIDDEN_PROBE)
+    if hidden:
+        session.fail(f"the last alternative cannot be seen or clicked: {hidden}")
 
     # -- the request the server received carried the slider's value ---------------------------
     rows = _explorer_rows(history_file)
@@ -372,6 +366,115 @@ def test_explorer_sends_the_slider_value_and_shows_token_alternatives(
     )
 
 
+def test_clicking_an_alternative_branches_and_the_tree_shows_both(
+    session: Session, history_file: Path
+) -> None:
+    """Tokens tab: click an alternative; the branch streams in, is recorded as a branch of
+    the answer, and the Branches tab shows the tree (a click on the root shows it again)."""
+    from playwright.sync_api import expect
+
+    page = session.page
+    session.open_notebook(
+        "branching.ipynb",
+        [
+            "import tmlab\n"
+            "ex = tmlab.Explorer(prompt='Name three colours.', temperature=0.0, max_tokens=12,\n"
+            "                    logprobs=True, top_logprobs=3)\n"
+            "ex.run()\n"
+            "ex"
+        ],
+    )
+    cell = session.run_first_cell()
+    explorer = cell.locator(".tmlab-explorer")
+    session.wait(explorer, "the Explorer panel to render", CELL_TIMEOUT)
+    session.wait(
+        explorer.locator("button.tmlab-pin:enabled"), "the first answer to finish", ANSWER_TIMEOUT
+    )
+    before = len(_explorer_rows(history_file))
+
+    explorer.locator(".tmlab-tabs .lm-TabBar-tab", has_text="Tokens").click()
+    tokens = explorer.locator(".tmlab-tokenview .tmlab-tv-tok")
+    session.wait(tokens.first, "the token view", 15_000)
+    if tokens.count() < 4:
+        session.fail(f"the answer is too short to branch at position 2: {tokens.count()} tokens")
+    # the keyboard: arrows move between tokens, Enter opens the alternatives, Escape closes
+    view = explorer.locator(".tmlab-tokenview .tmlab-tv")
+    view.focus()
+    for key in ("ArrowRight", "ArrowRight", "ArrowRight"):
+        page.keyboard.press(key)
+    session.expect(
+        lambda: expect(tokens.nth(2)).to_have_class(re.compile("tmlab-tv-selected")),
+        "three ArrowRight presses did not select the third token",
+    )
+    page.keyboard.press("Enter")
+    popup = page.locator(".tmlab-tv-alts")
+    session.wait(popup, "the alternatives opened by Enter", 10_000)
+    page.keyboard.press("Escape")
+    session.wait(popup, "the popup to close on Escape", 5_000, state="detached")
+
+    # the mouse: hover the token at position 2, click an alternative the model did not say
+    tokens.nth(2).hover()
+    session.wait(popup, "the alternatives popup on hover", 10_000)
+    choice = popup.locator(".tmlab-tv-alt:not(.tmlab-tv-taken)").first
+    label = choice.get_attribute("data-token") or ""
+    session.shot("01-alternatives")
+    choice.click()
+    session.wait(
+        explorer.locator(".tmlab-tokenview .tmlab-tv-inherited").first,
+        "the branch's prefix in the token view",
+        30_000,
+    )
+    session.wait(
+        explorer.locator("button.tmlab-pin:enabled"), "the branch to finish", ANSWER_TIMEOUT
+    )
+    session.shot("02-branched")
+
+    rows = _explorer_rows(history_file)
+    if len(rows) != before + 1:
+        session.fail(f"expected one more explorer request after the click, got {rows[before:]}")
+    root, branch = rows[before - 1], rows[-1]
+    assert branch["parent_id"] == root["id"], (branch["parent_id"], root["id"])
+    assert branch["branch_position"] == 2
+    token = branch["branch_token"]
+    visible = token.replace(" ", "\u2423").replace("\n", "\u21b5")
+    assert label in (token, visible), (label, token)
+    messages = json.loads(branch["messages"])
+    final = messages[-1]
+    assert final["role"] == "assistant" and final["content"].endswith(token), final
+    prefix = final["content"]
+    assert root["text"].startswith(prefix[: len(prefix) - len(token)])  # the answer's own tokens
+    assert branch["params"]["continue_final_message"] is True
+    shown = explorer.locator(".tmlab-answer").inner_text()
+    if not shown.startswith(prefix) or branch["text"] not in shown:
+        session.fail(f"the answer shown does not start with {prefix!r}: {shown!r}")
+
+    # the Branches tab: the root and the branch under it; clicking the root shows it again
+    explorer.locator(".tmlab-tabs .lm-TabBar-tab", has_text="Branches").click()
+    nodes = explorer.locator(".tmlab-branches .tmlab-br-node")
+    session.wait(nodes.nth(1), "two nodes in the Branches tab", 15_000)
+    session.expect(lambda: expect(nodes).to_have_count(2), "the tree has not two nodes")
+    session.expect(
+        lambda: expect(nodes.nth(1).locator(".tmlab-br-token")).to_have_text(token),
+        "the branch's node does not show its token",
+    )
+    session.shot("03-branches-tab")
+    nodes.nth(0).click()
+    session.expect(
+        lambda: expect(nodes.nth(0)).to_have_class(re.compile("tmlab-br-selected")),
+        "clicking the root did not select it",
+    )
+    explorer.locator(".tmlab-tabs .lm-TabBar-tab", has_text="Answer").click()
+    session.expect(
+        lambda: expect(explorer.locator(".tmlab-answer")).to_contain_text(root["text"].strip()),
+        "clicking the root in the Branches tab did not show the root's answer",
+    )
+    if prefix in explorer.locator(".tmlab-answer").inner_text():
+        session.fail("the root's answer still shows the branch's prefix")
+    session.shot("04-root-shown-again")
+    assert not session.widget_errors(), session.widget_errors()
+    print(f"branch browser test: screenshots in {session.out}")
+
+
 def _drag(page: Page, handle: Locator, track: Locator, fraction: float) -> None:
     """Drag a slider's handle with the mouse to ``fraction`` of its track."""
     start, base = handle.bounding_box(), track.bounding_box()
@@ -383,32 +486,15 @@ def _drag(page: Page, handle: Locator, track: Locator, fraction: float) -> None:
     page.mouse.up()
 
 
-# How much of a token's hover popup (its ::after) can be seen. Called while hovering: the
-# popup is made hit-testable (a pseudo-element hits as its host), then the page is asked what
-# is on top at each point down from under the token; an ancestor that clips the popup answers
-# instead of the token where the popup is cut off.
-_POPUP_PROBE = """el => {
-  const style = document.createElement('style');
-  style.textContent = '.tmlab-tok:hover::after { pointer-events: auto !important; }';
-  document.head.appendChild(style);
-  try {
-    const s = getComputedStyle(el, '::after');
-    const px = v => parseFloat(v) || 0;
-    const full = px(s.height) + px(s.paddingTop) + px(s.paddingBottom)
-      + px(s.borderTopWidth) + px(s.borderBottomWidth);
-    const r = el.getBoundingClientRect();
-    const x = r.right + 6;
-    let first = null, last = null;
-    for (let y = r.bottom; y < r.bottom + full + 60; y += 2) {
-      if (document.elementFromPoint(x, y) === el) {
-        if (first === null) first = y;
-        last = y;
-      } else if (first !== null) break;
-    }
-    return {full: full, seen: first === null ? 0 : last - first + 2, content: s.content};
-  } finally {
-    style.remove();
-  }
+# Whether an element is on screen and on top at its centre (not clipped, not covered):
+# '' if so, else what is wrong.
+_HIDDEN_PROBE = """el => {
+  const r = el.getBoundingClientRect();
+  if (r.width === 0 || r.height === 0) return 'it has no size';
+  if (r.top < 0 || r.left < 0 || r.bottom > window.innerHeight || r.right > window.innerWidth)
+    return `it is outside the window: ${JSON.stringify(r)}`;
+  const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+  return el.contains(top) ? '' : `covered by ${top && top.className}`;
 }"""
 
 

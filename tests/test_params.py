@@ -248,3 +248,47 @@ def test_both_max_tokens_names_are_sent_with_a_warning_naming_the_ambiguity() ->
         warnings.simplefilter("error")
         assert validate_params({"max_tokens": 5, "max_completion_tokens": 7}, warn=False)
         assert validate_params({"max_tokens": 5}) == {"max_tokens": 5}
+
+
+def test_rows_not_on_the_seed_page_are_extensions_at_the_end_saying_who_honours_them() -> None:
+    seeded = set(_seed_params())
+    names = list(PARAMS)
+    extra = [n for n in names if n not in seeded]
+    assert {"continue_final_message", "add_generation_prompt", "continue_token_ids"} <= set(extra)
+    assert names[-len(extra) :] == extra  # one group, appended at the end of the table
+    for name in extra:
+        p = PARAMS[name]
+        assert p.group == "extensions", name
+        assert "tensormesh page" in p.help.lower(), name  # says it is not on the page
+        assert "vllm" in p.help.lower() or "embedded server" in p.help.lower(), name
+
+
+@pytest.mark.parametrize(
+    ("params", "param", "fragment"),
+    [
+        (
+            {"continue_final_message": True, "add_generation_prompt": True},
+            "continue_final_message",
+            "add_generation_prompt",
+        ),
+        ({"continue_token_ids": [1, 2]}, "continue_token_ids", "needs continue_final_message"),
+        (
+            {"continue_final_message": True, "continue_token_ids": [1, -2]},
+            "continue_token_ids",
+            "token ids",
+        ),
+        (
+            {"continue_final_message": True, "continue_token_ids": "1 2"},
+            "continue_token_ids",
+            "token ids",
+        ),
+    ],
+)
+def test_continuation_combinations_are_caught_before_sending(
+    params: dict[str, Any], param: str, fragment: str
+) -> None:
+    with pytest.raises(tmlab.ParameterError) as info:
+        validate_params(params)
+    assert info.value.param == param and fragment in str(info.value)
+    ok = {"continue_final_message": True, "add_generation_prompt": False, "continue_token_ids": [3]}
+    assert validate_params(ok) == ok

@@ -58,6 +58,8 @@ EXPECTED = {
     "sweep",
     "usage_frame",
     "validate_params",
+    "tree",
+    "continuations",
 }
 
 
@@ -92,10 +94,12 @@ def test_function_names_stay_functions_whatever_was_imported_first() -> None:
     code = (
         "import tmlab.sweeps, tmlab.audits, tmlab.align, tmlab.summary, tmlab.history\n"
         "import tmlab.scoring, tmlab.classification, tmlab.probes\n"
+        "import tmlab.branchtree, tmlab.branching, tmlab.probtree\n"
         "import tmlab.jupyter.magics, tmlab.jupyter.explorer\n"
         "import tmlab, inspect\n"
         "names = ['sweep', 'asweep', 'summarize', 'plot_sweep', 'audit', 'diff', 'history',\n"
-        "         'rerun', 'Explorer', 'score', 'classify', 'probe']\n"
+        "         'rerun', 'Explorer', 'score', 'classify', 'probe', 'tree',\n"
+        "         'continuations']\n"
         "print([n for n in names if inspect.ismodule(getattr(tmlab, n))])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

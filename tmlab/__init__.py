@@ -56,10 +56,12 @@ if TYPE_CHECKING:
     from tmlab import local, sampling
     from tmlab.align import diff
     from tmlab.audits import audit
+    from tmlab.branchtree import tree
     from tmlab.classification import classify
     from tmlab.frames import logprobs_frame, usage_frame
     from tmlab.jupyter.explorer import Explorer
     from tmlab.probes import probe
+    from tmlab.probtree import continuations
     from tmlab.scoring import ScoreResult, score
     from tmlab.summary import plot_sweep, summarize
     from tmlab.sweeps import asweep, sweep
@@ -81,6 +83,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "ScoreResult": ("tmlab.scoring", "ScoreResult"),
     "classify": ("tmlab.classification", "classify"),
     "probe": ("tmlab.probes", "probe"),
+    "tree": ("tmlab.branchtree", "tree"),
+    "continuations": ("tmlab.probtree", "continuations"),
 }
 
 
@@ -144,6 +148,7 @@ __all__ = [
     "asweep",
     "audit",
     "classify",
+    "continuations",
     "diff",
     "history",
     "load_ipython_extension",
@@ -158,6 +163,7 @@ __all__ = [
     "session",
     "summarize",
     "sweep",
+    "tree",
     "usage_frame",
     "validate_params",
 ]

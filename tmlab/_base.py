@@ -353,6 +353,7 @@ class _BaseClient:
             secret=self._key,
         )
         if result is not None:
+            result.base_url = self._base_url
             result.history_id = row_id
         if exc is not None:
             with contextlib.suppress(AttributeError):  # a few builtins refuse attributes

@@ -48,6 +48,9 @@ def usage_line(res: ChatResult) -> str:
         parts.append(f"{t.tokens_per_s:.1f} tok/s")
     if res.finish_reason:
         parts.append(f"finish: {res.finish_reason}")
+    seq, ppl = res.sequence_logprob, res.perplexity
+    if seq is not None and ppl is not None:
+        parts.append(f"sequence logprob {seq:.3f} (perplexity {ppl:.2f})")
     if not res.complete:
         parts.append("INCOMPLETE (stream broke off)")
     return " · ".join(parts)

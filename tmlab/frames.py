@@ -77,6 +77,9 @@ USAGE_COLUMNS = [
     "ttft_s",
     "tokens_per_s",
     "finish_reason",
+    "sequence_logprob",
+    "mean_logprob",
+    "perplexity",
 ]
 
 LOGPROBS_NOTES = (
@@ -234,6 +237,9 @@ def mean_entropy(res: ChatResult, choice: int = 0) -> float:
     return float(values.to_numpy().mean()) if len(values) else math.nan
 
 
+_LIKELIHOOD = ("sequence_logprob", "mean_logprob", "perplexity")
+
+
 def usage_frame(
     results: ChatResult | Iterable[ChatResult],
     prices: Mapping[str, Any] | None = None,
@@ -243,7 +249,9 @@ def usage_frame(
     ``prices`` in USD per million tokens, either ``{"input": 0.3, "output": 1.2,
     "cached_input": 0.0}`` for every model or ``{model_name: {...}}``. Cached input tokens are
     billed at ``cached_input`` (default 0, as on Tensormesh). A ``cost_usd`` column is added
-    when prices are given; it is <NA> for a model without a price.
+    when prices are given; it is <NA> for a model without a price. ``sequence_logprob``,
+    ``mean_logprob`` and ``perplexity`` are over the first choice's generated tokens with
+    logprobs, as returned by the server (NaN without logprobs; see :mod:`tmlab.likelihood`).
     """
     from tmlab.result import ChatResult
 
@@ -263,6 +271,9 @@ def usage_frame(
                 "ttft_s": t.ttft_s,
                 "tokens_per_s": t.tokens_per_s,
                 "finish_reason": r.finish_reason,
+                "sequence_logprob": r.sequence_logprob,
+                "mean_logprob": r.mean_logprob,
+                "perplexity": r.perplexity,
             }
         )
     df = pd.DataFrame.from_records(records, columns=USAGE_COLUMNS)
@@ -274,7 +285,7 @@ def usage_frame(
         "total_tokens",
     ):
         df[col] = pd.array(df[col].tolist(), dtype="Int64")
-    for col in ("latency_s", "ttft_s", "tokens_per_s"):
+    for col in ("latency_s", "ttft_s", "tokens_per_s", *_LIKELIHOOD):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     if prices:
         costs: list[float | None] = []

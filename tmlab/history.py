@@ -41,6 +41,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SOURCES",
     "HistoryWarning",
+    "branch_origin",
     "current_source",
     "get_row",
     "history",
@@ -48,9 +49,10 @@ __all__ = [
     "record",
     "request_source",
     "rerun",
+    "tree_rows",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """Stored in ``PRAGMA user_version``; later columns are added by migration, never by
 starting a new file."""
 
@@ -73,6 +75,11 @@ COLUMNS: Final = (
     "ttft_s",
     "tokens_per_s",
     "error",
+    "sequence_logprob",
+    "parent_id",
+    "branch_position",
+    "branch_token",
+    "prefix_logprob",
 )
 
 SOURCES: Final = ("client", "magic", "explorer", "sweep")
@@ -106,9 +113,24 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_model ON requests(model);
 CREATE INDEX IF NOT EXISTS requests_source ON requests(source);
 """
-MIGRATIONS: Final[tuple[str, ...]] = (_CREATE,)
+# Version 2: branches. A branch's row names the row it branched from, at which position of
+# that answer and with which token; sequence_logprob is the sum of the logprobs of the
+# generated tokens (when the answer has logprobs), prefix_logprob that of the prefix a branch
+# was forced to (the parent's tokens before the position, then the chosen token).
+_BRANCHES: Final = """
+ALTER TABLE requests ADD COLUMN sequence_logprob REAL;
+ALTER TABLE requests ADD COLUMN parent_id INTEGER;
+ALTER TABLE requests ADD COLUMN branch_position INTEGER;
+ALTER TABLE requests ADD COLUMN branch_token TEXT;
+ALTER TABLE requests ADD COLUMN prefix_logprob REAL;
+CREATE INDEX IF NOT EXISTS requests_parent ON requests(parent_id);
+"""
+MIGRATIONS: Final[tuple[str, ...]] = (_CREATE, _BRANCHES)
 
 _source: contextvars.ContextVar[str] = contextvars.ContextVar("tmlab_source", default="client")
+_branch: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "tmlab_branch", default=None
+)
 _ready: set[Path] = set()  # databases whose schema is known to be current in this process
 _keepers: list[sqlite3.Connection] = []
 _ready_lock = threading.Lock()
@@ -133,6 +155,25 @@ def request_source(name: str) -> Iterator[None]:
         yield
     finally:
         _source.reset(token)
+
+
+@contextlib.contextmanager
+def branch_origin(
+    parent_id: int | None, position: int, token: str, prefix_logprob: float | None
+) -> Iterator[None]:
+    """Record the requests made inside this block as branches of row ``parent_id``."""
+    token_ = _branch.set(
+        {
+            "parent_id": parent_id,
+            "branch_position": position,
+            "branch_token": token,
+            "prefix_logprob": prefix_logprob,
+        }
+    )
+    try:
+        yield
+    finally:
+        _branch.reset(token_)
 
 
 def current_source() -> str:
@@ -249,7 +290,10 @@ def record(
         "params": _dumps(params, secret),
         "error": _scrub(error, secret),
         "latency_s": latency_s,
+        **(_branch.get() or {}),
     }
+    if row.get("branch_token") is not None:
+        row["branch_token"] = _scrub(row["branch_token"], secret)
     if result is not None:
         usage, timing = result.usage, result.timing
         row.update(
@@ -264,6 +308,7 @@ def record(
             latency_s=timing.latency_s if timing.latency_s is not None else latency_s,
             ttft_s=timing.ttft_s,
             tokens_per_s=timing.tokens_per_s,
+            sequence_logprob=result.sequence_logprob,
         )
     else:
         row["complete"] = 0
@@ -347,6 +392,32 @@ def get_row(id: int) -> dict[str, Any] | None:
     """One logged request as a dict (``messages``/``params`` decoded), or ``None``."""
     rows = _query("SELECT " + ", ".join(COLUMNS) + " FROM requests WHERE id = ?", (int(id),))
     return rows[0] if rows else None
+
+
+def tree_rows(id: int) -> list[dict[str, Any]]:
+    """The rows of the branch tree that holds row ``id``, each with its ``depth``.
+
+    The root is the oldest ancestor still in the history; rows come root first, then by
+    depth and id. ``[]`` when there is no row ``id``.
+    """
+    cols = ", ".join("r." + c for c in COLUMNS)
+    sql = f"""
+        WITH RECURSIVE
+        up(id, parent_id, n) AS (
+            SELECT id, parent_id, 0 FROM requests WHERE id = ?
+            UNION ALL
+            SELECT r.id, r.parent_id, up.n + 1 FROM requests r JOIN up ON r.id = up.parent_id
+        ),
+        root(id) AS (SELECT id FROM up ORDER BY n DESC LIMIT 1),
+        down(id, depth) AS (
+            SELECT id, 0 FROM root
+            UNION ALL
+            SELECT r.id, down.depth + 1 FROM requests r JOIN down ON r.parent_id = down.id
+        )
+        SELECT {cols}, down.depth AS depth FROM down JOIN requests r ON r.id = down.id
+        ORDER BY down.depth, r.id
+    """
+    return _query(sql, (int(id),))
 
 
 def rerun(id: int, *, client: Client | None = None, **overrides: Any) -> ChatResult:

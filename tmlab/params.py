@@ -194,6 +194,12 @@ def _list(v: Any) -> str | None:
     return None if isinstance(v, list) else "a list"
 
 
+def _token_ids(v: Any) -> str | None:
+    if isinstance(v, list) and v and all(type(t) is int and t >= 0 for t in v):
+        return None
+    return "a non-empty list of token ids (ints ≥ 0)"
+
+
 # --- the table ----------------------------------------------------------------------------
 
 # One line per parameter, so that a new server parameter is one more line: a table is
@@ -249,6 +255,9 @@ _TABLE: tuple[Param, ...] = (
     Param("metadata", "json", "json", "Metadata stored with the request for tracing.", shape=_dict, shape_help="an object", group="serving"),
     # extensions: not on the Tensormesh page; the help says who honours them
     Param("logprobs_mode", "enum", "dropdown", "Extension, not on the Tensormesh page (honoured per request by tmlab's embedded server; vLLM sets it server-wide with --logprobs-mode): what logprobs describe, raw_logprobs (the model's distribution before sampling) or processed_logprobs (the one the token was drawn from).", choices=("raw_logprobs", "processed_logprobs"), group="extensions"),
+    Param("add_generation_prompt", "bool", "toggle", "Not on the Tensormesh page; vLLM and the embedded server: end the prompt with the assistant header (servers default to true).", group="extensions"),
+    Param("continue_final_message", "bool", "toggle", "Not on the Tensormesh page; vLLM and the embedded server: continue the final assistant message instead of starting a new one.", group="extensions"),
+    Param("continue_token_ids", "json", "json", "Not on the Tensormesh page; the embedded server only: the final assistant message as token ids, used verbatim instead of re-tokenising its text (needs continue_final_message).", shape=_token_ids, shape_help="a non-empty list of token ids (ints ≥ 0)", group="extensions"),
 )
 # fmt: on
 
@@ -368,6 +377,19 @@ def _caller_level() -> int:
 
 
 def _check_combinations(p: Mapping[str, Any]) -> None:
+    if p.get("continue_final_message") and p.get("add_generation_prompt"):
+        raise ParameterError(
+            "continue_final_message",
+            "continue_final_message=True with add_generation_prompt=True: a final message "
+            "cannot be continued after a new assistant header (vLLM rejects it too)",
+            "continue_final_message=True alone, or add_generation_prompt alone",
+        )
+    if p.get("continue_token_ids") is not None and not p.get("continue_final_message"):
+        raise ParameterError(
+            "continue_token_ids",
+            "continue_token_ids needs continue_final_message=True",
+            "continue_token_ids=[...] with continue_final_message=True",
+        )
     top = p.get("top_logprobs")
     if top is not None and top > 0 and not p.get("logprobs"):
         raise ParameterError(

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+    from tmlab.branching import BranchOrigin
+    from tmlab.client import Client
+
 __all__ = [
     "ChatResult",
     "Choice",
@@ -224,10 +227,24 @@ class ChatResult:
         self.request = request or {}
         self.timing = timing or Timing()
         self.complete = complete
-        self.history_id: int | None = None  # the row in tmlab.history(), once recorded
+        self._history_id: int | None = None
+        self.base_url: str | None = None  # the server that answered, set by the client
+        self.parent: BranchOrigin | None = None  # set on the result of a branch
         choices = raw.get("choices") or []
         self.choices = sorted((Choice.from_raw(c) for c in choices), key=lambda c: c.index)
         self.usage = Usage.from_raw(raw.get("usage"))
+
+    @property
+    def history_id(self) -> int | None:
+        """The row in :func:`tmlab.history`, once recorded (``None``: history off)."""
+        return self._history_id
+
+    @history_id.setter
+    def history_id(self, value: int | None) -> None:
+        from tmlab.branching import remember
+
+        self._history_id = value
+        remember(self)  # so that `%%tmchat --branch ID:POS` finds this session's results
 
     @property
     def _first(self) -> Choice | None:
@@ -272,6 +289,57 @@ class ChatResult:
     def perf_metrics(self) -> dict[str, Any] | None:
         """Server-side performance metrics (perf_metrics_in_response)."""
         return self.raw.get("perf_metrics")
+
+    @property
+    def full_text(self) -> str:
+        """The whole answer: the prefix it continued (branch, prefill), then :attr:`text`."""
+        if self.parent is not None:
+            return self.parent.prefix_text + self.text
+        if self.request.get("continue_final_message"):
+            last = (self.request.get("messages") or [{}])[-1]
+            content = last.get("content") if isinstance(last, dict) else None
+            return (content if isinstance(content, str) else "") + self.text
+        return self.text
+
+    @property
+    def sequence_logprob(self) -> float | None:
+        """Sum of the generated tokens' logprobs (first choice); see :mod:`tmlab.likelihood`."""
+        from tmlab.likelihood import sequence_logprob
+
+        return sequence_logprob(self)
+
+    @property
+    def mean_logprob(self) -> float | None:
+        """Mean logprob per generated token (first choice); see :mod:`tmlab.likelihood`."""
+        from tmlab.likelihood import mean_logprob
+
+        return mean_logprob(self)
+
+    @property
+    def perplexity(self) -> float | None:
+        """``exp(-mean_logprob)`` (first choice); see :mod:`tmlab.likelihood`."""
+        from tmlab.likelihood import perplexity
+
+        return perplexity(self)
+
+    def branch(
+        self,
+        position: int,
+        token: str | int | None = None,
+        *,
+        client: Client | None = None,
+        **overrides: Any,
+    ) -> ChatResult:
+        """Continue this answer from ``position`` with ``token`` instead of what was said.
+
+        Same as :func:`tmlab.branching.branch`: the answer up to ``position``, then ``token``
+        (an alternative's text or id; default: the most likely alternative not generated),
+        then the model goes on. ``overrides`` change parameters (``stream=True`` and
+        ``on_delta`` stream the new text).
+        """
+        from tmlab.branching import branch
+
+        return branch(self, position, token, client=client, **overrides)
 
     def logprobs_frame(self, long: bool = False) -> pd.DataFrame:
         """Same as :func:`tmlab.logprobs_frame`."""

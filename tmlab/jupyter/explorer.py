@@ -21,11 +21,15 @@ last change of a parameter control, so a burst of slider moves is one request.
 Stable names for code and tests: ``controls[name]`` (a :class:`ParamControl` per parameter),
 ``send_button``, ``stop_button``, ``pin_button``, ``auto_send``, ``prompt``, ``system``,
 ``model_widget``, ``tabs``, ``answer``, ``heatmap``, ``error`` (the error line),
-``call_line``, ``whatif``; ``params()``, ``run()``, ``stop()``, ``wait()``, ``pin()``,
-``runs_frame()``, ``close()``; ``result`` (the last ChatResult). CSS classes for browser tests:
+``call_line``, ``whatif``, ``token_view`` (the clickable Tokens tab), ``branches`` (the
+Branches tab); ``params()``, ``run()``, ``stop()``, ``wait()``, ``pin()``, ``branch()``,
+``show_run()``, ``runs_frame()``, ``close()``; ``result`` (the last ChatResult). CSS classes
+for browser tests (the token view's own are in ``tokenview.js``: ``tmlab-tv-tok``,
+``tmlab-tv-alt``):
 ``tmlab-explorer``, ``tmlab-send``, ``tmlab-stop``, ``tmlab-pin``, ``tmlab-auto``,
 ``tmlab-prompt``, ``tmlab-model``, ``tmlab-answer``, ``tmlab-heatmap``, ``tmlab-error``,
-``tmlab-control-<name>``, ``tmlab-reset``, ``tmlab-whatif``, ``tmlab-pins``.
+``tmlab-control-<name>``, ``tmlab-reset``, ``tmlab-whatif``, ``tmlab-pins``,
+``tmlab-tokenview``, ``tmlab-branches``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from tmlab import display as _display
 from tmlab.errors import ParameterError
 from tmlab.explain import error_line
 from tmlab.history import request_source
+from tmlab.jupyter.branches import BranchesView, BranchRunner
 from tmlab.jupyter.codeline import chat_call, tmchat_line
 from tmlab.jupyter.controls import (
     ParamControl,
@@ -58,6 +63,7 @@ from tmlab.jupyter.controls import (
 )
 from tmlab.jupyter.live import Debounce, Throttle
 from tmlab.jupyter.pins import Pin, pins_frame, pins_html
+from tmlab.jupyter.tokenview import TokenView
 from tmlab.jupyter.whatif import WhatIfPanel
 from tmlab.params import PARAMS, ParameterWarning, validate_params
 from tmlab.result import ChatResult
@@ -239,10 +245,24 @@ class Explorer(widgets.VBox):
         self.raw = widgets.HTML()
         self.raw.add_class("tmlab-raw")
         self.whatif = WhatIfPanel()
+        # the Tokens tab: a hint when there are no logprobs, else the clickable token view
+        self.token_view = TokenView(on_branch=self.branch)
+        self.branches = BranchesView(on_select=self.show_run)
+        self._brancher = BranchRunner(self)
+        tokens_tab = widgets.VBox([self.heatmap, self.token_view])
         self.tabs = widgets.Tab(
-            [self.answer, self.heatmap, self.logprobs_view, self.usage, self.raw, self.whatif]
+            [
+                self.answer,
+                tokens_tab,
+                self.logprobs_view,
+                self.usage,
+                self.raw,
+                self.whatif,
+                self.branches,
+            ]
         )
-        for i, title in enumerate(("Answer", "Tokens", "Logprobs", "Usage", "Raw JSON", "What-if")):
+        titles = ("Answer", "Tokens", "Logprobs", "Usage", "Raw JSON", "What-if", "Branches")
+        for i, title in enumerate(titles):
             self.tabs.set_title(i, title)
         self.tabs.add_class("tmlab-tabs")
 
@@ -555,7 +575,6 @@ class Explorer(widgets.VBox):
             self.reasoning_pane.layout.display = None
         frame = res.logprobs_frame()
         has_logprobs = len(frame) > 0
-        tokens_html = getattr(_display, "tokens_html", None)
         if not has_logprobs:
             hint = (
                 '<i style="opacity: 0.7">no logprobs in this answer: turn on <b>logprobs</b> '
@@ -564,8 +583,10 @@ class Explorer(widgets.VBox):
             self.heatmap.value = hint
             self.logprobs_view.value = hint
         else:
-            self.heatmap.value = tokens_html(res) if tokens_html else ""
+            self.heatmap.value = ""
             self.logprobs_view.value = _display.style_logprobs(frame).to_html()
+        self.token_view.show(res if has_logprobs or res.parent is not None else None)
+        self.branches.add(res)
         prices = _session_prices()
         self.usage.value = f"<div>{html.escape(_display.usage_line(res))}</div>" + res.usage_frame(
             prices=prices
@@ -578,6 +599,24 @@ class Explorer(widgets.VBox):
             + "</pre>"
         )
         self.whatif.set_result(res if has_logprobs else None, res.request)
+
+    # -- branches -----------------------------------------------------------------------
+
+    def branch(self, owner: ChatResult, position: int, token: int | str) -> bool:
+        """Branch ``owner`` at ``position`` with ``token``, as a click in the Tokens tab does:
+        the branch streams into the token view and becomes the shown run (see
+        :class:`~tmlab.jupyter.branches.BranchRunner`)."""
+        return self._brancher.branch(owner, position, token)
+
+    def show_run(self, res: ChatResult) -> None:
+        """Show an earlier run of this Explorer in every tab (a click in the Branches tab)."""
+        with self._lock:
+            if self._job is not None and self._job.thread and self._job.thread.is_alive():
+                return  # a request is running: its answer will be shown
+            self.result = res
+        self._show_error("")
+        self._render(res)
+        self.pin_button.disabled = False
 
     # -- pins ---------------------------------------------------------------------------
 
@@ -669,9 +708,15 @@ def _session_prices() -> dict[str, Any] | None:
 def _answer_html(res: ChatResult) -> str:
     out = []
     many = len(res.choices) > 1
+    prefix = res.full_text[: len(res.full_text) - len(res.text)]
+    if prefix:  # a branch or a prefill: what it continued, dimmed
+        prefix = f'<span style="opacity: 0.6">{html.escape(prefix)}</span>'
     for choice in res.choices or []:
         label = f"<b>[{choice.index}]</b> " if many else ""
-        out.append(f'<div style="white-space: pre-wrap">{label}{html.escape(choice.text)}</div>')
+        before = prefix if choice.index == 0 else ""
+        out.append(
+            f'<div style="white-space: pre-wrap">{label}{before}{html.escape(choice.text)}</div>'
+        )
     for call in res.tool_calls:
         fn = call.get("function") or {}
         signature = f"{fn.get('name')}({fn.get('arguments', '')})"

@@ -6,7 +6,8 @@ booleans are switches (``--ignore-eos`` / ``--no-ignore-eos``), JSON parameters 
 string (or a plain string: ``--stop "###"``). A comma-separated list of numbers or choices
 (``--temperature 0,0.7,1.4``) asks for a small sweep. The magic's own flags (``--model``,
 ``--system``, ``--logprobs N``, ``--json``, ``--no-stream``, ``--show``, ``--out``,
-``--continue``, ``--new``, ``--debug``, ``--repeat``) are declared here once, too.
+``--continue``, ``--new``, ``--debug``, ``--repeat``, ``--prefill``, ``--branch``) are
+declared here once, too.
 
 Argparse never exits or prints here: every problem is a :class:`FlagError` with one line
 that names the flag and what it accepts.
@@ -137,6 +138,22 @@ OWN_FLAGS: tuple[Own, ...] = (
         "send the request N times (a sweep; with comma lists: per grid cell)",
         "1",
     ),
+    Own(
+        ("--prefill",),
+        "TEXT",
+        "a string",
+        "the answer starts with TEXT and the model continues it (continue_final_message; "
+        "a server other than the embedded one is checked once first)",
+        "none",
+    ),
+    Own(
+        ("--branch",),
+        "ID:POS[:TOKEN]",
+        "history id : position : an alternative's text, or #N for a token id",
+        "continue answer ID (a result of this session) from position POS with TOKEN "
+        "(default: the most likely alternative not generated); on one line: %tmchat --branch ...",
+        "none",
+    ),
 )
 
 
@@ -155,6 +172,8 @@ class Flags:
     new: bool = False
     debug: bool = False
     repeat: int | None = None
+    prefill: str | None = None
+    branch: tuple[int, int, str | int | None] | None = None
 
     @property
     def models(self) -> list[str] | None:
@@ -297,6 +316,8 @@ def _parser() -> LineParser:
     own.add_argument("--new", dest="_new", action="store_true")
     own.add_argument("--debug", dest="_debug", action="store_true")
     own.add_argument("--repeat", dest="_repeat", type=_repeat)
+    own.add_argument("--prefill", dest="_prefill")
+    own.add_argument("--branch", dest="_branch", type=_branch)
     return parser
 
 
@@ -336,6 +357,25 @@ def _repeat(text: str) -> int:
     return n
 
 
+def _branch(text: str) -> tuple[int, int, str | int | None]:
+    """``ID:POS[:TOKEN]``: TOKEN is an alternative's text (may hold colons), ``#N`` an id."""
+    parts = text.split(":", 2)
+    try:
+        row, position = int(parts[0]), int(parts[1])
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not ID:POS[:TOKEN] (e.g. 12:5, 12:5:' sea', 12:5:#1234)"
+        ) from None
+    if row < 1 or position < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: ID ≥ 1 and POS ≥ 0")
+    if len(parts) < 3 or parts[2] == "":
+        return row, position, None
+    token = parts[2]
+    if token.startswith("#") and token[1:].isdigit():
+        return row, position, int(token[1:])
+    return row, position, token
+
+
 _PARSER: LineParser | None = None
 
 
@@ -368,6 +408,9 @@ def parse_flags(line: str) -> Flags:
     )
     if flags.continue_ and flags.new:
         raise FlagError("--continue and --new exclude each other")
+    flags.prefill = ns.pop("_prefill")
+    flags.branch = ns.pop("_branch")
+    _check_continuation(flags, ns)
     top = ns.pop("_logprobs")
     as_json = ns.pop("_json")
     show = ns.pop("_show")
@@ -394,6 +437,29 @@ def parse_flags(line: str) -> Flags:
     elif params.get("logprobs"):
         flags.show = DEFAULT_SHOW | {"logprobs"}
     return flags
+
+
+def _check_continuation(flags: Flags, ns: dict[str, Any]) -> None:
+    """--prefill and --branch: one request, which continues an assistant message."""
+    used = [
+        f for f, v in (("--prefill", flags.prefill), ("--branch", flags.branch)) if v is not None
+    ]
+    if not used:
+        return
+    if len(used) == 2:
+        raise FlagError("--prefill and --branch exclude each other")
+    several = any(isinstance(v, _Several) for v in ns.values()) or "," in (flags.model or "")
+    if several or (flags.repeat or 1) > 1:
+        raise FlagError(f"{used[0]} makes one request: no comma lists or --repeat with it")
+    if flags.branch is not None:
+        for flag, value in (("--continue", flags.continue_), ("--system", flags.system)):
+            if value:
+                raise FlagError(f"--branch continues row ID's own conversation: no {flag}")
+        if flags.model is not None:
+            raise FlagError("--branch goes to the model that answered row ID: no --model")
+    for name in ("continue_final_message", "add_generation_prompt", "continue_token_ids"):
+        if name in ns:
+            raise FlagError(f"{used[0]} sets {flag_name(name)} itself")
 
 
 def _check(params: dict[str, Any], grid: dict[str, list[Any]]) -> None:

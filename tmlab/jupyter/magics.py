@@ -24,11 +24,12 @@ import shlex
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.display import display
 from traitlets import Bool, Dict, Float, Unicode, observe
 
 from tmlab.explain import error_line
+from tmlab.jupyter.continuing import continued_note, send
 from tmlab.jupyter.flags import FlagError, Flags, LineParser, help_text, parse_flags
 from tmlab.jupyter.live import LiveAnswer, MarkdownView, result_view
 from tmlab.jupyter.template import interpolate
@@ -141,13 +142,25 @@ class TmChat(Magics):
 
     # -- %%tmchat -------------------------------------------------------------------------
 
-    @cell_magic
+    @line_cell_magic
     @_with_doc(help_text())
-    def tmchat(self, line: str, cell: str) -> Any:
+    def tmchat(self, line: str, cell: str | None = None) -> Any:
         try:
             flags = parse_flags(line)
         except FlagError as exc:
             raise TmchatError(f"%%tmchat: {exc}") from None
+        if flags.branch is not None:  # `%tmchat --branch ID:POS` on one line works too
+            if cell is not None and cell.strip():
+                raise TmchatError(
+                    "%%tmchat --branch continues row ID's own conversation: leave the cell "
+                    "body empty (or use the one-line %tmchat --branch ID:POS[:TOKEN])"
+                )
+            return self._shown(flags, self._chat(flags, []))
+        if cell is None:
+            raise TmchatError(
+                "%tmchat on one line is for --branch ID:POS[:TOKEN]; to ask something, "
+                "use %%tmchat with the message in the cell below"
+            )
         prompt = interpolate(cell, self._namespace()).strip()
         if not prompt:
             raise TmchatError("%%tmchat: the cell is empty; write the message below %%tmchat")
@@ -158,7 +171,11 @@ class TmChat(Magics):
         user = {"role": "user", "content": prompt}
         messages = [*self.turns, user] if flags.continue_ else [user]
         res = self._chat(flags, messages)
-        self.turns += [user, {"role": "assistant", "content": res.text}]
+        self.turns += [user, {"role": "assistant", "content": res.full_text}]
+        return self._shown(flags, res)
+
+    def _shown(self, flags: Flags, res: ChatResult) -> ChatResult:
+        """The cell's value: stored in ``--out``, shown once (by the live output)."""
         if flags.out:
             self._namespace()[flags.out] = res
         shell = self.shell
@@ -179,14 +196,7 @@ class TmChat(Magics):
         live.start()
         try:
             with request_source("magic"), Client() as client:
-                res = client.chat(
-                    messages,
-                    model=flags.model,
-                    system=flags.system,
-                    stream=flags.stream,
-                    on_delta=live.on_delta if flags.stream else None,
-                    **flags.params,
-                )
+                res = send(client, flags, messages, live.on_delta if flags.stream else None)
         except KeyboardInterrupt as exc:
             self._interrupted(exc, flags, live)
         except Exception as exc:
@@ -201,7 +211,7 @@ class TmChat(Magics):
             if flags.debug:
                 raise
             raise TmchatError(error_line(exc)) from None
-        live.finish(result_view(res, flags.show, prices=session.prices))
+        live.finish(result_view(res, flags.show, prices=session.prices, note=continued_note(res)))
         if "logprobs" in flags.show:
             self._show_logprobs(res)
         return res

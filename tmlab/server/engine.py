@@ -229,8 +229,27 @@ class Engine:
         messages: list[dict[str, Any]],
         *,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
     ) -> str:
-        """Render messages with the model's own chat template (GGUF metadata)."""
+        """Render messages with the model's own chat template (GGUF metadata).
+
+        ``continue_final_message``: the final message is left open (vLLM's meaning): the
+        text ends with its content, without the template's end-of-turn. The template is
+        rendered with a marker in place of that content and cut at the marker, so that a
+        template that reformats content, or an empty content, still gives the exact header.
+        """
+        if continue_final_message:
+            last = messages[-1]
+            content = last.get("content") or ""
+            marked = [*messages[:-1], {**last, "content": _CONTINUE_MARK}]
+            text = self._render(marked, add_generation_prompt=False)
+            cut = text.rfind(_CONTINUE_MARK)
+            if cut < 0:
+                raise ValueError("the chat template does not show the final message's content")
+            return text[:cut] + content
+        return self._render(messages, add_generation_prompt=add_generation_prompt)
+
+    def _render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool) -> str:
         self._formatter.add_generation_prompt = add_generation_prompt
         # the formatter only reads role/content; its TypedDict annotation is stricter
         text = self._formatter(messages=messages).prompt  # type: ignore[arg-type]
@@ -572,6 +591,9 @@ _SCORE_ROWS = 64
 def _regex_escape(text: str) -> str:
     return "".join("\\" + c if c in r"\^$.|?*+()[]{}" else c for c in text)
 
+
+# Stands in for the content of a message to be continued (no template changes it).
+_CONTINUE_MARK = "\u2063tmlab-continue-here\u2063"
 
 # Used when a GGUF file carries no chat template.
 _CHATML = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,19 +173,56 @@ class _Count:
         return str(self.count) if self.exact else f"at least {self.count}"
 
 
-def _tokens_within(engine: Engine, text: str, limit: int) -> _Count:
-    """Tokenise ``text`` unless its byte length alone proves it longer than ``limit`` tokens."""
+def _tokens_within(
+    engine: Engine, text: str, limit: int, tokenize: Callable[[], list[int]]
+) -> _Count:
+    """``tokenize()`` (the tokens of ``text``) unless the byte length of ``text`` alone proves
+    it longer than ``limit`` tokens (every token covers at least one byte and at most the
+    vocabulary's longest, whatever tokens spell the text)."""
     least = prompt_bound(engine).at_least(text)
     if least > limit:
         return _Count(None, least, exact=False)
-    tokens = engine.tokenize(text)
+    tokens = tokenize()
     return _Count(tokens if len(tokens) <= limit else None, len(tokens), exact=True)
+
+
+def _prompt(
+    engine: Engine, messages: list[dict[str, Any]], req: ChatRequest
+) -> tuple[str, Callable[[], list[int]]]:
+    """The prompt's text, and how to get its tokens (tokenising is left to the caller, who
+    may find the text too long without it).
+
+    With ``continue_final_message`` the final (assistant) message is left open. Its text is
+    tokenised with the rest of the prompt (as vLLM does), unless ``continue_token_ids``
+    gives its tokens: those follow the tokens of the open assistant header verbatim, since
+    re-tokenising a text can merge its tokens differently from the tokens it came from.
+    """
+    if not req.get("continue_final_message"):
+        text = engine.render(messages, add_generation_prompt=req.get("add_generation_prompt", True))
+        return text, lambda: engine.tokenize(text)
+    ids = req.get("continue_token_ids")
+    if ids is None:
+        cont = engine.render(messages, continue_final_message=True)
+        return cont, lambda: engine.tokenize(cont)
+    content = messages[-1]["content"]
+    spelled = engine.detokenize(ids)
+    if spelled != content:
+        raise bad(
+            f"continue_token_ids spell {spelled[:80]!r}, but the final assistant message's "
+            f"content is {content[:80]!r}: send that message's exact text with its token ids",
+            "continue_token_ids",
+        )
+    header = engine.render(
+        [*messages[:-1], {**messages[-1], "content": ""}], continue_final_message=True
+    )
+    return header + spelled, lambda: engine.tokenize(header) + list(ids)
 
 
 def _truncate(
     engine: Engine,
     messages: list[dict[str, Any]],
     limit: int,
+    req: ChatRequest,
 ) -> tuple[list[dict[str, Any]], str, list[int]]:
     """Drop the oldest non-system messages until the prompt fits ``limit`` tokens.
 
@@ -198,8 +236,8 @@ def _truncate(
     def attempt(k: int) -> tuple[list[dict[str, Any]], str, _Count]:
         gone = set(droppable[:k])
         kept = [m for i, m in enumerate(messages) if i not in gone]
-        text = engine.render(kept)
-        return kept, text, _tokens_within(engine, text, limit)
+        text, tokenize = _prompt(engine, kept, req)
+        return kept, text, _tokens_within(engine, text, limit, tokenize)
 
     best = attempt(0)
     if best[2].tokens is None:
@@ -321,11 +359,11 @@ def plan_request(
     n_ctx = engine.n_ctx
     try:
         if limit is not None:
-            messages, text, tokens = _truncate(engine, messages, limit)
+            messages, text, tokens = _truncate(engine, messages, limit, req)
             count = _Count(tokens, len(tokens), exact=True)
         else:
-            text = engine.render(messages)
-            count = _tokens_within(engine, text, n_ctx - 1)
+            text, tokenize = _prompt(engine, messages, req)
+            count = _tokens_within(engine, text, n_ctx - 1, tokenize)
     except RequestError:
         raise
     except Exception as exc:  # a template that raises on these messages

@@ -232,4 +232,58 @@ def parse_chat_request(
             raise bad(f"tool_choice names {name!r}, which is not among the tools", "tool_choice")
     elif choice == "required" and not tools:
         raise bad("tool_choice='required' needs tools", "tool_choice")
+    _check_continuation(params, messages, n_vocab)
     return ChatRequest(model=model, messages=messages, stream=bool(stream), params=params)
+
+
+def _check_continuation(
+    params: dict[str, Any], messages: list[dict[str, Any]], n_vocab: int
+) -> None:
+    """``continue_final_message``: a final assistant message to go on from, nothing that
+    would start a new turn or constrain the whole answer (``add_generation_prompt=True``
+    with it and ``continue_token_ids`` without it are rejected by the table's checks)."""
+    ids = params.get("continue_token_ids")
+    if ids is not None:
+        outside = [t for t in ids if t >= n_vocab]
+        if outside:
+            raise bad(
+                f"continue_token_ids: token id {outside[0]} is outside the vocabulary "
+                f"0..{n_vocab - 1}",
+                "continue_token_ids",
+            )
+    if not params.get("continue_final_message"):
+        return
+    last = messages[-1]
+    if last.get("role") != "assistant":
+        raise bad(
+            "continue_final_message=true needs a final assistant message to continue; the "
+            f"last message is {last.get('role')!r} (append {{'role': 'assistant', 'content': "
+            "PREFIX}, or drop continue_final_message)",
+            "continue_final_message",
+        )
+    if last.get("tool_calls"):
+        raise bad(
+            "continue_final_message=true cannot continue an assistant message with tool_calls",
+            "continue_final_message",
+        )
+    thinking = params.get("thinking") or {}
+    reasoning = params.get("reasoning_effort") not in (None, "none") or (
+        params.get("reasoning_effort") is None and thinking.get("type") == "enabled"
+    )
+    rf = params.get("response_format") or {}
+    choice = params.get("tool_choice")
+    clash = (
+        "reasoning_effort/thinking (the reasoning would come after the prefix)"
+        if reasoning
+        else "response_format (the format applies to the whole answer, not to what follows "
+        "the prefix)"
+        if rf.get("type") in ("json_object", "json_schema")
+        else "a required tool call (a call is a whole answer)"
+        if params.get("tools") and (choice == "required" or isinstance(choice, dict))
+        else None
+    )
+    if clash is not None:
+        raise bad(
+            f"continue_final_message=true cannot be combined with {clash} on this server",
+            "continue_final_message",
+        )

@@ -1,0 +1,481 @@
+"""Branching: "what if the model had said X here?" — continue an answer from any token.
+
+:func:`branch` takes an answer (a :class:`~tmlab.ChatResult` with logprobs), keeps its tokens
+before ``position``, puts ``token`` (an alternative the server returned there) at
+``position`` and lets the model go on, in one request: the original messages, then an
+assistant message holding that prefix, sent with ``continue_final_message=true`` and
+``add_generation_prompt=false`` (vLLM's names and meaning), so that the server continues the
+message instead of starting a new turn. The new result's :attr:`~tmlab.ChatResult.parent`
+says where it came from; its :attr:`~tmlab.ChatResult.text`, logprobs and usage cover only
+the new tokens, :attr:`~tmlab.ChatResult.full_text` is prefix + new text.
+
+**Exact tokens.** A text can tokenise differently from the tokens it came from (``"Hel"`` +
+``"lo"`` re-tokenises as ``"Hello"``), so the embedded server is also sent the prefix's
+token ids (``continue_token_ids``), which it appends verbatim after the open assistant header:
+the branch continues from exactly the answer's tokens and the chosen one. Other servers get
+the text (``parent.exact`` is then ``False``).
+
+**Other servers.** A server that does not know ``continue_final_message`` would silently
+answer a new turn, which must never pass for a branch. So before the first branch (or
+prefill) to a server other than the embedded one, :func:`ensure_continues` asks it once per
+(base URL, model), with one tiny greedy request, to continue ``1, 2, 3, 4,``; unless it goes
+on with ``5`` it raises :class:`ContinuationError` and nothing is sent as a branch.
+
+The history records a branch's row with ``parent_id``, ``branch_position`` and
+``branch_token``; :func:`tmlab.tree` shows the tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tmlab.errors import BadRequestError, ParameterError, TmlabError
+from tmlab.params import PARAMS
+
+if TYPE_CHECKING:
+    from tmlab.client import Client
+    from tmlab.result import ChatResult, TokenLogprob, TopLogprob
+
+__all__ = [
+    "PROBE_MESSAGES",
+    "BranchOrigin",
+    "Capability",
+    "ContinuationError",
+    "branch",
+    "continue_final",
+    "ensure_continues",
+    "is_embedded",
+    "remember",
+    "result_of",
+]
+
+PROBE_MESSAGES: tuple[dict[str, str], ...] = (
+    {"role": "user", "content": "Count from 1 to 10, separated by commas."},
+    {"role": "assistant", "content": "1, 2, 3, 4,"},
+)
+"""The capability check: a server that continues the final message goes on with ``5``."""
+
+# Parameters of the parent request that a branch does not take over: who/how (set anew),
+# the continuation's own fields, and what cannot apply to a continuation (several choices,
+# echo of the prompt, a reasoning phase, which would come after the prefix).
+_NOT_INHERITED = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "continue_final_message",
+        "add_generation_prompt",
+        "continue_token_ids",
+        "echo",
+        "echo_last",
+        "n",
+        "reasoning_effort",
+        "thinking",
+    }
+)
+
+
+class ContinuationError(TmlabError):
+    """The server does not continue a final assistant message, so it cannot branch."""
+
+
+@dataclass(frozen=True)
+class BranchOrigin:
+    """Where a branch came from: its parent answer, the position and the token chosen there.
+
+    ``prefix_text`` is the answer before the branch's new text (the parent's own prefix, its
+    tokens before ``position``, then ``token``); ``prefix_token_ids`` the same as token ids
+    when known. ``prefix_logprob`` is the log-probability of that prefix by the parent's
+    numbers (``None`` when unknown, e.g. after a text prefill); ``prefix_logprob +
+    sequence_logprob`` is then the whole answer's. ``exact``: the server was sent the token
+    ids (the embedded server), not just the text. ``parent_result``: the parent answer.
+    """
+
+    parent_id: int | None
+    position: int
+    token: str
+    token_id: int | None
+    token_logprob: float | None
+    prefix_text: str
+    prefix_bytes: bytes
+    prefix_token_ids: tuple[int, ...] | None
+    prefix_logprob: float | None
+    exact: bool
+    parent_result: ChatResult | None = field(default=None, repr=False, compare=False)
+    """The parent answer itself (its tokens and alternatives), when it is in memory."""
+
+
+@dataclass(frozen=True)
+class Capability:
+    """What a server does with a final assistant message (from :func:`ensure_continues`)."""
+
+    continues: bool
+    token_ids: bool  # it honours continue_token_ids (a tmlab server)
+    reason: str = ""
+
+
+# -- results of this session, by history id (for `%%tmchat --branch ID:POS`) ---------------
+
+_results: weakref.WeakValueDictionary[int, ChatResult] = weakref.WeakValueDictionary()
+
+
+def remember(res: ChatResult) -> None:
+    """Keep a weak reference to ``res`` under its history id (called when it is recorded)."""
+    if res.history_id is not None:
+        _results[res.history_id] = res
+
+
+def result_of(id: int) -> ChatResult:
+    """The result of history row ``id``, if it is from this session and still in memory.
+
+    The history stores each answer's text, not its tokens and alternatives, which a branch
+    needs; a result still referenced (a variable, ``Out[n]``, the Explorer) is found here.
+    """
+    res = _results.get(int(id))
+    if res is None:
+        raise ParameterError(
+            "id",
+            f"history row {id} is not an answer of this session still in memory: the "
+            "history keeps an answer's text, not its tokens and alternatives, which a branch "
+            "needs",
+            "the id of a result made in this session (res.history_id), or call "
+            "res.branch(position) on the result itself",
+        )
+    return res
+
+
+# -- servers -----------------------------------------------------------------------------
+
+_checked: dict[tuple[str, str], Capability] = {}
+_checked_lock = threading.Lock()
+
+
+def _embedded_url() -> str | None:
+    import sys
+
+    local = sys.modules.get("tmlab.local")
+    shared = getattr(local, "_shared", None) if local is not None else None
+    return str(shared.base_url).rstrip("/") if shared is not None else None
+
+
+def is_embedded(client: Client) -> bool:
+    """Whether ``client`` talks to this process's embedded server (no check needed)."""
+    if client._settings.local:
+        return True
+    url = client.base_url
+    return url is not None and url.rstrip("/") == _embedded_url()
+
+
+def ensure_continues(client: Client, model: str) -> Capability:
+    """Check once per (base URL, model) that the server continues a final assistant message.
+
+    One greedy request of at most 3 tokens (:data:`PROBE_MESSAGES`), recorded in the
+    history like any other. Raises :class:`ContinuationError` naming what the server lacks;
+    the outcome is remembered for this process, so a refusal costs no second request.
+    """
+    if is_embedded(client):
+        return Capability(True, True)
+    key = (str(client.base_url), model)
+    with _checked_lock:
+        known = _checked.get(key)
+    if known is None:
+        known = _probe(client, model)
+        with _checked_lock:
+            _checked[key] = known
+    if not known.continues:
+        raise ContinuationError(known.reason)
+    return known
+
+
+def _probe(client: Client, model: str) -> Capability:
+    where = f"the server at {client.base_url} (model {model!r})"
+    lacks = (
+        "; branching and prefill need a server that continues a final assistant message: "
+        "vLLM (continue_final_message), llama.cpp's server (assistant prefill) or tmlab's "
+        "embedded server. Nothing was sent as a branch."
+    )
+    try:
+        res = client.chat(
+            list(PROBE_MESSAGES),
+            model=model,
+            temperature=0,
+            max_tokens=3,
+            continue_final_message=True,
+            add_generation_prompt=False,
+        )
+    except BadRequestError as exc:
+        return Capability(False, False, f"{where} refused continue_final_message ({exc}){lacks}")
+    said = res.text
+    if not said.lstrip().startswith("5"):
+        return Capability(
+            False,
+            False,
+            f"{where} does not continue a final assistant message: asked to go on from "
+            f"{PROBE_MESSAGES[1]['content']!r} (greedy) it answered {said[:60]!r}, which "
+            f"reads as a new turn{lacks}",
+        )
+    try:
+        models = client.models()
+    except TmlabError:
+        models = []
+    tmlab_server = any(m.get("id") == model and m.get("owned_by") == "tmlab" for m in models)
+    return Capability(True, tmlab_server)
+
+
+def _client_for(res: ChatResult) -> Client:
+    from tmlab.client import Client
+
+    url = res.base_url
+    if url is None or url.rstrip("/") == _embedded_url():
+        return Client()
+    return Client(base_url=url)
+
+
+# -- choosing the token ------------------------------------------------------------------
+
+
+def _bytes(t: TokenLogprob | TopLogprob) -> bytes:
+    return bytes(t.bytes) if t.bytes is not None else t.token.encode("utf-8")
+
+
+def _same(a: TokenLogprob | TopLogprob, b: TokenLogprob | TopLogprob) -> bool:
+    if a.token_id is not None and b.token_id is not None:
+        return a.token_id == b.token_id
+    return _bytes(a) == _bytes(b)
+
+
+def _pick(at: TokenLogprob, token: str | int | None, position: int) -> TokenLogprob | TopLogprob:
+    """The token to put at ``position``: one of the alternatives returned there."""
+    shown = ", ".join(repr(t.token) for t in at.top) or "none"
+    if token is None:
+        for alt in at.top:
+            if not _same(alt, at):
+                return alt
+        raise ParameterError(
+            "token",
+            f"no alternative to {at.token!r} was returned at position {position} "
+            f"(alternatives: {shown})",
+            "ask the answer with logprobs=True and top_logprobs ≥ 2, or name the token",
+        )
+    if isinstance(token, bool) or not isinstance(token, str | int):
+        raise ParameterError("token", f"token={token!r}", "an alternative's text or token id")
+    candidates: Sequence[TokenLogprob | TopLogprob] = [*at.top, at]
+    for cand in candidates:
+        if (isinstance(token, int) and cand.token_id == token) or (
+            isinstance(token, str) and cand.token == token
+        ):
+            return cand
+    raise ParameterError(
+        "token",
+        f"token={token!r} is not among the alternatives returned at position {position}",
+        f"one of {shown} (or their token ids)",
+    )
+
+
+# -- the branch --------------------------------------------------------------------------
+
+
+def _token_ids(choice: Any) -> list[int] | None:
+    entries = choice.logprobs or []
+    if entries and all(e.token_id is not None for e in entries):
+        return [int(e.token_id) for e in entries]
+    ids = choice.token_ids
+    if isinstance(ids, list) and len(ids) >= len(entries):
+        return [int(t) for t in ids]
+    return None
+
+
+def _origin(res: ChatResult, position: int, token: str | int | None) -> BranchOrigin:
+    """Where a branch of ``res`` at ``position`` starts (``exact`` is decided on sending)."""
+    if not res.choices:
+        raise ParameterError("position", "this result has no answer to branch", "a result")
+    choice = res.choices[0]
+    entries = choice.logprobs
+    if not entries:
+        raise ParameterError(
+            "position",
+            "branching needs the answer's tokens and their alternatives, and this answer "
+            "has no logprobs",
+            "an answer asked with logprobs=True, top_logprobs=N",
+        )
+    if res.reasoning:
+        raise ParameterError(
+            "position",
+            "this answer reasoned before answering; its reasoning is part of the context "
+            "its tokens came from, which a continuation cannot reproduce",
+            "an answer without reasoning (reasoning_effort='none')",
+        )
+    if res.tool_calls:
+        raise ParameterError("position", "this answer is a tool call", "a text answer")
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise ParameterError("position", f"position={position!r}", "an int")
+    if not 0 <= position < len(entries):
+        raise ParameterError(
+            "position",
+            f"position={position} is outside the answer's {len(entries)} tokens",
+            f"0..{len(entries) - 1}",
+        )
+    chosen = _pick(entries[position], token, position)
+    before = entries[:position]
+    base_bytes, base_lp = b"", 0.0
+    base_ids: tuple[int, ...] = ()
+    base: tuple[int, ...] | None = ()
+    if res.request.get("continue_final_message"):  # the parent continued a prefix itself
+        if res.parent is not None:
+            base_bytes = res.parent.prefix_bytes
+            base = res.parent.prefix_token_ids
+            lp = res.parent.prefix_logprob
+        else:  # a prefill: its text, and its ids when they were sent
+            last = (res.request.get("messages") or [{}])[-1]
+            base_bytes = _content(last).encode("utf-8")
+            ids = res.request.get("continue_token_ids")
+            base = tuple(ids) if isinstance(ids, list) else None
+            lp = None
+        base_ids = base or ()
+        base_lp = lp if lp is not None else math.nan
+    ids = _token_ids(choice)
+    prefix_ids = (
+        (*base_ids, *ids[:position], int(chosen.token_id))
+        if base is not None and ids is not None and chosen.token_id is not None
+        else None
+    )
+    prefix_bytes = base_bytes + b"".join(_bytes(e) for e in before) + _bytes(chosen)
+    lp_sum = base_lp + math.fsum(e.logprob for e in before) + chosen.logprob
+    return BranchOrigin(
+        parent_id=res.history_id,
+        position=position,
+        token=chosen.token,
+        token_id=chosen.token_id,
+        token_logprob=chosen.logprob if math.isfinite(chosen.logprob) else None,
+        prefix_text=prefix_bytes.decode("utf-8", errors="replace"),
+        prefix_bytes=prefix_bytes,
+        prefix_token_ids=prefix_ids,
+        prefix_logprob=lp_sum if math.isfinite(lp_sum) else None,
+        exact=False,
+    )
+
+
+def _content(message: Mapping[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""
+
+
+def _inherited(res: ChatResult, used: int, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The parent's parameters for a branch: the same settings, the same length budget."""
+    params = {k: v for k, v in res.request.items() if k not in _NOT_INHERITED}
+    for name in ("max_tokens", "max_completion_tokens"):
+        limit = params.get(name)
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            params[name] = max(1, limit - used)  # the whole answer keeps the parent's limit
+    params.update(overrides)
+    return params
+
+
+def continue_final(
+    client: Client,
+    messages: Sequence[Mapping[str, Any]],
+    prefix: str,
+    *,
+    model: str | None = None,
+    token_ids: Sequence[int] | None = None,
+    **params: Any,
+) -> ChatResult:
+    """Send ``messages`` with an assistant message ``prefix`` for the model to continue.
+
+    The prefill behind ``%%tmchat --prefill`` and :func:`branch`. The server is checked
+    first (:func:`ensure_continues`) unless it is the embedded one; ``token_ids`` (the
+    prefix's exact tokens) are sent only to a server that honours them. ``params`` are
+    :meth:`Client.chat`'s (``stream``, ``on_delta``, ``extra_body`` included).
+    """
+    if not isinstance(prefix, str):
+        raise ParameterError("prefix", f"prefix={prefix!r}", "a string")
+    name = model or client.model
+    if name is None:  # a loopback server without a configured model: ask it
+        client._learn_models(client.models())
+        name = client.model
+    if name is None:
+        raise ParameterError("model", "no model to continue with", "a model name")
+    capability = ensure_continues(client, name)
+    cont: dict[str, Any] = {"continue_final_message": True, "add_generation_prompt": False}
+    if token_ids is not None and capability.token_ids:
+        cont["continue_token_ids"] = [int(t) for t in token_ids]
+    extra = dict(params.pop("extra_body", None) or {})
+    for key in [k for k in params if k not in PARAMS and k not in _CHAT_KWARGS]:
+        extra[key] = params.pop(key)  # parameters this table does not know, sent as given
+    sent = [dict(m) for m in messages] + [{"role": "assistant", "content": prefix}]
+    return client.chat(sent, model=name, extra_body=extra or None, **params, **cont)
+
+
+_CHAT_KWARGS = frozenset({"stream", "on_delta", "system"})
+
+
+def branch(
+    res: ChatResult,
+    position: int,
+    token: str | int | None = None,
+    *,
+    client: Client | None = None,
+    **overrides: Any,
+) -> ChatResult:
+    """Continue ``res`` from ``position`` with ``token`` instead of what the model said.
+
+    ``token``: an alternative's text or token id as returned at ``position`` (default: the
+    most likely one that was not generated). The branch keeps the parent's messages and
+    parameters (``overrides`` change them; ``stream=True`` with ``on_delta`` streams the new
+    text only) and the parent's length budget: ``max_tokens`` counts the prefix too. It is
+    sent to ``client``, else to the server that answered ``res`` (its key from the
+    environment). Returns the new :class:`~tmlab.ChatResult`, whose ``parent`` is a
+    :class:`BranchOrigin`; its history row names the parent, position and token.
+    """
+    from tmlab.client import AsyncClient
+    from tmlab.history import branch_origin
+
+    if isinstance(client, AsyncClient):
+        raise ParameterError("client", "branch() is synchronous", "a tmlab.Client")
+    origin = _origin(res, position, token)
+    messages = list(res.request.get("messages") or [])
+    if res.request.get("continue_final_message") and messages:
+        messages.pop()  # the parent's own prefix is in origin.prefix_text
+    if not messages:
+        raise ParameterError("position", "this result does not say what was asked", "a result")
+    params = _inherited(res, position + 1, overrides)
+    own = client is None
+    target = _client_for(res) if client is None else client
+    known = dataclasses.replace(origin, parent_result=res)
+    try:
+        model = str(res.request.get("model") or res.model or "") or None
+        capability = ensure_continues(target, model) if model else None
+        exact = (
+            origin.prefix_token_ids is not None and capability is not None and capability.token_ids
+        )
+        known = dataclasses.replace(known, exact=exact)
+        with branch_origin(origin.parent_id, origin.position, origin.token, origin.prefix_logprob):
+            new = continue_final(
+                target,
+                messages,
+                origin.prefix_text,
+                model=model,
+                token_ids=origin.prefix_token_ids if exact else None,
+                **params,
+            )
+    except BaseException as exc:  # a stopped or broken stream: its partial is a branch too
+        from tmlab.result import ChatResult
+
+        partial = getattr(exc, "partial", None)
+        if isinstance(partial, ChatResult):
+            partial.parent = known
+        raise
+    finally:
+        if own:
+            target.close()
+    new.parent = known
+    return new

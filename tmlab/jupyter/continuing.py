@@ -1,0 +1,63 @@
+"""``%%tmchat --prefill TEXT`` and ``--branch ID:POS[:TOKEN]``: the magic's continuations.
+
+:func:`send` makes the one request of a ``%%tmchat`` cell: a plain chat, a prefill (the
+answer starts with TEXT and the model continues it, :func:`tmlab.branching.continue_final`)
+or a branch of an answer of this session (:meth:`tmlab.ChatResult.branch`). :func:`note`
+says what a continued answer continues, for the footer of its view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tmlab._stream import Delta
+    from tmlab.client import Client
+    from tmlab.jupyter.flags import Flags
+    from tmlab.result import ChatResult
+
+__all__ = ["continued_note", "send"]
+
+
+def send(
+    client: Client,
+    flags: Flags,
+    messages: list[dict[str, str]],
+    on_delta: Callable[[Delta], Any] | None,
+) -> ChatResult:
+    """The cell's request: chat, prefill or branch, streamed to ``on_delta`` when given."""
+    from tmlab.branching import continue_final, result_of
+
+    stream: dict[str, Any] = {"stream": flags.stream, "on_delta": on_delta}
+    if flags.branch is not None:
+        row, position, token = flags.branch
+        parent = result_of(row)
+        return parent.branch(position, token, client=client, **stream, **flags.params)
+    if flags.prefill is not None:
+        return continue_final(
+            client,
+            messages,
+            flags.prefill,
+            model=flags.model,
+            system=flags.system,
+            **stream,
+            **flags.params,
+        )
+    return client.chat(messages, model=flags.model, system=flags.system, **stream, **flags.params)
+
+
+def continued_note(res: ChatResult) -> str | None:
+    """ "continues …" for a prefilled answer or a branch (the view shows the new text)."""
+    origin = res.parent
+    if origin is not None:
+        where = f"history row {origin.parent_id}" if origin.parent_id else "its parent"
+        return (
+            f"branch of {where} at position {origin.position} with {origin.token!r}; "
+            f"continues …{origin.prefix_text[-60:]!r} (res.full_text has the whole answer)"
+        )
+    if res.request.get("continue_final_message"):
+        last = (res.request.get("messages") or [{}])[-1]
+        prefix = str(last.get("content") or "")
+        return f"continues the prefill …{prefix[-60:]!r} (res.full_text has the whole answer)"
+    return None
