@@ -186,7 +186,7 @@ class BranchRunner:
             return False
         with ex._lock:
             if ex._job is not None:
-                ex._job.stop.set()
+                ex._job.cancel()
             job = _Job(client=ex.client, prompt="", system=None, model=owner.model, params={})
             job.thread = threading.Thread(
                 target=self._work,
