@@ -31,6 +31,7 @@ __all__ = [
     "ENV_BASE_URL",
     "ENV_HISTORY",
     "ENV_MODEL",
+    "ENV_PARALLEL",
     "LOCAL_MODEL",
     "Session",
     "Settings",
@@ -45,6 +46,7 @@ ENV_API_KEY: Final = "TENSORMESH_INFERENCE_API_KEY"
 ENV_BASE_URL: Final = "TENSORMESH_SERVERLESS_BASE_URL"
 ENV_MODEL: Final = "TMLAB_MODEL"
 ENV_HISTORY: Final = "TMLAB_HISTORY"
+ENV_PARALLEL: Final = "TMLAB_PARALLEL"
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,7 @@ class Session:
     at a hidden prompt (:meth:`prompt_key`): never from notebook text, and it is in no repr.
     """
 
-    _FIELDS: Final = ("base_url", "model", "key_env", "local", "history", "prices")
+    _FIELDS: Final = ("base_url", "model", "key_env", "local", "history", "prices", "parallel")
 
     def __init__(self) -> None:
         self.reset()
@@ -190,13 +192,15 @@ class Session:
         self.local = False
         self.history: str | None = None
         self.prices: dict[str, float] | None = None
+        self.parallel: int | None = None
         self._prompted_key: str | None = None
 
     def update(self, **changes: Any) -> None:
         """Change some settings: ``base_url``, ``model``, ``key_env``, ``local``, ``history``
         (``"off"`` or a path), ``prices`` (``{"input": USD, "output": USD}`` per million
-        tokens). ``None`` clears one. Raises :class:`~tmlab.ParameterError` before changing
-        anything if a name or value is wrong.
+        tokens), ``parallel`` (the slots of the embedded server this session starts: requests
+        decoded together; 1, the default, is exact). ``None`` clears one. Raises
+        :class:`~tmlab.ParameterError` before changing anything if a name or value is wrong.
         """
         checked: dict[str, Any] = {}
         for name, value in changes.items():
@@ -256,6 +260,15 @@ class Session:
             return None
         return Path(value).expanduser()
 
+    def local_parallel(self, environ: Mapping[str, str] | None = None) -> int:
+        """Slots of the embedded server this session starts: ``parallel``, else
+        ``TMLAB_PARALLEL``, else 1 (one request at a time, exact)."""
+        if self.parallel is not None:
+            return self.parallel
+        env = os.environ if environ is None else environ
+        value = _clean(env.get(ENV_PARALLEL))
+        return 1 if value is None else int(_check_setting("parallel", value))
+
     def describe(self, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The settings in force, for display: never the key itself."""
         env = os.environ if environ is None else environ
@@ -269,6 +282,7 @@ class Session:
             "local": settings.local,
             "history": str(path) if path else "off",
             "prices": self.prices,
+            "parallel": self.local_parallel(env),
         }
 
     def __repr__(self) -> str:
@@ -283,6 +297,15 @@ def _check_setting(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ParameterError("local", f"local={value!r} is not a bool", "True | False")
         return value
+    if name == "parallel":
+        text = str(value).strip()
+        if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+            raise ParameterError(
+                "parallel",
+                f"parallel={value!r} is not a number of slots",
+                "an int ≥ 1 (1: one request at a time, exact)",
+            )
+        return int(text)
     if name == "prices":
         ok = isinstance(value, Mapping) and set(value) <= {"input", "output", "cached_input"}
         if ok and all(isinstance(v, int | float) and v >= 0 for v in value.values()):

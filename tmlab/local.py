@@ -41,10 +41,19 @@ READY_PREFIX = "TMLAB_SERVER_READY "
 class LocalServer:
     """A running local server: ``.base_url`` for clients, ``.stop()`` when done."""
 
-    def __init__(self, process: subprocess.Popen[str], url: str, *, api_key: str | None) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[str],
+        url: str,
+        *,
+        api_key: str | None,
+        parallel: int = 1,
+    ) -> None:
         self.process = process
         self.url = url
         self.api_key = api_key
+        self.parallel = parallel
+        """Requests it decodes together (``--parallel``)."""
 
     @property
     def base_url(self) -> str:
@@ -217,6 +226,7 @@ def start(
     max_request_tokens: int | None = None,
     max_queue: int | None = None,
     logprobs_mode: str | None = None,
+    parallel: int = 1,
 ) -> LocalServer:
     """Start a local server in a subprocess and wait until ``/health`` answers.
 
@@ -224,11 +234,12 @@ def start(
     8192); ``max_body_bytes``, ``max_n``, ``max_request_tokens`` and ``max_queue`` set what
     one request may cost (the options of ``tmlab serve``; None: the server's default);
     ``logprobs_mode`` the server's default for requests that do not say (``"raw_logprobs"``,
-    the default, or ``"processed_logprobs"``). Raises :class:`~tmlab.LocalServerError` (with
-    the server's last stderr lines) if it exits or is not healthy within ``timeout`` seconds;
-    an interrupt (Ctrl-C) while waiting stops the child before it propagates. Unless
-    ``quiet``, shows one line of progress (stdout, or a display in Jupyter) when starting
-    takes more than a moment.
+    the default, or ``"processed_logprobs"``); ``parallel=N`` decodes up to N requests together
+    (1, the default: one at a time, and the same request gives the same numbers). Raises
+    :class:`~tmlab.LocalServerError` (with the server's last stderr lines) if it exits or is
+    not healthy within ``timeout`` seconds; an interrupt (Ctrl-C) while waiting stops the child
+    before it propagates. Unless ``quiet``, shows one line of progress (stdout, or a display in
+    Jupyter) when starting takes more than a moment.
     """
     limits = {
         "--max-body-bytes": max_body_bytes,
@@ -239,6 +250,8 @@ def start(
     extra = [a for flag, v in limits.items() if v is not None for a in (flag, str(int(v)))]
     if logprobs_mode is not None:
         extra += ["--logprobs-mode", str(logprobs_mode)]
+    if parallel != 1:
+        extra += ["--parallel", str(int(parallel))]
     return _start(
         host, port, model_path, api_key, timeout, n_ctx, None, None if quiet else 1.0, extra
     )
@@ -319,7 +332,9 @@ def _start(
         raise
     for n in shown:
         n.done(f"ready in {time.monotonic() - t0:.1f}s")
-    return LocalServer(proc, url_box[0], api_key=api_key)
+    args = server_args or []
+    parallel = int(args[args.index("--parallel") + 1]) if "--parallel" in args else 1
+    return LocalServer(proc, url_box[0], api_key=api_key, parallel=parallel)
 
 
 _shared: LocalServer | None = None
@@ -332,22 +347,33 @@ def ensure_server() -> LocalServer:
     The first start shows :data:`NOTICE` as one calm line (a display in Jupyter, else
     stdout), completed once the model is ready; the server is stopped at exit. A shared
     server that has died (killed, crashed) is never handed out: a new one is started, with a
-    line saying so.
+    line saying so. Its slots follow the session (``%tmconfig parallel=N``, else
+    ``TMLAB_PARALLEL``): a running server with other slots is replaced.
     """
     global _shared
+    from tmlab._settings import session
+
+    parallel = session.local_parallel()
     with _shared_lock:
-        if _shared is not None and _shared.running:
+        if _shared is not None and _shared.running and _shared.parallel == parallel:
             return _shared
         first = _shared is None
         if first:
             notice = _Notice(NOTICE)
+        elif _shared is not None and _shared.running:
+            _shared.stop()
+            notice = _Notice(
+                f"tmlab: restarting the local {MODEL_NAME} model server with {parallel} "
+                "slot(s) (%tmconfig parallel)"
+            )
         else:
             assert _shared is not None
             notice = _Notice(
                 f"tmlab: the local {MODEL_NAME} model server had stopped "
                 f"(exit status {_shared.process.returncode}); starting a new one"
             )
-        _shared = _start("127.0.0.1", None, None, None, 120.0, None, notice, None)
+        args = ["--parallel", str(parallel)] if parallel != 1 else []
+        _shared = _start("127.0.0.1", None, None, None, 120.0, None, notice, None, args)
         if first:
             atexit.register(_stop_shared)
         return _shared

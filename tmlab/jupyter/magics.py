@@ -304,6 +304,8 @@ class TmChat(Magics):
         return _settings_frame(session.describe())
 
     def _config_word(self, word: str) -> None:
+        from tmlab._settings import session
+
         m = _CONFIG_WORD.fullmatch(word)
         name, value = (m.group(1), m.group(2)) if m else (word, None)
         if name == "key":
@@ -321,10 +323,12 @@ class TmChat(Magics):
                 setattr(self, name, value or None)
             elif name == "prices" and value is not None:
                 self.prices = _prices(value)
+            elif name == "parallel" and value is not None:
+                session.update(parallel=value or None)
             else:
                 raise TmchatError(
                     f"%tmconfig: unknown setting {name!r}; use model=NAME, base_url=URL, "
-                    "key=env:VAR, key, local, history=off|PATH, prices=IN,OUT, reset"
+                    "key=env:VAR, key, local, history=off|PATH, prices=IN,OUT, parallel=N, reset"
                 )
         except TmchatError:
             raise

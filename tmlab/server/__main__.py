@@ -42,7 +42,19 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument(
         "--api-key",
         default=os.environ.get("TMLAB_SERVER_API_KEY"),
-        help="require 'Authorization: Bearer KEY' for chat",
+        metavar="KEY | env:VAR",
+        help="require 'Authorization: Bearer KEY' for the model's routes; env:VAR reads the key "
+        "from the environment variable VAR (so that it is not on the command line, where ps "
+        "shows it); required when --host is not a loopback address",
+    )
+    p.add_argument(
+        "--parallel",
+        type=_at_least(1),
+        default=1,
+        metavar="N",
+        help="decode up to N requests together in one batch (continuous batching; default 1: "
+        "one at a time, and the same request always gives the same numbers; with N > 1 an "
+        "answer may depend on what else the server is doing)",
     )
     p.add_argument("--n-ctx", type=int, default=8192, help="context size in tokens")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp")
@@ -155,11 +167,28 @@ def serve(args: argparse.Namespace) -> int:
 
     # Taken first: the parent may end while the model loads.
     direct = args.parent_pid is not None and os.getppid() == args.parent_pid
+    try:
+        api_key = _api_key(args.api_key)
+    except ValueError as exc:
+        print(f"tmlab serve: {exc}", file=sys.stderr)
+        return 2
+    if api_key is None and not _loopback(args.host):
+        print(
+            f"tmlab serve: --host {args.host} lets other machines in: set a key with "
+            "--api-key env:VAR (students then use %tmconfig key=env:VAR), or serve on "
+            "127.0.0.1",
+            file=sys.stderr,
+        )
+        return 2
     t0 = time.perf_counter()
     if not args.quiet:
         print("loading the model …", file=sys.stderr, flush=True)
     engine = Engine(args.model_path, n_ctx=args.n_ctx, n_threads=args.threads)
     engine.logprobs_mode = args.logprobs_mode
+    if args.parallel > 1:
+        from tmlab.server.batch import BatchEngine
+
+        engine.batch = BatchEngine(engine, args.parallel)
     if not args.quiet:
         print(
             f"loaded {engine.model_name} ({engine.model_path.name}) in "
@@ -173,7 +202,8 @@ def serve(args: argparse.Namespace) -> int:
         max_request_tokens=args.max_request_tokens,
         max_queue=args.max_queue,
     )
-    app = create_app(engine, api_key=args.api_key, close_engine=True, limits=limits)
+    log = None if args.quiet else _log_line
+    app = create_app(engine, api_key=api_key, close_engine=True, limits=limits, log=log)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -185,7 +215,7 @@ def serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app,
         log_level="warning" if args.quiet else "info",
-        access_log=not args.quiet,
+        access_log=False,  # the app logs one line per request itself, with its tokens
         timeout_graceful_shutdown=3,
         backlog=256,
     )
@@ -208,6 +238,35 @@ def serve(args: argparse.Namespace) -> int:
     threading.Thread(target=announce, daemon=True).start()
     server.run(sockets=[sock])
     return 0
+
+
+def _api_key(value: str | None) -> str | None:
+    """The key given as ``--api-key``: the text itself, or ``env:VAR``'s value."""
+    if not value:
+        return None
+    if value.startswith("env:"):
+        name = value[4:]
+        key = os.environ.get(name)
+        if not key:
+            raise ValueError(f"--api-key {value}: the environment variable {name} is not set")
+        return key
+    return value
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def _log_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """The Starlette app: routes, auth, SSE, and the error envelope for every failure.
 
-Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, ``GET /version``,
-``POST /tokenize``, ``POST /detokenize``. With an API key, the routes that use the model need
-``Authorization: Bearer KEY``; models, health and version stay open, as on Tensormesh.
+Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /v1/stats``, ``GET /health``,
+``GET /version``, ``POST /tokenize``, ``POST /detokenize``. With an API key, the routes that
+use the model need ``Authorization: Bearer KEY``; models, stats, health and version stay open,
+as on Tensormesh.
 
 Three kinds of thread, so that no request holds up the others for long:
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import hmac
 import json
@@ -54,6 +56,7 @@ from tmlab.server.protocol import (
     parse_json,
 )
 from tmlab.server.response import Timing
+from tmlab.server.stats import RequestLog, Stats
 from tmlab.server.worker import DONE, Worker
 
 __all__ = ["Limits", "create_app"]
@@ -88,10 +91,12 @@ class _Server:
 
     def __init__(self, engine: Engine, api_key: str | None, limits: Limits) -> None:
         self.engine = engine
-        self.worker = Worker()
+        self.parallel = engine.batch.parallel if engine.batch is not None else 1
+        self.worker = Worker(threads=self.parallel)
         self.api_key = api_key
         self.limits = limits
-        self.admission = Admission(limits.max_queue, self.worker.pending)
+        self.admission = Admission(limits.max_queue, self.worker.pending, self.parallel)
+        self.counters = Stats(lambda: engine.tokens_generated)
         self.preparer = ThreadPoolExecutor(1, thread_name_prefix="tmlab-prepare")
         self._preparing = threading.Lock()  # held while the preparer uses the vocabulary
         self.created = int(time.time())
@@ -114,7 +119,7 @@ class _Server:
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
         """Admit a request (or raise the 503) until its job is handed to the worker."""
-        wait = self.worker.mean_job_s * (self.admission.waiting() + 1)
+        wait = self.worker.mean_job_s * (self.admission.waiting() + 1) / self.parallel
         with self.admission.enter(retry_after=wait):
             yield
 
@@ -158,6 +163,7 @@ class _Server:
 
     async def chat(self, request: Request) -> Response:
         timing = Timing(arrived=time.perf_counter())
+        request.state.timing = timing  # the request log reads its tokens
         self.check_auth(request)
         cancel = threading.Event()
         engine = self.engine
@@ -233,8 +239,39 @@ class _Server:
                         "created": self.created,
                         "owned_by": "tmlab",
                         "max_model_len": self.engine.n_ctx,
+                        **self.batching(),
                     }
                 ],
+            }
+        )
+
+    def batching(self) -> dict[str, Any]:
+        """How requests are decoded: the slots, and whether answers depend on the load."""
+        info: dict[str, Any] = {"parallel": self.parallel, "batch_invariant": self.parallel == 1}
+        if self.parallel > 1:
+            info["notice"] = (
+                f"up to {self.parallel} requests are decoded together in one batch: an "
+                "answer's numbers (and so a seeded or greedy answer) may depend on what else "
+                "the server is doing at the time"
+            )
+        return info
+
+    async def stats(self, request: Request) -> Response:
+        """``GET /v1/stats``: requests queued and running, tokens/s, what each slot does."""
+        running = self.worker.running
+        batch = self.engine.batch
+        if batch is not None:
+            slots = [dataclasses.asdict(slot) for slot in batch.slots()]
+        else:
+            slots = [{"slot": 0, "state": "generating" if running else "idle"}]
+        return _JSON(
+            {
+                **self.batching(),
+                "queued": max(0, self.worker.pending() - running) + self.admission.receiving,
+                "running": running,
+                "tokens_per_s": round(self.counters.tokens_per_s(), 2),
+                "slots": slots,
+                **self.counters.snapshot(),
             }
         )
 
@@ -375,9 +412,11 @@ def create_app(
     api_key: str | None = None,
     close_engine: bool = False,
     limits: Limits | None = None,
-) -> Starlette:
+    log: Callable[[str], None] | None = None,
+) -> RequestLog:
     """The ASGI app serving ``engine``, holding each request to ``limits`` (default: the
-    defaults of :class:`~tmlab.server.limits.Limits`).
+    defaults of :class:`~tmlab.server.limits.Limits`); ``log`` gets one line per request
+    (:func:`~tmlab.server.stats.request_line`).
 
     At shutdown it stops its worker thread and, with ``close_engine``, then frees the model.
     """
@@ -396,6 +435,7 @@ def create_app(
         Route("/v1/chat/completions", s.chat, methods=["POST"]),
         Route("/chat/completions", s.chat, methods=["POST"]),
         Route("/v1/models", s.models, methods=["GET"]),
+        Route("/v1/stats", s.stats, methods=["GET"]),
         Route("/health", s.health, methods=["GET"]),
         Route("/version", s.version, methods=["GET"]),
         Route("/tokenize", s.tokenize, methods=["POST"]),
@@ -411,4 +451,8 @@ def create_app(
         },
     )
     app.state.server = s
-    return app
+    headers = {
+        "X-Tmlab-Parallel": str(s.parallel),
+        "X-Tmlab-Batch-Invariant": "true" if s.parallel == 1 else "false",
+    }
+    return RequestLog(app, s.counters, log, headers)

@@ -398,6 +398,7 @@ def run_chat(
                 **extra,
             )
     total = usage(plan, results)
+    timing.tokens = int(total.get("completion_tokens") or 0)
     perf = perf_metrics(plan, timing, results) if req.get("perf_metrics_in_response") else None
     if emit is not None:
         tail: dict[str, Any] = {}

@@ -56,11 +56,14 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tmlab._meta import MODEL_NAME
+
+if TYPE_CHECKING:
+    from tmlab.server.batch import BatchEngine
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -68,6 +71,7 @@ __all__ = [
     "GREEDY_BELOW",
     "LOGPROBS_MODES",
     "MODEL_NAME",
+    "Decoder",
     "Engine",
     "GrammarError",
     "Sampling",
@@ -184,6 +188,12 @@ class Engine:
         self._add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
         self.eog_ids = [t for t in range(self.n_vocab) if self.is_eog(t)]
         self._eog = np.array(self.eog_ids, dtype=np.intp)
+        self.n_threads = threads
+        self.tokens_generated = 0
+        """Tokens generated since the model was loaded (for the server's stats)."""
+        self._context_lock = threading.Lock()
+        self.batch: BatchEngine | None = None
+        """With ``--parallel N`` (N > 1): the batch engine that generates for every request."""
         self.logprobs_mode = "raw_logprobs"
         """The server's default for requests that do not set ``logprobs_mode``."""
         # The prompt the context holds after an explicit prefill, until generate() uses it.
@@ -402,7 +412,16 @@ class Engine:
         position's logits bitwise unchanged. The next :meth:`generate` of the same prompt
         starts from this evaluation instead of repeating it.
         """
-        tokens = list(prompt)
+        with self._context_lock:  # with --parallel N, several requests may score prompts
+            return self._prefill(list(prompt), score_last, top_logprobs, cancel)
+
+    def _prefill(
+        self,
+        tokens: list[int],
+        score_last: int,
+        top_logprobs: int,
+        cancel: threading.Event | None,
+    ) -> list[Step] | None:
         self._prefilled = None
         if score_last <= 0:
             self.llm.reset()
@@ -507,63 +526,135 @@ class Engine:
         ``eog=True``), at ``max_tokens``, when no token is allowed, when ``cancel`` is set,
         or when the caller stops iterating.
         """
-        from llama_cpp._internals import LlamaTokenDataArray
-
         if not prompt:
             raise ValueError("empty prompt")
         if len(prompt) >= self.n_ctx:
             raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in {self.n_ctx}")
         if logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"logprobs_mode={logprobs_mode!r} is not one of {LOGPROBS_MODES}")
-        processed = logprobs_mode == "processed_logprobs" and top_logprobs is not None
-        greedy = sampling.temperature < GREEDY_BELOW
+
+        def decoder() -> Decoder:
+            return Decoder(
+                self,
+                len(prompt),
+                sampling,
+                max_tokens=max_tokens,
+                top_logprobs=top_logprobs,
+                logprobs_mode=logprobs_mode,
+                grammar=grammar,
+                lazy_trigger=lazy_trigger,
+                ignore_eos=ignore_eos,
+                min_tokens=min_tokens,
+            )
+
+        if self.batch is not None:  # --parallel N: decoded beside other sequences
+            yield from self.batch.generate(prompt, decoder, cancel)
+            return
         ctx = self.llm._ctx
         if self._prefilled != list(prompt) and self.prefill(prompt, cancel=cancel) is None:
             return
         self._prefilled = None
-        filt, pick = self._chains(sampling, grammar=grammar, lazy_trigger=lazy_trigger)
-        cand = LlamaTokenDataArray(n_vocab=self.n_vocab)
-        trigger = lazy_trigger.encode() if grammar is not None and lazy_trigger else None
-        grammar_on = grammar is not None and trigger is None
-        seen = bytearray()  # generated text, while waiting for the lazy grammar's trigger
-        limit = min(max_tokens, self.n_ctx - len(prompt))
+        dec = decoder()
         try:
-            for i in range(limit):
+            while not dec.done:
                 if cancel is not None and cancel.is_set():
                     return
                 row = np.ctypeslib.as_array(ctx.get_logits_ith(-1), shape=(self.n_vocab,))
-                want_raw = top_logprobs is not None and not processed
-                lp = _log_softmax(row) if want_raw else None
-                cand.copy_logits(row)
-                ban = not grammar_on and (ignore_eos or i < min_tokens)
-                picked = self._sample(filt, pick, cand, ban)
-                if picked is None:  # nothing is allowed: end here rather than abort
+                step = dec.step(row)
+                if step is None:  # nothing is allowed: end here rather than abort
                     return
-                token, drawn = picked
-                logprob = top = None
-                if lp is not None and top_logprobs is not None:
-                    logprob = float(lp[token])
-                    top = _top(lp, top_logprobs) if top_logprobs > 0 else []
-                elif processed and top_logprobs is not None:
-                    if greedy or not drawn:  # nothing was drawn: the token was certain
-                        logprob, top = 0.0, [(token, 0.0)] if top_logprobs > 0 else []
-                    else:
-                        logprob, top = self._processed(cand, token, top_logprobs)
-                eog = self.is_eog(token)
-                yield Step(token, b"" if eog else self.piece(token), eog, logprob, top)
-                if eog or i == limit - 1:
-                    return
-                if trigger is not None and not grammar_on:
-                    seen += self.piece(token)
-                    grammar_on = trigger in seen
-                self.llm.eval([token])
+                self.tokens_generated += 1
+                yield step
+                if not dec.done:
+                    self.llm.eval([step.token_id])
         finally:
-            filt.close()
-            pick.close()
+            dec.close()
 
     def close(self) -> None:
-        """Free the model."""
+        """Free the model (and the batch engine's context first)."""
+        if self.batch is not None:
+            self.batch.close()
+            self.batch = None
         self.llm.close()
+
+
+class Decoder:
+    """The per-token state of one generation: sampler chains, bans, lazy grammar, logprobs.
+
+    :meth:`step` turns the logits that follow the last evaluated token into the next
+    :class:`Step`; the caller evaluates that token and calls it again until :attr:`done`.
+    :meth:`Engine.generate` drives one on its own context; the batch engine
+    (:mod:`tmlab.server.batch`) drives many, one row of a batch's logits each.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        prompt_len: int,
+        sampling: Sampling,
+        *,
+        max_tokens: int,
+        top_logprobs: int | None = None,
+        logprobs_mode: str = "raw_logprobs",
+        grammar: str | None = None,
+        lazy_trigger: str | None = None,
+        ignore_eos: bool = False,
+        min_tokens: int = 0,
+    ) -> None:
+        from llama_cpp._internals import LlamaTokenDataArray
+
+        self.engine = engine
+        self.top_logprobs = top_logprobs
+        self.processed = logprobs_mode == "processed_logprobs" and top_logprobs is not None
+        self.greedy = sampling.temperature < GREEDY_BELOW
+        self.filt, self.pick = engine._chains(sampling, grammar=grammar, lazy_trigger=lazy_trigger)
+        self.cand = LlamaTokenDataArray(n_vocab=engine.n_vocab)
+        self.trigger = lazy_trigger.encode() if grammar is not None and lazy_trigger else None
+        self.grammar_on = grammar is not None and self.trigger is None
+        self.seen = bytearray()  # generated text, while waiting for the lazy grammar's trigger
+        self.ignore_eos = ignore_eos
+        self.min_tokens = min_tokens
+        self.limit = min(max_tokens, engine.n_ctx - prompt_len)
+        self.count = 0
+        self.done = self.limit <= 0
+        """No more tokens: end of generation, the budget, or nothing allowed."""
+
+    def step(self, row: np.ndarray) -> Step | None:
+        """The next token from ``row`` (the logits after the last token); None when no token
+        is allowed any more (then :attr:`done`)."""
+        engine = self.engine
+        top_logprobs = self.top_logprobs
+        want_raw = top_logprobs is not None and not self.processed
+        lp = _log_softmax(row) if want_raw else None
+        self.cand.copy_logits(row)
+        ban = not self.grammar_on and (self.ignore_eos or self.count < self.min_tokens)
+        picked = engine._sample(self.filt, self.pick, self.cand, ban)
+        if picked is None:
+            self.done = True
+            return None
+        token, drawn = picked
+        logprob = top = None
+        if lp is not None and top_logprobs is not None:
+            logprob = float(lp[token])
+            top = _top(lp, top_logprobs) if top_logprobs > 0 else []
+        elif self.processed and top_logprobs is not None:
+            if self.greedy or not drawn:  # nothing was drawn: the token was certain
+                logprob, top = 0.0, [(token, 0.0)] if top_logprobs > 0 else []
+            else:
+                logprob, top = engine._processed(self.cand, token, top_logprobs)
+        eog = engine.is_eog(token)
+        self.count += 1
+        if eog or self.count >= self.limit:
+            self.done = True
+        elif self.trigger is not None and not self.grammar_on:
+            self.seen += engine.piece(token)
+            self.grammar_on = self.trigger in self.seen
+        return Step(token, b"" if eog else engine.piece(token), eog, logprob, top)
+
+    def close(self) -> None:
+        """Free the sampler chains."""
+        self.filt.close()
+        self.pick.close()
 
 
 def _log_softmax(row: np.ndarray) -> np.ndarray:

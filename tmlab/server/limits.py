@@ -201,17 +201,19 @@ class Admission:
 
     A request is in from :meth:`enter` until its job on the model's worker is done (or
     skipped): ``receiving`` counts those still being read, parsed or planned on the event
-    loop's side, the worker counts its jobs. The one being generated does not wait.
+    loop's side, the worker counts its jobs. The ones being generated (one per slot) do not
+    wait.
     """
 
-    def __init__(self, max_queue: int, pending: Callable[[], int]) -> None:
+    def __init__(self, max_queue: int, pending: Callable[[], int], slots: int = 1) -> None:
         self.max_queue = max_queue
         self._pending = pending
+        self.slots = slots  # requests generated at once (--parallel)
         self.receiving = 0
 
     def waiting(self) -> int:
-        """Requests in the server besides the one being generated."""
-        return max(0, self.receiving + self._pending() - 1)
+        """Requests in the server besides the ones being generated."""
+        return max(0, self.receiving + self._pending() - self.slots)
 
     @contextmanager
     def enter(self, retry_after: float) -> Iterator[None]:
@@ -220,7 +222,7 @@ class Admission:
         Raises the 503 when ``max_queue`` requests already wait; ``retry_after`` is the
         estimated seconds until there is room.
         """
-        if self.receiving + self._pending() > self.max_queue:
+        if self.receiving + self._pending() > self.max_queue + self.slots - 1:
             seconds = max(1, min(60, math.ceil(retry_after)))
             raise RequestError(
                 503,

@@ -33,6 +33,7 @@ class Timing:
     arrived: float
     started: float = 0.0
     first_token: float | None = None
+    tokens: int = 0  # completion tokens, once the request is done (for the request log)
 
 
 @dataclass

@@ -1,13 +1,16 @@
-"""The one thread that owns the model, and the bridge from it to asyncio.
+"""The thread that owns the model (or, with ``--parallel N``, the N threads that run one
+request each), and the bridge from them to asyncio.
 
 A llama.cpp context is not thread-safe (two threads on one ``Llama`` abort the process), so
 every use of the context (evaluating, sampling) is a job on :class:`Worker`'s queue, run in
-turn. Only the read-only vocabulary (tokenising, templating, grammar checks) is used from
-elsewhere: the app's preparing thread plans requests beside a running generation. Each job carries a
-cancel flag that the generation loop checks at every token; a job cancelled while still
-queued is skipped. The worker counts its jobs (queued or running, their client still there)
-and keeps a running mean of how long one takes, which the server's queue limit reads
-(:mod:`tmlab.server.limits`).
+turn. With ``--parallel N`` there are N threads, each running one request's job, and the
+context they generate with belongs to the batch engine's scheduler thread
+(:mod:`tmlab.server.batch`), which they only hand their sequences to. Only the read-only
+vocabulary (tokenising, templating, grammar checks) is used from elsewhere: the app's preparing
+thread plans requests beside a running generation. Each job carries a cancel flag that the
+generation loop checks at every token; a job cancelled while still queued is skipped. The
+worker counts its jobs (queued or running, their client still there) and keeps a running mean
+of how long one takes, which the server's queue limit reads (:mod:`tmlab.server.limits`).
 """
 
 from __future__ import annotations
@@ -41,15 +44,28 @@ class _Job:
 
 
 class Worker:
-    """A single thread running jobs one at a time, in arrival order."""
+    """Threads running jobs in arrival order: one (the default: one job at a time), or
+    ``threads`` of them, each running one request's job while the batch engine decodes them
+    together (``--parallel N``)."""
 
-    def __init__(self, name: str = "tmlab-model") -> None:
+    def __init__(self, name: str = "tmlab-model", threads: int = 1) -> None:
         self._cond = threading.Condition()
         self._queue: collections.deque[_Job | None] = collections.deque()
-        self._running: _Job | None = None
+        self._running: set[_Job] = set()
+        self.slots = threads
         self.mean_job_s = 1.0  # running mean of a job's duration, for Retry-After estimates
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def running(self) -> int:
+        """Jobs being run now (their client still there)."""
+        with self._cond:
+            return sum(not j.dropped() for j in self._running)
 
     def pending(self) -> int:
         """Jobs queued or running whose client is still there.
@@ -65,8 +81,8 @@ class Worker:
                 )
                 for job in gone:
                     job.fut.cancel()
-            running = self._running is not None and not self._running.dropped()
-            return int(running) + sum(j is not None for j in self._queue)
+            running = sum(not j.dropped() for j in self._running)
+            return running + sum(j is not None for j in self._queue)
 
     def _loop(self) -> None:
         while True:
@@ -76,12 +92,12 @@ class Worker:
                 job = self._queue.popleft()
                 if job is None:
                     return
-                self._running = job
+                self._running.add(job)
             try:
                 self._run(job)
             finally:
                 with self._cond:
-                    self._running = None
+                    self._running.discard(job)
 
     def _run(self, job: _Job) -> None:
         if job.cancel.is_set():  # its client is gone
@@ -144,10 +160,13 @@ class Worker:
         return items()
 
     def close(self, timeout: float | None = None) -> bool:
-        """Stop the thread after the jobs already queued; True once it has stopped.
+        """Stop the threads after the jobs already queued; True once they have stopped.
 
-        Waits up to ``timeout`` seconds (None: as long as it takes) for the thread to end.
+        Waits up to ``timeout`` seconds (None: as long as it takes) for them to end.
         """
-        self._put(None)
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        for _ in self._threads:
+            self._put(None)
+        end = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if end is None else max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)

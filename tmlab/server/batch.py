@@ -1,0 +1,280 @@
+"""Continuous batching (opt-in, ``--parallel N``): up to N sequences decoded together.
+
+:class:`BatchEngine` owns a second llama.cpp context with N sequence slots and one thread, the
+scheduler, that is the only one to touch it. Requests keep their own threads (each runs a
+:class:`~tmlab.server.chat.ChatRun` as with one slot) and call :meth:`BatchEngine.generate`,
+which has the contract of :meth:`Engine.generate <tmlab.server.engine.Engine.generate>`: it
+yields one :class:`~tmlab.server.engine.Step` per token. Behind it, each step of the
+scheduler builds ONE llama.cpp batch: the next token of every sequence that is generating,
+then as much of the prompts of newly arrived sequences as fits in ``n_batch`` tokens, decodes
+it, and samples every sequence whose logits came out, each with its own
+:class:`~tmlab.server.engine.Decoder` (sampler chain, seed, grammar, bans, logprobs). A new
+request joins at the next step; a finished, stopped or disconnected one frees its slot at once.
+
+What it changes: the numbers. The same prompt evaluated alone, in other batch splits or beside
+other sequences goes through differently shaped matrix products, and the rounding of the
+quantised kernels differs (measured here: up to ~0.05 nats; a greedy answer can flip at a
+near-tie). So an answer may depend on what else the server is doing. With one slot (the
+default) the server never uses this module, and the same request always gives the same
+numbers. The KV cache holds ``n_ctx`` tokens per slot (unified: a long request may use more
+than its share while others are short).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tmlab.server.engine import Decoder, Engine, Step
+
+__all__ = ["BatchEngine", "SlotState"]
+
+_END = object()
+
+
+@dataclass
+class SlotState:
+    """What one slot is doing, for ``/v1/stats``."""
+
+    slot: int
+    state: str  # "idle" | "prompt" | "generating"
+    prompt_tokens: int = 0
+    generated: int = 0
+
+
+@dataclass
+class _Seq:
+    prompt: list[int]
+    make_decoder: Callable[[], Decoder]
+    cancel: threading.Event
+    out: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    slot: int = -1
+    decoder: Decoder | None = None
+    fed: int = 0  # prompt tokens in the KV cache
+    pos: int = 0  # next position
+    next_token: int | None = None  # sampled, not yet in the KV cache
+    generated: int = 0
+    left: bool = False  # the consumer stopped iterating
+
+
+class BatchEngine:
+    """N sequence slots over one llama.cpp context, decoded together by one thread."""
+
+    def __init__(self, engine: Engine, parallel: int, *, n_batch: int = 512) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        if parallel < 2:
+            raise ValueError("BatchEngine is for parallel >= 2; one slot uses the Engine")
+        self.engine = engine
+        self.parallel = parallel
+        self.n_batch = n_batch
+        self._lib = llama_cpp
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = engine.n_ctx * parallel
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = parallel
+        params.kv_unified = True
+        params.n_threads = engine.n_threads
+        params.n_threads_batch = engine.n_threads
+        self._ctx = _internals.LlamaContext(model=engine.llm._model, params=params, verbose=False)
+        self._batch = _internals.LlamaBatch(
+            n_tokens=n_batch, embd=0, n_seq_max=parallel, verbose=False
+        )
+        self._mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self._waiting: deque[_Seq] = deque()
+        self._slots: list[_Seq | None] = [None] * parallel
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="tmlab-batch", daemon=True)
+        self._thread.start()
+
+    # --- the request side --------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        make_decoder: Callable[[], Decoder],
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Step]:
+        """Generate after ``prompt`` in a slot; one :class:`Step` per token (see the module).
+
+        ``make_decoder`` builds the sequence's decoder (it runs in the scheduler thread).
+        Stops when the decoder is done, when ``cancel`` is set, or when the caller stops
+        iterating; the slot is freed then.
+        """
+        if not prompt:
+            raise ValueError("empty prompt")
+        if len(prompt) >= self.engine.n_ctx:
+            raise ValueError(
+                f"prompt of {len(prompt)} tokens leaves no room in {self.engine.n_ctx}"
+            )
+        seq = _Seq(list(prompt), make_decoder, cancel or threading.Event())
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the batch engine is closed")
+            self._waiting.append(seq)
+            self._cond.notify()
+        try:
+            while True:
+                item = seq.out.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            seq.left = True
+            with self._cond:
+                self._cond.notify()
+
+    def slots(self) -> list[SlotState]:
+        """What each slot is doing now."""
+        out = []
+        with self._cond:
+            for i, seq in enumerate(self._slots):
+                if seq is None:
+                    out.append(SlotState(i, "idle"))
+                else:
+                    state = "prompt" if seq.fed < len(seq.prompt) else "generating"
+                    out.append(SlotState(i, state, len(seq.prompt), seq.generated))
+        return out
+
+    @property
+    def queued(self) -> int:
+        """Sequences waiting for a free slot."""
+        with self._cond:
+            return len(self._waiting)
+
+    def close(self, timeout: float | None = 5.0) -> bool:
+        """Stop the scheduler (sequences still running end); True once it has stopped."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        stopped = not self._thread.is_alive()
+        if stopped:
+            self._batch.close()
+            self._ctx.close()
+        return stopped
+
+    # --- the scheduler -----------------------------------------------------------------
+
+    def _finish(self, seq: _Seq, error: BaseException | None = None) -> None:
+        """Free ``seq``'s slot and end its stream (scheduler thread, lock held)."""
+        if seq.slot >= 0:
+            self._lib.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+            self._slots[seq.slot] = None
+            seq.slot = -1
+        if seq.decoder is not None:
+            seq.decoder.close()
+            seq.decoder = None
+        seq.out.put(error if error is not None else _END)
+
+    def _admit(self) -> None:
+        """Drop sequences whose client left; give free slots to waiting ones (lock held)."""
+        for seq in [s for s in self._slots if s is not None]:
+            if seq.left or seq.cancel.is_set():
+                self._finish(seq)
+        for seq in list(self._waiting):
+            if seq.left or seq.cancel.is_set():
+                self._waiting.remove(seq)
+                self._finish(seq)
+        while self._waiting and None in self._slots:
+            seq = self._waiting.popleft()
+            seq.slot = self._slots.index(None)
+            self._slots[seq.slot] = seq
+            try:
+                seq.decoder = seq.make_decoder()
+            except BaseException as exc:  # a grammar that does not compile, say
+                self._finish(seq, exc)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._admit()
+                while not self._closed and not any(self._slots) and not self._waiting:
+                    self._cond.wait()
+                    self._admit()
+                if self._closed:
+                    for seq in [s for s in self._slots if s is not None]:
+                        self._finish(seq, RuntimeError("the server is shutting down"))
+                    for seq in self._waiting:
+                        self._finish(seq, RuntimeError("the server is shutting down"))
+                    self._waiting.clear()
+                    return
+                active = [s for s in self._slots if s is not None]
+            if active:
+                try:
+                    self._step(active)
+                except BaseException as exc:
+                    with self._cond:
+                        for seq in active:
+                            if seq.slot >= 0:
+                                self._finish(seq, exc)
+
+    def _step(self, active: list[_Seq]) -> None:
+        """One llama.cpp batch: every generating sequence's next token, then prompt chunks."""
+        b = self._batch.batch
+        b.n_tokens = 0
+        outputs: list[tuple[_Seq, int]] = []
+
+        def add(seq: _Seq, token: int, logits: bool) -> None:
+            j = b.n_tokens
+            b.token[j] = token
+            b.pos[j] = seq.pos
+            b.seq_id[j][0] = seq.slot
+            b.n_seq_id[j] = 1
+            b.logits[j] = logits
+            b.n_tokens = j + 1
+            seq.pos += 1
+            if logits:
+                outputs.append((seq, j))
+
+        for seq in active:
+            if seq.next_token is not None:
+                add(seq, seq.next_token, True)
+                seq.next_token = None
+        for seq in active:
+            room = self.n_batch - b.n_tokens
+            if seq.fed < len(seq.prompt) and room > 0:
+                chunk = seq.prompt[seq.fed : seq.fed + room]
+                for k, token in enumerate(chunk):
+                    add(seq, token, seq.fed + k == len(seq.prompt) - 1)
+                seq.fed += len(chunk)
+        if b.n_tokens == 0:
+            time.sleep(0.001)  # nothing to decode (every sequence finished this step)
+            return
+        rc = self._lib.llama_decode(self._ctx.ctx, b)
+        if rc != 0:
+            raise RuntimeError(
+                f"llama_decode returned {rc}: the KV cache of the {self.parallel} slots is full"
+            )
+        n_vocab = self.engine.n_vocab
+        for seq, j in outputs:
+            decoder = seq.decoder
+            if decoder is None:
+                continue
+            row = np.ctypeslib.as_array(
+                self._lib.llama_get_logits_ith(self._ctx.ctx, j), shape=(n_vocab,)
+            )
+            step = decoder.step(row)
+            with self._cond:
+                if step is None:
+                    self._finish(seq)
+                    continue
+                seq.generated += 1
+                self.engine.tokens_generated += 1
+                seq.out.put(step)
+                if decoder.done:
+                    self._finish(seq)
+                else:
+                    seq.next_token = step.token_id

@@ -1,0 +1,123 @@
+"""What the server is doing, for a teacher watching a room: ``GET /v1/stats`` and the log.
+
+:class:`Stats` counts requests as they finish and measures the rate of generated tokens over
+the last :data:`WINDOW_S` seconds; :func:`request_line` is the one log line per request (time,
+status, tokens, latency: never content, never the key), written by :class:`RequestLog`.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["WINDOW_S", "RequestLog", "Stats", "request_line"]
+
+WINDOW_S = 10.0
+"""Tokens per second are measured over this many recent seconds."""
+
+
+class Stats:
+    """Finished requests, and the rate of generated tokens (thread-safe).
+
+    ``generated()`` returns how many tokens the engine has generated so far; the rate is
+    measured between samples of it taken when requests finish and when stats are asked for,
+    over the last :data:`WINDOW_S` seconds.
+    """
+
+    def __init__(self, generated: Callable[[], int]) -> None:
+        self._generated = generated
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        self.requests = 0
+        self.by_status: collections.Counter[int] = collections.Counter()
+        self._samples: collections.deque[tuple[float, int]] = collections.deque([(self.started, 0)])
+
+    def _sample(self) -> tuple[float, int]:
+        now, total = time.monotonic(), self._generated()
+        self._samples.append((now, total))
+        while len(self._samples) > 2 and self._samples[1][0] < now - WINDOW_S:
+            self._samples.popleft()
+        return now, total
+
+    def finished(self, status: int) -> None:
+        """Count a finished request."""
+        with self._lock:
+            self.requests += 1
+            self.by_status[status] += 1
+            self._sample()
+
+    def tokens_per_s(self) -> float:
+        """Tokens generated per second over about the last :data:`WINDOW_S` seconds."""
+        with self._lock:
+            now, total = self._sample()
+            t0, n0 = self._samples[0]
+        return (total - n0) / max(now - t0, 1e-9)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Totals since the server started."""
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+                "tokens": self._generated(),
+                "uptime_s": round(time.monotonic() - self.started, 1),
+            }
+
+
+def request_line(method: str, path: str, status: int, tokens: int, latency_s: float) -> str:
+    """``2026-11-29T09:41:02 POST /v1/chat/completions 200 12 tokens 0.41 s``."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp} {method} {path} {status} {tokens} tokens {latency_s:.2f} s"
+
+
+class RequestLog:
+    """ASGI middleware: one :func:`request_line` per model request (to ``log``, when given),
+    each counted in ``stats``, and the ``headers`` added to its answer.
+
+    The tokens come from the request's ``Timing`` (``request.state.timing``), set by the chat
+    route; other routes log 0 tokens.
+    """
+
+    PATHS = ("/chat/completions", "/tokenize", "/detokenize")
+
+    def __init__(
+        self,
+        app: Any,
+        stats: Stats,
+        log: Callable[[str], None] | None,
+        headers: dict[str, str],
+    ) -> None:
+        self.app = app
+        self.stats = stats
+        self.log = log
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith(self.PATHS):
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500  # if the app fails before it answers
+        chat = scope["path"].endswith("/chat/completions")
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                if chat:
+                    message = {**message, "headers": [*message.get("headers", []), *self.headers]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            timing = scope.get("state", {}).get("timing")
+            tokens = int(getattr(timing, "tokens", 0) or 0)
+            if chat:
+                self.stats.finished(status)
+            if self.log is not None:
+                latency = time.perf_counter() - t0
+                self.log(request_line(scope["method"], scope["path"], status, tokens, latency))
