@@ -22,6 +22,7 @@ than its share while others are short).
 
 from __future__ import annotations
 
+import ctypes
 import queue
 import threading
 import time
@@ -77,14 +78,15 @@ class BatchEngine:
         self.parallel = parallel
         self.n_batch = n_batch
         self._lib = llama_cpp
-        params = llama_cpp.llama_context_default_params()
+        # The single path's settings (flash attention off, the same rope and threads), with
+        # N sequences sharing one KV cache of n_ctx tokens per slot.
+        params = llama_cpp.llama_context_params()
+        ctypes.pointer(params)[0] = engine.llm.context_params
         params.n_ctx = engine.n_ctx * parallel
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = parallel
         params.kv_unified = True
-        params.n_threads = engine.n_threads
-        params.n_threads_batch = engine.n_threads
         self._ctx = _internals.LlamaContext(model=engine.llm._model, params=params, verbose=False)
         self._batch = _internals.LlamaBatch(
             n_tokens=n_batch, embd=0, n_seq_max=parallel, verbose=False
