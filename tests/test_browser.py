@@ -8,7 +8,8 @@ carry the values shown on the sliders and nothing for the untouched ones.
 
 Needs Debian's ``chromium`` (``/usr/bin/chromium``, or ``TMLAB_CHROMIUM=PATH``; ``.ci/run``
 installs it) and the ``playwright`` package; no browser is ever downloaded. Without them the
-tests are skipped, with the reason. Screenshots: ``tests/artifacts/browser/<test>/``
+tests are skipped, with the reason, unless ``TMLAB_REQUIRE_BROWSER=1`` (``.ci/run`` sets it):
+then they fail. Screenshots: ``tests/artifacts/browser/<test>/``
 (git-ignored); a failure names its screenshot.
 """
 
@@ -52,11 +53,29 @@ TOP_LOGPROBS_AT = 0.25  # where top_logprobs is dragged on its 0..20 track: abou
 MAX_TOKENS = 16
 
 
-def _require_browser() -> None:
+REQUIRE = os.environ.get("TMLAB_REQUIRE_BROWSER", "") not in ("", "0")
+"""``TMLAB_REQUIRE_BROWSER=1`` (``.ci/run`` sets it): a missing browser fails, never skips."""
+
+
+def _missing() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    import importlib.util
+
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does)")
-    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    pytest.importorskip("jupyterlab", reason="jupyterlab is not installed")
+        return f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does)"
+    for module, package in (("playwright", "playwright"), ("jupyterlab", "jupyterlab")):
+        if importlib.util.find_spec(module) is None:
+            return f"the {package} package is not installed"
+    return None
+
+
+def _require_browser() -> None:
+    why = _missing()
+    if why is None:
+        return
+    if REQUIRE:
+        pytest.fail(f"TMLAB_REQUIRE_BROWSER is set but the browser test cannot run: {why}")
+    pytest.skip(why)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
