@@ -151,9 +151,14 @@ def test_style_logprobs_shows_alternatives_in_one_compact_column() -> None:
     assert ">alternatives (p)<" in html
     # most likely first, probabilities (not logprobs) to 2 significant digits, the generated
     # token in bold, a token that looks like a tag escaped, items separated by a middle dot
-    expected = (
-        '<b>"A"\u00a00.77</b> \u00b7 "In"\u00a00.16 \u00b7 "The"\u00a00.04 \u00b7 '
-        '"&lt;b&gt;"\u00a00.01'
+    item = '<span style="white-space: nowrap">{}</span>'
+    expected = " \u00b7 ".join(
+        [
+            item.format('<b>"A" 0.77</b>'),
+            item.format('"In" 0.16'),
+            item.format('"The" 0.04'),
+            item.format('"&lt;b&gt;" 0.01'),
+        ]
     )
     assert expected in html
     assert "white-space: normal" in html  # the cell wraps instead of running off the edge

@@ -121,10 +121,11 @@ def _alternatives(tokens: list[str], logprobs: list[float], generated: str) -> s
     shown = []
     bolded = False
     for token, lp in pairs:
-        item = f"{_quoted(token)}\u00a0{math.exp(lp):.2g}"  # no break between token and p
+        item = f"{_quoted(token)} {math.exp(lp):.2g}"
         if token == generated and not bolded:
             item, bolded = f"<b>{item}</b>", True
-        shown.append(item)
+        # lines break between alternatives only, never inside a token or before its p
+        shown.append(f'<span style="white-space: nowrap">{item}</span>')
     return " \u00b7 ".join(shown)
 
 
@@ -134,7 +135,8 @@ def style_logprobs(df: pd.DataFrame) -> Styler:
 
     ``top_tokens`` and ``top_logprobs`` (two Python lists per row, too wide for a notebook
     cell) are shown as one column, ``"A" 0.77 · "In" 0.16 · …``, that wraps within the cell;
-    the plain frame keeps its columns and exact values.
+    the row index, token ids and (for a single choice) the choice column are not shown. The
+    plain frame keeps its columns and exact values.
     """
     shown = df.copy()
     # Tokens as JSON strings, so that a leading space or a newline is visible.
@@ -171,11 +173,22 @@ def style_logprobs(df: pd.DataFrame) -> Styler:
     if wrapped:
         styler = styler.set_properties(
             subset=wrapped,
-            **{"white-space": "normal", "text-align": "left", "min-width": "18em"},
+            **{"white-space": "normal", "text-align": "left", "min-width": "16em"},
+        ).set_table_styles(
+            {ALTERNATIVES_COLUMN: [{"selector": "th", "props": "text-align: left"}]},
+            overwrite=False,
         )
     tokens: list[Hashable] = [c for c in ("token", "alt_token") if c in shown]
     if tokens:
         styler = styler.set_properties(subset=tokens, **{"white-space": "pre"})
+    # Narrow enough for a notebook cell: no row index (position says it), no token ids and
+    # no choice column for a single choice (the plain frame keeps them all).
+    hidden: list[Hashable] = [c for c in ("token_id", "alt_token_id") if c in shown]
+    if "choice" in shown and shown["choice"].nunique() <= 1:
+        hidden.append("choice")
+    styler = styler.hide(axis="index")
+    if hidden:
+        styler = styler.hide(subset=hidden, axis="columns")
     notes = df.attrs.get("notes")
     caption = [notes] if notes else []
     if wrapped:
