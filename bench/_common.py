@@ -23,13 +23,14 @@ from typing import Any
 class Row:
     """One line of the table: a measured number, its target and what it was computed from.
 
-    ``op`` is ``"<="``, ``"<"``, ``">="`` or ``""`` (no target: shown for information).
+    ``op`` is ``"<="``, ``"<"``, ``">="``, ``"in"`` (``target`` is ``(low, high)``, both
+    bounds included) or ``""`` (no target: shown for information).
     """
 
     name: str
     value: float
     op: str
-    target: float | None
+    target: float | tuple[float, float] | None
     detail: str
     unit: str = ""
 
@@ -38,6 +39,11 @@ class Row:
         """True/False against the target; None when there is no target."""
         if self.target is None or not self.op or math.isnan(self.value):
             return None
+        if self.op == "in":
+            assert isinstance(self.target, tuple)
+            low, high = self.target
+            return low <= self.value <= high
+        assert not isinstance(self.target, tuple)
         return {
             "<=": self.value <= self.target,
             "<": self.value < self.target,
@@ -127,6 +133,9 @@ def machine() -> str:
 def _target(row: Row) -> str:
     if row.target is None or not row.op:
         return "—"
+    if isinstance(row.target, tuple):
+        low, high = row.target
+        return f"{low:g}–{high:g}{row.unit}"
     op = {"<=": "≤", "<": "<", ">=": "≥"}[row.op]
     return f"{op} {row.target:g}{row.unit}"
 
@@ -163,3 +172,26 @@ def table(rows: list[Row]) -> str:
 def say(message: str) -> None:
     """Progress on stderr, so that stdout holds only the result."""
     print(message, file=sys.stderr, flush=True)
+
+
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+
+
+def write_readme(path: str, block: str) -> None:
+    """Put ``block`` between the README's bench markers, replacing what was there.
+
+    ``make bench`` writes its table into the README itself, so that the README shows the table
+    as measured. Raises ``ValueError`` when the markers are not there exactly once, in order.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text.count(README_START) != 1 or text.count(README_END) != 1:
+        raise ValueError(f"{path} must hold {README_START} and {README_END} once each")
+    start = text.index(README_START) + len(README_START)
+    end = text.index(README_END)
+    if end < start:
+        raise ValueError(f"{README_END} comes before {README_START} in {path}")
+    new = text[:start] + "\n" + block.strip("\n") + "\n" + text[end:]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(new)

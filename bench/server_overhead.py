@@ -1,12 +1,14 @@
 """Overhead of the local server: tokens/s through HTTP ÷ the same llama.cpp model in-process.
 
-Same GGUF file, thread count, prompt, greedy settings and token budget on both sides. Two
-cases: without logprobs (peer: ``Llama.create_completion`` on a model loaded with
-``logits_all=False``) and with ``logprobs`` + ``top_logprobs=5`` (peer: llama-cpp-python's
-own logprobs, which need a model loaded with ``logits_all=True``). A third line compares the
-server with logprobs to its own generation loop (:class:`~tmlab.server.engine.Engine`) called
-in-process: the cost of HTTP, JSON and building the logprobs entries alone. One ratio per
-case; the target is ≥ 0.9.
+Same GGUF file, thread count, prompt, greedy settings and token budget on both sides, and the
+same work. Two cases, both peers on one model loaded with ``logits_all=False``: without
+logprobs (peer: ``Llama.create_completion``) and with ``logprobs`` + ``top_logprobs=5`` (peer:
+``Llama.generate`` token by token, and for each token what the server computes too — the
+log-softmax of the last logits in float64 with numpy, the top 5 and their text; not
+llama-cpp-python's own ``logprobs=``, which needs ``logits_all=True`` and Python-side work the
+server does not do). A third line compares the server with logprobs to its own generation loop
+(:class:`~tmlab.server.engine.Engine`) called in-process: the cost of HTTP, JSON and building
+the logprobs entries alone. One ratio per case; the target is ≥ 0.9.
 
 Both sides do the same work: the server evaluates every prompt in full (it never reuses its
 KV cache, so that the same request always gives the same numbers), so the direct peer is
@@ -44,6 +46,34 @@ def direct_rate(llm: Any, prompt: list[int], tokens: int, logprobs: int | None) 
         logprobs=logprobs,
     )
     return out["usage"]["completion_tokens"] / (time.perf_counter() - t0)
+
+
+def direct_logprobs_rate(llm: Any, prompt: list[int], tokens: int, top: int) -> float:
+    """Completion tokens per second of greedy generation with the top ``top`` logprobs per
+    token computed as the server does (log-softmax of the last logits, float64, numpy)."""
+    import llama_cpp
+    import numpy as np
+
+    n_vocab = llm.n_vocab()
+    eos = llm.token_eos()
+    llm.reset()
+    t0 = time.perf_counter()
+    generated: list[int] = []
+    entries = []
+    for token in llm.generate(prompt, temp=0.0):
+        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+        x = row.astype(np.float64)
+        m = x.max()
+        lp = x - (m + np.log(np.exp(x - m).sum()))
+        idx = np.argpartition(-lp, top - 1)[:top]
+        idx = idx[np.argsort(-lp[idx], kind="stable")]
+        alternatives = [(llm.detokenize([int(i)]), float(lp[i])) for i in idx]
+        entries.append((token, float(lp[token]), alternatives))
+        generated.append(token)
+        if token == eos or len(generated) >= tokens:
+            break
+    llm.detokenize(generated)
+    return len(generated) / (time.perf_counter() - t0)
 
 
 def engine_rate(engine: Engine, prompt: list[int], tokens: int) -> float:
@@ -90,39 +120,38 @@ def run(tokens: int = 32, repeats: int = 5) -> list[Row]:
             "/tokenize", json={"messages": [{"role": "user", "content": PROMPT}]}
         ).json()["tokens"]
         setup = f"{MODEL_NAME}, {threads} threads, {len(prompt)}-token prompt, {tokens} tokens"
-        for label, logits_all, top in (
-            ("without logprobs", False, None),
-            ("with logprobs (top 5)", True, 5),
-        ):
-            llm = Llama(
-                model_path=path,
-                n_ctx=8192,
-                n_threads=threads,
-                n_threads_batch=threads,
-                logits_all=logits_all,
-                verbose=False,
-            )
-            direct_rate(llm, prompt, 8, top)  # warm up both sides
-            http_rate(client, 8, top is not None)
+        llm = Llama(
+            model_path=path,
+            n_ctx=8192,
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=False,
+            verbose=False,
+        )
+        peers = {
+            "without logprobs": (partial(direct_rate, llm, prompt, tokens, None), False),
+            "with logprobs (top 5)": (partial(direct_logprobs_rate, llm, prompt, tokens, 5), True),
+        }
+        for label, (peer, logprobs) in peers.items():
+            peer()  # warm up both sides
+            http_rate(client, 8, logprobs)
             med = interleaved_values(
-                {
-                    "direct": partial(direct_rate, llm, prompt, tokens, top),
-                    "http": partial(http_rate, client, tokens, top is not None),
-                },
+                {"direct": peer, "http": partial(http_rate, client, tokens, logprobs)},
                 repeats,
                 budget=30,
             )
-            llm.close()
+            what = "generate + numpy top-5 log-softmax" if logprobs else "create_completion"
             rows.append(
                 Row(
                     f"embedded server tokens/s vs direct llama.cpp, {label}",
                     med["http"] / med["direct"],
                     ">=",
                     0.9,
-                    f"server over HTTP {med['http']:.0f} / llama-cpp-python in-process "
+                    f"server over HTTP {med['http']:.0f} / llama-cpp-python {what} in-process "
                     f"{med['direct']:.0f} tok/s; {setup}, median of {med.rounds}",
                 )
             )
+        llm.close()
         # The server's own generation loop in-process, with logprobs: what HTTP, JSON and
         # the response building cost on top of the same computation.
         engine = Engine(path, n_threads=threads)

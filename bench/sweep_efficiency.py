@@ -1,10 +1,14 @@
-"""Sweep efficiency: how close ``tmlab.sweep`` comes to perfect concurrency.
+"""Sweep efficiency: how close ``tmlab.sweep`` comes to bare httpx + asyncio on the same work.
 
 64 requests (4 temperatures × 16 repeats) at concurrency 16 against a loopback server that
 answers each request after a fixed 200 ms (``bench/_loopback.py``, a child process). With
-perfect overlap the sweep takes ceil(64 / 16) × 0.2 s = 0.8 s; efficiency = that ideal ÷ the
-measured wall time (median of several sweeps), so 1.0 is perfect and the client's own work,
-the progress bookkeeping and the history show up as a shortfall.
+perfect overlap they take ceil(64 / 16) × 0.2 s = 0.8 s; efficiency = that ideal ÷ the
+measured wall time (median of several runs). On a 2-core machine that also runs the server
+neither side reaches 1.0, so the target is the ratio to the peer measured beside it: the same
+64 requests sent with a bare ``httpx.AsyncClient`` and ``asyncio.gather`` under a semaphore.
+The ratio (peer wall ÷ sweep wall, ≥ 0.95) is what the sweep's own work costs: its thread
+and event loop, validation, one ChatResult and one row per answer, the progress bookkeeping
+and the DataFrame at the end.
 
 Run alone: ``python bench/run.py --only sweep``.
 """
@@ -42,8 +46,8 @@ def _raw_gather(base_url: str) -> None:
     asyncio.run(main())
 
 
-def run(base_url: str, rounds: int = 5) -> list[Row]:
-    """Median wall time of a 64-request sweep; ideal ÷ wall. Bare httpx alongside."""
+def run(base_url: str, rounds: int = 7) -> list[Row]:
+    """Median wall times of the sweep and of bare httpx, interleaved; their ratio."""
     import tmlab
     from tmlab.sweeps import sweep
 
@@ -71,18 +75,26 @@ def run(base_url: str, rounds: int = 5) -> list[Row]:
     each = f"median of {wall.rounds} runs"
     return [
         Row(
-            "sweep efficiency (64 requests, concurrency 16, 200 ms server)",
-            ideal / wall["sweep"],
+            "sweep vs bare httpx.AsyncClient + asyncio.gather (64 requests, concurrency 16, "
+            "200 ms server)",
+            wall["httpx"] / wall["sweep"],
             ">=",
-            0.9,
-            f"ideal {fmt_time(ideal)} / tmlab.sweep wall {fmt_time(wall['sweep'])}, {each}",
+            0.95,
+            f"bare wall {fmt_time(wall['httpx'])} / tmlab.sweep wall "
+            f"{fmt_time(wall['sweep'])}, {each}",
         ),
         Row(
-            "same 64 requests, bare httpx.AsyncClient + asyncio.gather",
+            "sweep efficiency (ideal ÷ wall)",
+            ideal / wall["sweep"],
+            "",
+            None,
+            f"ideal {fmt_time(ideal)} / tmlab.sweep wall {fmt_time(wall['sweep'])}",
+        ),
+        Row(
+            "bare httpx.AsyncClient + asyncio.gather efficiency (ideal ÷ wall)",
             ideal / wall["httpx"],
             "",
             None,
-            f"ideal {fmt_time(ideal)} / wall {fmt_time(wall['httpx'])}, {each}: "
-            "what this machine allows",
+            f"ideal {fmt_time(ideal)} / wall {fmt_time(wall['httpx'])}: what this machine allows",
         ),
     ]

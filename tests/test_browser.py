@@ -8,7 +8,8 @@ carry the values shown on the sliders and nothing for the untouched ones.
 
 Needs Debian's ``chromium`` (``/usr/bin/chromium``, or ``TMLAB_CHROMIUM=PATH``; ``.ci/run``
 installs it) and the ``playwright`` package; no browser is ever downloaded. Without them the
-tests are skipped, with the reason. Screenshots: ``tests/artifacts/browser/<test>/``
+tests are skipped, with the reason, unless ``TMLAB_REQUIRE_BROWSER=1`` (``.ci/run`` sets it):
+then they fail. Screenshots: ``tests/artifacts/browser/<test>/``
 (git-ignored); a failure names its screenshot.
 """
 
@@ -52,11 +53,29 @@ TOP_LOGPROBS_AT = 0.25  # where top_logprobs is dragged on its 0..20 track: abou
 MAX_TOKENS = 16
 
 
-def _require_browser() -> None:
+REQUIRE = os.environ.get("TMLAB_REQUIRE_BROWSER", "") not in ("", "0")
+"""``TMLAB_REQUIRE_BROWSER=1`` (``.ci/run`` sets it): a missing browser fails, never skips."""
+
+
+def _missing() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    import importlib.util
+
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does)")
-    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    pytest.importorskip("jupyterlab", reason="jupyterlab is not installed")
+        return f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does)"
+    for module, package in (("playwright", "playwright"), ("jupyterlab", "jupyterlab")):
+        if importlib.util.find_spec(module) is None:
+            return f"the {package} package is not installed"
+    return None
+
+
+def _require_browser() -> None:
+    why = _missing()
+    if why is None:
+        return
+    if REQUIRE:
+        pytest.fail(f"TMLAB_REQUIRE_BROWSER is set but the browser test cannot run: {why}")
+    pytest.skip(why)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -511,3 +530,52 @@ def _explorer_rows(path: Path) -> list[dict[str, Any]]:
         item["params"] = json.loads(item["params"] or "{}")
         out.append(item)
     return out
+
+
+def test_tmchat_logprobs_alternatives_fit_the_cell(browser: Browser, lab: JupyterLab) -> None:
+    """``%%tmchat --logprobs 5``: the alternatives are one compact column (``"A" 0.77 · …``)
+    and the whole table fits the cell at a laptop's width, instead of two Python-list columns
+    that ran off the right edge."""
+    from playwright.sync_api import expect
+
+    out = ARTIFACTS / "test_tmchat_logprobs_alternatives_fit_the_cell"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 1400})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        session = Session(page, lab, out)
+        session.open_notebook(
+            "logprobs.ipynb",
+            [
+                "%load_ext tmlab",
+                "%%tmchat --temperature 0 --max-tokens 12 --logprobs 5\nName three colours.",
+            ],
+        )
+        session.run_first_cell()
+        page.keyboard.press("Shift+Enter")  # the focus moved on to the %%tmchat cell
+        cell = page.locator(".jp-Notebook .jp-Cell").nth(1)
+        table = cell.locator(".jp-OutputArea-output table").filter(has_text="alternatives (p)")
+        session.wait(table, "the logprobs table", ANSWER_TIMEOUT)
+        session.expect(
+            lambda: expect(table.locator("thead")).not_to_contain_text("top_tokens"),
+            "the alternatives are still shown as Python lists",
+        )
+        first = table.locator("tbody tr").first.locator("td").last
+        session.expect(
+            lambda: expect(first).to_contain_text(re.compile(r'"[^"]*"\s0\.\d+ · ')),
+            'the alternatives are not shown as "token" p · "token" p',
+        )
+        # the table ends inside the output area: nothing is cut off at the right edge
+        overflow = table.evaluate(
+            "t => { const area = t.closest('.jp-OutputArea-output');"
+            " return t.getBoundingClientRect().right - area.getBoundingClientRect().right; }"
+        )
+        table.scroll_into_view_if_needed()
+        shot = session.shot("logprobs-table")
+        if overflow > 1:
+            session.fail(f"the logprobs table runs {overflow:.0f} px past the cell", str(shot))
+        assert not session.widget_errors(), session.widget_errors()
+    finally:
+        context.close()

@@ -64,6 +64,18 @@ def test_server_side_error_maps_to_the_tree(client: tmlab.Client) -> None:
         client.chat(PROMPT, model="no-such-model", max_tokens=4)
     assert info.value.status_code == 404
     assert "SmolLM2-135M-Instruct" in info.value.message
+    # the server named the model: the URL is right, so no hint to check it
+    assert "check the base URL" not in info.value.message
+
+
+def test_a_404_on_the_path_says_which_url_was_tried(local_server) -> None:  # type: ignore[no-untyped-def]
+    wrong = local_server.base_url + "/extra"  # a path too many
+    with (
+        tmlab.Client(base_url=wrong, model="SmolLM2-135M-Instruct", max_retries=0) as c,
+        pytest.raises(tmlab.NotFoundError) as info,
+    ):
+        c.chat(PROMPT, max_tokens=4)
+    assert f"tried POST {wrong}/chat/completions; check the base URL" in info.value.message
 
 
 def test_models_lists_the_local_model(client: tmlab.Client) -> None:

@@ -58,6 +58,28 @@ def test_status_maps_to_class(status: int, cls: type[APIStatusError]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("body", "hint"),
+    [
+        # a 404 that says nothing about the model: the path is the likely culprit
+        ({"error": {"message": "Not Found"}}, True),
+        ({"detail": "Not Found"}, True),
+        ({"error": {"message": "no route matched"}}, True),  # "m" as part of a word only
+        # the server named the model as unknown (OpenAI / the embedded server, a param, vLLM)
+        ({"error": {"message": "no such model", "code": "model_not_found"}}, False),
+        ({"error": {"message": "unknown", "param": "model"}}, False),
+        ({"object": "error", "message": "The model `m` does not exist.", "code": 404}, False),
+    ],
+)
+def test_404_hints_at_the_base_url_only_when_the_model_is_not_named(
+    body: dict[str, Any], hint: bool
+) -> None:
+    err = error_for(404, json=body)
+    assert isinstance(err, NotFoundError)
+    assert ("check the base URL" in err.message) is hint
+    assert ("tried POST http://tm.test/v1/chat/completions" in err.message) is hint
+
+
+@pytest.mark.parametrize(
     ("body", "message", "etype", "param", "code"),
     [
         (

@@ -256,3 +256,24 @@ def test_rows_are_json_not_python_reprs(history_db: str) -> None:
         conn.close()
     assert json.loads(params) == {"temperature": 0.7}
     assert json.loads(messages)[0]["role"] == "user"
+
+
+def test_the_history_is_a_store_that_imports_none_of_its_callers() -> None:
+    """The client writes to the history; rerun reads it and calls the client. The history
+    module must import neither (no import circle), at the top or inside a function."""
+    import ast
+    import importlib
+
+    store = importlib.import_module("tmlab.history")  # tmlab.history is the function
+    reruns = importlib.import_module("tmlab.reruns")
+    tree = ast.parse(Path(str(store.__file__)).read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    callers = {"tmlab.client", "tmlab._base", "tmlab.reruns", "tmlab.sweeps", "tmlab.audits"}
+    assert not imported & callers, imported & callers
+    assert not hasattr(store, "rerun")
+    assert tmlab.rerun is reruns.rerun and tmlab.rerun.__doc__

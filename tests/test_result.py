@@ -126,10 +126,43 @@ def test_style_logprobs_renders_with_notes() -> None:
     assert "0.9048" in html  # exp(-0.1)
     assert '>" a"<' in html  # the leading space stays visible
     assert '>"\\n"<' in html  # so does a newline
-    assert "[-0.100]" in html
     assert "lower bound" in html
     long = style_logprobs(res.logprobs_frame(long=True)).to_html()
     assert "0.9048" in long
+
+
+def test_style_logprobs_shows_alternatives_in_one_compact_column() -> None:
+    """``%%tmchat --logprobs 5`` and the Explorer's Logprobs tab: one column of
+    ``"A" 0.77 · "In" 0.16 · …`` that wraps, not two Python-list columns."""
+    alts = [("In", -1.8326), ("A", -0.2614), ("<b>", -4.6052), ("The", -3.2189)]
+    content = [
+        {
+            "token": "A",
+            "logprob": -0.2614,
+            "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts],
+        }
+    ]
+    res = ChatResult(_raw({"content": "A"}, logprobs={"content": content}))
+    frame = res.logprobs_frame()
+    html = style_logprobs(frame).to_html()
+    # the plain frame keeps its columns; the display shows one column instead of two
+    assert {"top_tokens", "top_logprobs"} <= set(frame.columns)
+    assert ">top_tokens<" not in html and ">top_logprobs<" not in html
+    assert ">alternatives (p)<" in html
+    # most likely first, probabilities (not logprobs) to 2 significant digits, the generated
+    # token in bold, a token that looks like a tag escaped, items separated by a middle dot
+    item = '<span style="white-space: nowrap">{}</span>'
+    expected = " \u00b7 ".join(
+        [
+            item.format('<b>"A" 0.77</b>'),
+            item.format('"In" 0.16'),
+            item.format('"The" 0.04'),
+            item.format('"&lt;b&gt;" 0.01'),
+        ]
+    )
+    assert expected in html
+    assert "white-space: normal" in html  # the cell wraps instead of running off the edge
+    assert "2 significant digits" in html  # the caption says what the numbers are
 
 
 def test_to_dict_returns_copies_that_leave_the_result_unchanged() -> None:

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,7 +55,13 @@ from tmlab.server.engine import default_model_path
 pytestmark = pytest.mark.slow
 
 TEMPERATURES = (0.5, 0.7, 1.0, 1.5)
-SETTINGS: tuple[dict[str, Any], ...] = ({}, {"top_k": 5}, {"top_p": 0.9}, {"min_p": 0.1})
+SETTINGS: tuple[dict[str, Any], ...] = (
+    {},
+    {"top_k": 5},
+    {"top_k": 20},
+    {"top_p": 0.9},
+    {"min_p": 0.1},
+)
 EXACT_TOL = 1e-9
 
 
@@ -111,6 +119,52 @@ def _bound_terms(raw: np.ndarray, kept: np.ndarray, temperature: float) -> float
     m = max(0.0, 1.0 - raw.sum())
     r = (m / q) / np.sum((raw[kept] / q) ** (1.0 / temperature))
     return float(r / (1.0 + r))
+
+
+# The README's what-if paragraph, figure by figure, as written there: (max, mean) TV over the
+# positions, per answer, temperature and setting. Each is checked to the digits written (a
+# figure "0.11" holds for a measured 0.105 ≤ TV ≤ 0.115), and the README must say exactly these.
+README_FIGURES: dict[str, dict[tuple[float, str], tuple[str, str]]] = {
+    "factual": {
+        (0.5, "no truncation"): ("4e-4", "5e-5"),
+        (1.0, "no truncation"): ("0.11", "0.02"),
+    },
+    "story": {
+        (0.5, "no truncation"): ("0.11", "0.014"),
+        (1.0, "no truncation"): ("0.62", "0.24"),
+        (1.5, "no truncation"): ("0.88", "0.66"),
+        (1.0, "min_p=0.1"): ("0.05", "0.002"),
+    },
+}
+README_EXACT = 1e-15  # "exact to 1e-15"
+# where the README says the what-if was exact to 1e-15: (temperatures, setting) per answer
+README_EXACT_CASES: dict[str, list[tuple[tuple[float, ...], str]]] = {
+    "factual": [(TEMPERATURES, "top_k=5"), (TEMPERATURES, "top_k=20"), (TEMPERATURES, "min_p=0.1")],
+    "story": [(TEMPERATURES, "top_k=5"), (TEMPERATURES, "top_k=20"), ((0.5, 0.7), "min_p=0.1")],
+}
+README = Path(__file__).parent.parent / "README.md"
+
+
+def _agrees(measured: float, written: str) -> bool:
+    """``measured`` rounds to ``written`` at the digits written ("4e-4": 3.5e-4 … 4.5e-4)."""
+    figure = Decimal(written)
+    half_unit = float(Decimal(1).scaleb(int(figure.as_tuple().exponent))) / 2
+    return abs(measured - float(figure)) <= half_unit * (1 + 1e-9)
+
+
+def _readme_whatif_text() -> str:
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    start = text.index("**What-if sampling is an approximation")
+    return text[start : text.index("###", start)]
+
+
+def test_readme_states_the_figures_checked_here() -> None:
+    """The figures checked below are the README's, word for word."""
+    text = _readme_whatif_text()
+    for figures in README_FIGURES.values():
+        for (temperature, _), (top, mean) in figures.items():
+            assert f"{top} / {mean} at T={temperature:g}" in text, (temperature, top, mean)
+    assert "exact to 1e-15" in text
 
 
 PROMPTS = (
@@ -198,6 +252,16 @@ def test_whatif_error_against_the_full_vocabulary(answer: ChatResult, reference:
     other = [1.0 - float(np.exp([a.logprob for a in t.top]).sum()) for t in tokens]
     _print_table(table, bounds, len(tokens), other)
     assert exact_cases > 0
+    # the README's figures for this answer, at the digits it writes them
+    name = "factual" if answer.request.get("temperature") == 0.0 else "story"
+    for key, (top, mean) in README_FIGURES[name].items():
+        errors = table[key]
+        assert _agrees(max(errors), top), (name, key, "max", max(errors), top)
+        assert _agrees(float(np.mean(errors)), mean), (name, key, "mean", np.mean(errors), mean)
+    for temperatures, setting in README_EXACT_CASES[name]:
+        for temperature in temperatures:
+            worst = max(table[(temperature, setting)])
+            assert worst <= README_EXACT, (name, temperature, setting, worst)
 
 
 def _name(s: dict[str, Any]) -> str:

@@ -98,3 +98,19 @@ def test_client_with_no_arguments_follows_the_session() -> None:
     session.update(base_url="https://session.example/v1", model="session-model")
     client = tmlab.Client()
     assert client.base_url == "https://session.example/v1" and client.model == "session-model"
+
+
+def test_embedded_says_whether_the_client_talks_to_the_embedded_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Notebooks check the embedded server's own facts (same seed, same answer; raw logprobs)
+    only where ``client.embedded`` is True."""
+    for name in ("TENSORMESH_INFERENCE_API_KEY", "TENSORMESH_SERVERLESS_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert tmlab.Client().embedded and tmlab.AsyncClient().embedded
+    assert not tmlab.Client(base_url="http://127.0.0.1:8000/v1").embedded  # a server of yours
+    assert not tmlab.Client(api_key="k").embedded  # Tensormesh
+    monkeypatch.setenv("TENSORMESH_INFERENCE_API_KEY", "k")
+    assert not tmlab.Client().embedded
+    session.update(local=True)  # %tmconfig local
+    assert tmlab.Client().embedded

@@ -232,6 +232,67 @@ def test_mean_entropy_over_the_returned_alternatives(fake: tuple[FakeChat, LiveS
     assert "lower bound" in df.attrs["notes"]
 
 
+def test_the_rows_mean_entropy_is_the_frames_without_a_frame_per_row() -> None:
+    """A sweep computes mean_entropy for each row in plain Python (a DataFrame per row held
+    the event loop for about a millisecond each): the same number as tmlab.frames, in every
+    case the frame handles (no alternatives at a position, a zero or a null probability,
+    several choices, no logprobs at all)."""
+    from tmlab.frames import mean_entropy
+    from tmlab.result import ChatResult
+    from tmlab.sweeps import _mean_entropy
+
+    def alt(t: str, lp: float | None) -> dict[str, Any]:
+        return {"token": t, "logprob": lp}
+
+    def result(*choices: list[dict[str, Any]] | None) -> ChatResult:
+        return ChatResult(
+            {
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {"content": "x"},
+                        "finish_reason": "stop",
+                        "logprobs": None if content is None else {"content": content},
+                    }
+                    for i, content in enumerate(choices)
+                ]
+            }
+        )
+
+    rng = np.random.default_rng(3)
+    cases = [
+        result(None),
+        result([]),
+        result([{"token": "a", "logprob": -0.1, "top_logprobs": []}]),
+        result(
+            [
+                {"token": "a", "logprob": -0.7, "top_logprobs": [alt("a", -0.7), alt("b", -1.2)]},
+                {"token": "b", "logprob": -0.2, "top_logprobs": []},
+                {"token": "c", "logprob": 0.0, "top_logprobs": [alt("c", 0.0), alt("d", -1e9)]},
+                {"token": "d", "logprob": -0.5, "top_logprobs": [alt("d", -0.5), alt("e", None)]},
+            ],
+            [{"token": "z", "logprob": -3.0, "top_logprobs": [alt("z", -3.0)]}],
+        ),
+    ]
+    for _ in range(20):
+        content = []
+        for _ in range(int(rng.integers(1, 40))):
+            lps = np.log(rng.dirichlet(np.ones(20)))[: int(rng.integers(0, 21))]
+            content.append(
+                {
+                    "token": "t",
+                    "logprob": -1.0,
+                    "top_logprobs": [alt(str(i), float(v)) for i, v in enumerate(lps)],
+                }
+            )
+        cases.append(result(content))
+    for res in cases:
+        expected, got = mean_entropy(res), _mean_entropy(res)
+        assert (math.isnan(expected) and math.isnan(got)) or got == pytest.approx(
+            expected, rel=1e-12, abs=1e-15
+        ), (expected, got)
+
+
 def test_sweep_inside_a_running_event_loop(fake: tuple[FakeChat, LiveServer]) -> None:
     _, server = fake
 

@@ -41,7 +41,7 @@ from tmlab.errors import (
 
 # The function, not the module: ``tmlab.history()`` (import the module's names with
 # ``from tmlab.history import ...``).
-from tmlab.history import HistoryWarning, history, rerun
+from tmlab.history import HistoryWarning, history
 from tmlab.params import (
     NOT_GIVEN,
     PARAMS,
@@ -50,6 +50,7 @@ from tmlab.params import (
     params_table,
     validate_params,
 )
+from tmlab.reruns import rerun
 from tmlab.result import ChatResult, Choice, Timing, TokenLogprob, TopLogprob, Usage
 
 if TYPE_CHECKING:

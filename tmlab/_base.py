@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -104,6 +105,26 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _names_the_model(error: APIError, request: httpx.Request) -> bool:
+    """Whether a 404 is about the model (the server does not serve it), not about the path.
+
+    Servers say so with ``code="model_not_found"`` (OpenAI, the embedded server), with
+    ``param="model"``, or only in the message, which quotes the model's name (vLLM's "The
+    model `x` does not exist.").
+    """
+    code, param = getattr(error, "code", None), getattr(error, "param", None)
+    if code == "model_not_found" or param == "model":
+        return True
+    try:
+        model = json.loads(request.content).get("model")
+    except (ValueError, AttributeError, httpx.RequestNotRead):
+        return False
+    if not isinstance(model, str) or not model:
+        return False
+    # the name as a word of its own: model "m" is not named by "no route matched"
+    return re.search(rf"(?<![\w.-]){re.escape(model)}(?![\w.-])", error.message) is not None
+
+
 class _BaseClient:
     """Settings, request building, retry decisions and error mapping: no I/O."""
 
@@ -167,6 +188,17 @@ class _BaseClient:
         if settings.model or settings.local or self._discovered:
             return settings.require_model(discovered=self._discovered)
         return None
+
+    @property
+    def embedded(self) -> bool:
+        """True when this client talks to the embedded local server that tmlab starts itself
+        (no API key and no base URL configured, or ``%tmconfig local``).
+
+        Some facts hold only there: the same seeded request gives the same answer, logprobs are
+        the model's raw distribution, every request is computed alone. Notebooks check them
+        only when this is True.
+        """
+        return self._settings.local
 
     def __repr__(self) -> str:
         url = repr(self._base_url) if self._base_url else "<embedded local server>"
@@ -310,9 +342,14 @@ class _BaseClient:
 
     def _status_error(self, response: httpx.Response) -> APIError:
         error = status_error_from_response(response, secret=self._key)
-        if isinstance(error, NotFoundError) and response.request.url == self._chat_url:
-            # Most often a base URL without its /v1 (or with a path too many): say what
-            # was tried, and how to fix it.
+        if (
+            isinstance(error, NotFoundError)
+            and response.request.url == self._chat_url
+            and not _names_the_model(error, response.request)
+        ):
+            # A 404 that does not name the model: most often a base URL without its /v1 (or
+            # with a path too many). Say what was tried, and how to fix it. A 404 that names
+            # the model is the server saying it does not serve that model: the URL is right.
             error.message += (
                 f" — tried POST {self._chat_url}; check the base URL (it usually ends in /v1:"
                 " Client(base_url=...), %tmconfig base_url=... or TENSORMESH_SERVERLESS_BASE_URL)"

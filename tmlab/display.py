@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from tmlab.result import ChatResult, TokenLogprob
 
 __all__ = [
+    "ALTERNATIVES_COLUMN",
     "PROB_BINS",
     "HTMLText",
     "chat_result_html",
@@ -102,22 +104,57 @@ def chat_result_markdown(res: ChatResult) -> str:
     return "\n\n".join(parts)
 
 
+ALTERNATIVES_COLUMN = "alternatives (p)"
+"""The column of :func:`style_logprobs` that replaces ``top_tokens`` and ``top_logprobs``."""
+
+_ALT_NOTE = (
+    "alternatives (p): the returned alternatives, most likely first, with their probabilities "
+    "as returned (2 significant digits; the generated token in bold; exact values in the plain "
+    "frame's top_tokens/top_logprobs)."
+)
+
+
+def _quoted(token: str) -> str:
+    """A token as a JSON string, HTML-escaped: a leading space or a newline stays visible."""
+    return html.escape(json.dumps(token, ensure_ascii=False), quote=False)
+
+
+def _alternatives(tokens: list[str], logprobs: list[float], generated: str) -> str:
+    """``"A" 0.77 · "In" 0.16 · …`` as HTML: one compact line that wraps in its cell."""
+    pairs = sorted(zip(tokens, logprobs, strict=True), key=lambda tl: -tl[1])
+    shown = []
+    bolded = False
+    for token, lp in pairs:
+        item = f"{_quoted(token)} {math.exp(lp):.2g}"
+        if token == generated and not bolded:
+            item, bolded = f"<b>{item}</b>", True
+        # lines break between alternatives only, never inside a token or before its p
+        shown.append(f'<span style="white-space: nowrap">{item}</span>')
+    return " \u00b7 ".join(shown)
+
+
 def style_logprobs(df: pd.DataFrame) -> Styler:
-    """A Styler of a logprobs frame: probability bars, compact lists, the notes as caption."""
+    """A Styler of a logprobs frame: probability bars, the alternatives in one compact column,
+    the notes as caption.
+
+    ``top_tokens`` and ``top_logprobs`` (two Python lists per row, too wide for a notebook
+    cell) are shown as one column, ``"A" 0.77 · "In" 0.16 · …``, that wraps within the cell;
+    the row index, token ids and (for a single choice) the choice column are not shown. The
+    plain frame keeps its columns and exact values.
+    """
     shown = df.copy()
     # Tokens as JSON strings, so that a leading space or a newline is visible.
     for col in ("token", "alt_token"):
         if col in shown:
-            shown[col] = [json.dumps(t, ensure_ascii=False) for t in shown[col]]
-    if "top_tokens" in shown:
-        shown["top_tokens"] = [
-            "[" + ", ".join(json.dumps(t, ensure_ascii=False) for t in v) + "]"
-            for v in shown["top_tokens"]
-        ]
-    if "top_logprobs" in shown:
-        shown["top_logprobs"] = [
-            "[" + ", ".join(f"{x:.3f}" for x in v) + "]" for v in shown["top_logprobs"]
-        ]
+            shown[col] = [_quoted(t) for t in shown[col]]
+    wrapped: list[Hashable] = []
+    if "top_tokens" in shown and "top_logprobs" in shown:
+        at = list(shown.columns).index("top_tokens")
+        columns = zip(df["top_tokens"], df["top_logprobs"], df["token"], strict=True)
+        alts = [_alternatives(list(toks), list(lps), tok) for toks, lps, tok in columns]
+        shown = shown.drop(columns=["top_tokens", "top_logprobs"])
+        shown.insert(at, ALTERNATIVES_COLUMN, alts)
+        wrapped.append(ALTERNATIVES_COLUMN)
     styler = shown.style.format(
         {
             c: "{:.4f}"
@@ -137,9 +174,31 @@ def style_logprobs(df: pd.DataFrame) -> Styler:
     for col in ("prob", "alt_prob"):
         if col in shown:
             styler = styler.bar(subset=[col], vmin=0.0, vmax=1.0, color="#8fbcd4", height=40)
+    if wrapped:
+        styler = styler.set_properties(
+            subset=wrapped,
+            **{"white-space": "normal", "text-align": "left", "min-width": "16em"},
+        ).set_table_styles(
+            {ALTERNATIVES_COLUMN: [{"selector": "th", "props": "text-align: left"}]},
+            overwrite=False,
+        )
+    tokens: list[Hashable] = [c for c in ("token", "alt_token") if c in shown]
+    if tokens:
+        styler = styler.set_properties(subset=tokens, **{"white-space": "pre"})
+    # Narrow enough for a notebook cell: no row index (position says it), no token ids and
+    # no choice column for a single choice (the plain frame keeps them all).
+    hidden: list[Hashable] = [c for c in ("token_id", "alt_token_id") if c in shown]
+    if "choice" in shown and shown["choice"].nunique() <= 1:
+        hidden.append("choice")
+    styler = styler.hide(axis="index")
+    if hidden:
+        styler = styler.hide(subset=hidden, axis="columns")
     notes = df.attrs.get("notes")
-    if notes:
-        styler = styler.set_caption(html.escape(notes))
+    caption = [notes] if notes else []
+    if wrapped:
+        caption.append(_ALT_NOTE)
+    if caption:
+        styler = styler.set_caption(html.escape(" ".join(caption)))
     return styler
 
 

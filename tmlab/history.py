@@ -33,7 +33,6 @@ from tmlab.errors import ParameterError, redact
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tmlab.client import Client
     from tmlab.result import ChatResult
 
 __all__ = [
@@ -48,7 +47,6 @@ __all__ = [
     "history_path",
     "record",
     "request_source",
-    "rerun",
     "tree_rows",
 ]
 
@@ -418,33 +416,3 @@ def tree_rows(id: int) -> list[dict[str, Any]]:
         ORDER BY down.depth, r.id
     """
     return _query(sql, (int(id),))
-
-
-def rerun(id: int, *, client: Client | None = None, **overrides: Any) -> ChatResult:
-    """Send logged request ``id`` again (``overrides`` change some parameters).
-
-    Keys are never logged, so it goes to ``client``, else to the row's server with the key
-    in force now; a row from a server on this machine (such as the embedded one, whose port
-    changes) goes to the server the session uses now. Returns the new ChatResult.
-    """
-    from tmlab._settings import Settings
-    from tmlab.client import Client
-
-    row = get_row(id)
-    if row is None:
-        raise ParameterError("id", f"no request {id} in the history", "an id of tmlab.history()")
-    params = dict(row["params"] or {})
-    params.update(overrides)
-    extra = {k: params.pop(k) for k in list(params) if not _known(k)}
-    if client is not None:
-        return client.chat(row["messages"], model=row["model"], extra_body=extra or None, **params)
-    url = row["base_url"]
-    local = url is None or Settings(base_url=url, api_key=None, model=None).loopback
-    with Client() if local else Client(base_url=url) as own:
-        return own.chat(row["messages"], model=row["model"], extra_body=extra or None, **params)
-
-
-def _known(name: str) -> bool:
-    from tmlab.params import PARAMS
-
-    return name in PARAMS

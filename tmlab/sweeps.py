@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import contextvars
 import itertools
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -37,7 +38,6 @@ import httpx
 from tmlab._base import Messages, _BaseClient, _messages
 from tmlab.client import AsyncClient
 from tmlab.errors import ParameterError, redact
-from tmlab.frames import mean_entropy
 from tmlab.history import request_source
 from tmlab.params import PARAMS, RESERVED, _check_one, validate_params
 
@@ -245,6 +245,34 @@ async def _default_model(ac: AsyncClient) -> str:
 # -- running -------------------------------------------------------------------------------
 
 
+def _mean_entropy(res: ChatResult) -> float:
+    """:func:`tmlab.frames.mean_entropy` of the first choice, in plain Python.
+
+    The same number (the mean over positions of ``-Σ p·ln p`` over the returned alternatives,
+    positions without alternatives left out; NaN when none has any), without building a
+    DataFrame per answer: a sweep computes it for every row while the other requests are in
+    flight, and a frame per row costs about a millisecond of the event loop each time.
+    """
+    choice = next((c for c in res.choices if c.index == 0), None)
+    if choice is None or not choice.logprobs:
+        return math.nan
+    exp = math.exp
+    total = 0.0
+    positions = 0
+    for tok in choice.logprobs:
+        if not tok.top:
+            continue
+        h = 0.0
+        for alt in tok.top:
+            lp = alt.logprob
+            p = exp(lp)
+            if p > 0:  # 0·ln 0 = 0 (and a null logprob, NaN, adds nothing: as in the frame)
+                h -= p * lp
+        total += h
+        positions += 1
+    return total / positions if positions else math.nan
+
+
 def _row(
     job: _Job, model: str, res: ChatResult | None, error: str | None, hid: Any
 ) -> dict[str, Any]:
@@ -262,7 +290,7 @@ def _row(
         total_tokens=u.total_tokens,
         latency_s=t.latency_s,
         ttft_s=t.ttft_s,
-        mean_entropy=mean_entropy(res),
+        mean_entropy=_mean_entropy(res),
     )
     return row
 
