@@ -13,11 +13,11 @@ is sent. Requests run concurrently (at most ``concurrency`` at a time) on an
 with its error; an interrupted sweep (Ctrl-C, the notebook's stop button, a cancelled task)
 returns the rows finished so far, and marks the others.
 
-Queued is not hung: the embedded server (and other single-slot servers on this machine)
-answers one request at a time, so with ``concurrency=8`` a request may wait behind seven
-others before its first byte. For a server on this machine the sweep's client therefore has no
-read timeout (connect and write timeouts stay); for a remote server the client's timeout holds.
-Concurrency is not capped, so a local server that batches still gets the parallel requests.
+The default concurrency is what the server advertises in ``/models`` (the embedded server's
+``parallel`` slots: 1 unless started with ``--parallel N``), else 8. Queued is not hung: with
+a larger ``concurrency`` than the server's slots a request may wait behind others before its
+first byte. For a server on this machine the sweep's client therefore has no read timeout
+(connect and write timeouts stay); for a remote server the client's timeout holds.
 """
 
 from __future__ import annotations
@@ -228,6 +228,24 @@ def _sweep_client(client: Any) -> AsyncClient:
     return ac
 
 
+DEFAULT_CONCURRENCY = 8
+"""Requests in flight when the server does not say how many it decodes at once."""
+
+
+async def _slots(ac: AsyncClient, model: str | None) -> int:
+    """The sweep's default concurrency: the slots the server advertises for ``model`` in
+    ``/models`` (the embedded server: ``parallel``), else :data:`DEFAULT_CONCURRENCY`."""
+    try:
+        served = await ac.models()
+    except Exception:  # a server without /models: the requests themselves will tell
+        return DEFAULT_CONCURRENCY
+    for m in served:
+        slots = m.get("parallel") if isinstance(m, dict) else None
+        if (model is None or m.get("id") == model) and isinstance(slots, int) and slots >= 1:
+            return slots
+    return DEFAULT_CONCURRENCY
+
+
 async def _default_model(ac: AsyncClient) -> str:
     model = ac.model
     if model is not None:
@@ -309,7 +327,7 @@ async def _execute(
     *,
     system: str | None,
     stream: bool,
-    concurrency: int,
+    concurrency: int | None,
     bar: Any,
 ) -> pd.DataFrame:
     start = time.perf_counter()
@@ -322,6 +340,8 @@ async def _execute(
         with request_source("sweep"):  # tasks created inside inherit the label
             if plan.models is None:
                 default = await _default_model(ac)
+            if concurrency is None:
+                concurrency = await _slots(ac, default or (plan.models[0] if plan.models else None))
             queue = iter(_run_order(plan))
 
             async def worker() -> None:
@@ -416,7 +436,7 @@ async def asweep(
     grid: Mapping[str, Any] | None = None,
     repeats: int = 1,
     models: Sequence[str] | str | None = None,
-    concurrency: int = 8,
+    concurrency: int | None = None,
     client: Any = None,
     progress: bool = True,
     system: str | None = None,
@@ -430,7 +450,8 @@ async def asweep(
     """
     _messages(prompt_or_messages, system)  # a malformed prompt fails here, not per request
     plan = _plan(grid, repeats, models, fixed_params)
-    concurrency = _positive_int("concurrency", concurrency)
+    if concurrency is not None:
+        concurrency = _positive_int("concurrency", concurrency)
     ac = _sweep_client(client)
     bar = _bar(len(plan.jobs), progress)
     return await _execute(
@@ -443,7 +464,7 @@ def sweep(
     grid: Mapping[str, Any] | None = None,
     repeats: int = 1,
     models: Sequence[str] | str | None = None,
-    concurrency: int = 8,
+    concurrency: int | None = None,
     client: Any = None,
     progress: bool = True,
     system: str | None = None,
@@ -455,7 +476,9 @@ def sweep(
     ``grid`` maps parameter names to lists of values (``{"temperature": [0, 0.7, 1.4]}``);
     ``models`` adds the model as one more dimension; ``fixed_params`` are sent with every
     request. Everything is validated before anything is sent. At most ``concurrency``
-    requests are in flight at a time; ``progress`` shows a bar (a widget in notebooks).
+    requests are in flight at a time (default: as many as the server says it decodes at
+    once — the embedded server's ``parallel`` slots — else 8); ``progress`` shows a bar (a
+    widget in notebooks).
 
     Returns one row per request: a column per grid parameter, then ``model, repeat, text,
     finish_reason``, token counts, ``latency_s, ttft_s, mean_entropy, error, history_id``
@@ -466,7 +489,8 @@ def sweep(
     """
     _messages(prompt_or_messages, system)  # a malformed prompt fails here, not per request
     plan = _plan(grid, repeats, models, fixed_params)
-    concurrency = _positive_int("concurrency", concurrency)
+    if concurrency is not None:
+        concurrency = _positive_int("concurrency", concurrency)
     ac = _sweep_client(client)
     bar = _bar(len(plan.jobs), progress)  # created here, so a notebook shows it in this cell
     coro = _execute(
