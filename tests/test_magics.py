@@ -255,9 +255,14 @@ def test_tmconfig_refuses_a_key_typed_into_the_cell(ip: InteractiveShell) -> Non
 
 
 def test_tmmodels_and_tmhistory(ip: InteractiveShell) -> None:
-    result, _ = run(ip, "%tmmodels")
+    result, cap = run(ip, "%tmmodels")
     assert result.success
     assert "SmolLM2-135M-Instruct" in list(result.result["id"])
+    # the embedded server says what it is doing: one slot, exact; its load in one line
+    assert list(result.result["parallel"]) == [1]
+    assert result.result.attrs["stats"]["parallel"] == 1
+    [line] = [o.data["text/plain"] for o in cap.outputs if "text/plain" in o.data]
+    assert line.startswith("server: ") and "1 slot (one at a time, exact)" in line
     run(ip, "%%tmchat --max-tokens 3\nHi.")
     run(ip, "%%tmchat --max-tokens 3\nHello.")
     result, _ = run(ip, "%tmhistory -n 1 --source magic")

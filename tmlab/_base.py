@@ -145,6 +145,7 @@ class _BaseClient:
         self.timeout = timeout
         self.max_retries = max_retries
         self._ready = False  # base URL resolved (the local server started) and URLs parsed
+        self._moved_from: str | None = None  # the URL of an embedded server that died
         self._chat_url = httpx.URL()
         self._models_url = httpx.URL()
         self._base_url = self._settings.base_url
@@ -279,7 +280,7 @@ class _BaseClient:
 
     def _relocate(self, exc: Exception) -> bool:
         """After ``exc`` (no answer yet): True if the embedded server had died and a new one
-        now serves at a new URL, so the request can go there at once.
+        now serves at a new URL, so the request can go there at once (:meth:`_moved`).
 
         Only for the embedded local server, which this client does not own: it may have been
         killed (or crashed) since the last request; the next request then starts a new one
@@ -294,7 +295,18 @@ class _BaseClient:
         except BaseException:
             self._base_url = old
             raise
-        return self._base_url != old
+        if self._base_url == old or old is None:
+            return False
+        self._moved_from = old
+        return True
+
+    def _moved(self, url: httpx.URL) -> httpx.URL:
+        """``url`` on the server that replaced a dead one (after :meth:`_relocate`)."""
+        old, new = self._moved_from, self._base_url
+        text = str(url)
+        if old and new and text.startswith(old):
+            return httpx.URL(new + text[len(old) :])
+        return url
 
     # -- retry decisions and errors -----------------------------------------------------
 

@@ -44,7 +44,7 @@ import httpx
 from tmlab._base import Messages, OnDelta, _BaseClient
 from tmlab._reader import StreamReader
 from tmlab._stream import Delta
-from tmlab.errors import ParameterError, StreamError, TmlabError
+from tmlab.errors import NotFoundError, ParameterError, StreamError, TmlabError
 from tmlab.params import validate_params
 from tmlab.result import ChatResult
 
@@ -195,6 +195,17 @@ class Client(_BaseClient):
         response, _ = self._send(http, self._models_url, None)  # type: ignore[arg-type]
         return self._models(response)
 
+    def server_stats(self) -> dict[str, Any] | None:
+        """What the server is doing (``GET /stats`` of the embedded server: requests queued and
+        running, tokens/s, each slot's state), or None for a server that does not say."""
+        http = self._setup()
+        try:
+            response, _ = self._send(http, httpx.URL(str(self._base_url) + "/stats"), None)
+        except NotFoundError:
+            return None
+        data = self._json(response)
+        return data if isinstance(data, dict) else None
+
     def _send(
         self, http: httpx.Client, url: httpx.URL, payload: bytes | None
     ) -> tuple[httpx.Response, float]:
@@ -210,7 +221,7 @@ class Client(_BaseClient):
                 response = http.send(request, stream=True)
             except httpx.RequestError as exc:
                 if self._relocate(exc):
-                    url = self._models_url if payload is None else self._chat_url
+                    url = self._moved(url)
                     continue
                 delay = self._exception_delay(attempt, exc)
                 if delay is None:
@@ -400,7 +411,7 @@ class AsyncClient(_BaseClient):
                 response = await http.send(request, stream=True)
             except httpx.RequestError as exc:
                 if await anyio.to_thread.run_sync(self._relocate, exc):
-                    url = self._models_url if payload is None else self._chat_url
+                    url = self._moved(url)
                     continue
                 delay = self._exception_delay(attempt, exc)
                 if delay is None:

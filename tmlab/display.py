@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,6 +21,7 @@ __all__ = [
     "HTMLText",
     "chat_result_html",
     "chat_result_markdown",
+    "stats_line",
     "style_logprobs",
     "token_heatmap_html",
     "tokens_html",
@@ -452,3 +453,20 @@ def token_heatmap_html(
     return HTMLText(
         _HOVER_CSS + _BOX + top + "<div>" + "".join(spans) + "</div>" + _legend(what) + "</div>"
     )
+
+
+def stats_line(stats: dict[str, Any]) -> str:
+    """One line of a server's load (its ``/stats``): ``2 running · 3 queued · 41 tokens/s ·
+    4 slots (answers may depend on load)``."""
+    parts = [f"{stats.get('running', 0)} running", f"{stats.get('queued', 0)} queued"]
+    rate = stats.get("tokens_per_s")
+    if isinstance(rate, int | float):
+        parts.append(f"{rate:.0f} tokens/s")
+    slots = stats.get("parallel")
+    if isinstance(slots, int):
+        exact = "one at a time, exact" if slots == 1 else "answers may depend on load"
+        parts.append(f"{slots} slot{'s' if slots != 1 else ''} ({exact})")
+    total = stats.get("requests")
+    if isinstance(total, int):
+        parts.append(f"{total} requests served")
+    return " · ".join(parts)

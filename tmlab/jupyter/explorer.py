@@ -62,6 +62,7 @@ from tmlab.jupyter.controls import (
     set_params,
 )
 from tmlab.jupyter.live import Debounce, Throttle
+from tmlab.jupyter.load import LoadLine
 from tmlab.jupyter.pins import Pin, pins_frame, pins_html
 from tmlab.jupyter.tokenview import TokenView
 from tmlab.jupyter.whatif import WhatIfPanel
@@ -218,6 +219,8 @@ class Explorer(widgets.VBox):
         self.auto_send.add_class("tmlab-auto")
         self.status = widgets.HTML()
         self.status.add_class("tmlab-status-line")
+        self.load = LoadLine(client)
+        """The server's load (requests running and queued, tokens/s), when it says."""
         self.send_button.on_click(lambda _b: self.run())
         self.stop_button.on_click(lambda _b: self.stop())
         self.pin_button.on_click(lambda _b: self.pin())
@@ -290,6 +293,7 @@ class Explorer(widgets.VBox):
                 advanced,
                 self.call_line,
                 self.status,
+                self.load.widget,
                 self.error,
                 self.reasoning_pane,
                 self.tabs,
@@ -692,6 +696,8 @@ class Explorer(widgets.VBox):
             self.whatif.close()
             for c in self.controls.values():
                 c.close()
+        if "load" in self.__dict__:
+            self.load.close()
         super().close()
 
 

@@ -378,19 +378,26 @@ class TmChat(Magics):
 
     @line_magic
     def tmmodels(self, line: str) -> pd.DataFrame:
-        """%tmmodels — the models the server serves (GET /models), as a DataFrame."""
+        """%tmmodels — the models the server serves (GET /models), as a DataFrame; a server
+        that says what it is doing (the embedded one: GET /stats) gets a line with its load."""
         import pandas as pd
 
         from tmlab.client import Client
+        from tmlab.display import stats_line
 
         try:
             with Client() as client:
                 models = client.models()
+                stats = client.server_stats()
         except Exception as exc:
             if "--debug" in line.split():
                 raise
             raise TmchatError(error_line(exc)) from None
-        return pd.DataFrame(models)
+        df = pd.DataFrame(models)
+        if stats is not None:  # a server that says what it is doing (the embedded one)
+            df.attrs["stats"] = stats
+            display({"text/plain": "server: " + stats_line(stats)}, raw=True)
+        return df
 
     @line_magic
     def tmhistory(self, line: str) -> pd.DataFrame:
