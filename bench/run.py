@@ -70,6 +70,13 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, float | tuple[float, float
         ],
     ),
     "import": ("import time", [("import tmlab vs import httpx", "<=", 2.0)]),
+    "branch": (
+        "branching on the embedded server (loads the model)",
+        [
+            ("branch vs a fresh request with the same prompt + prefix tokens", "<=", 1.1),
+            ("continuations(depth=3, width=3): requests made", "<=", 13),
+        ],
+    ),
     "display": (
         "%%tmchat display updates",
         [("%%tmchat live display updates/s at 1,000 tokens/s", "in", (5.0, 15.0))],
@@ -121,6 +128,7 @@ def main() -> None:
             "sweep": lambda: __import__("sweep_efficiency").run(loopback(0.2)),
             "server": lambda: __import__("server_overhead").run(),
             "import": lambda: __import__("import_time").run(),
+            "branch": lambda: __import__("branch_cost").run(),
             "display": lambda: __import__("display_rate").run(loopback()),
         }
         for name in BENCHMARKS:

@@ -8,6 +8,7 @@ the views) is checked against the real embedded server.
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ def explorer(
     local_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Explorer]:
     monkeypatch.setenv("TMLAB_HISTORY", str(tmp_path / "history.sqlite3"))
-    client = tmlab.Client(base_url=local_server.base_url)
+    client = tmlab.Client(base_url=local_server.base_url, timeout=300)
     ex = Explorer(
         client,
         prompt="Name three colours.",
@@ -112,3 +113,28 @@ def test_a_message_that_names_nothing_sends_nothing(explorer: Explorer) -> None:
     ):
         ex.token_view._on_message(ex.token_view, message, [])
     assert ex.wait(30) and len(tmlab.history()) == before
+
+
+def test_stop_ends_a_branch_and_keeps_it_as_a_partial_branch(explorer: Explorer) -> None:
+    ex = explorer
+    long = ex.client.chat(
+        "Tell me a long story.", max_tokens=80, ignore_eos=True, logprobs=True, top_logprobs=2
+    )
+    entries = long.choices[0].logprobs or []
+    alt = next(a for a in entries[1].top if a.token_id != entries[1].token_id)
+    assert ex.branch(long, 1, alt.token_id)
+    deadline = time.monotonic() + 120
+    while not ex.token_view.streaming and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ex.token_view.streaming, "the branch did not stream into the token view"
+    ex.stop()
+    assert ex.wait(120)
+    res = ex.result
+    assert res is not None and not res.complete
+    assert res.parent is not None and res.parent.parent_result is long
+    assert res.usage.completion_tokens is None or res.usage.completion_tokens < 78
+    row = get_row(res.history_id)  # type: ignore[arg-type]
+    assert row is not None and row["parent_id"] == long.history_id
+    assert row["complete"] is False and "StoppedByUser" in (row["error"] or "")
+    assert "stopped" in ex.status.value
+    assert not ex.token_view.busy and ex.token_view.tokens[1]["inherited"]
