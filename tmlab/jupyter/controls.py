@@ -23,7 +23,9 @@ again. Each control's tooltip is the table's help line.
 
 **Which parameters get a control** (:func:`editable`): every parameter of the table except
 those of group ``tools`` (the panel shows text answers and cannot run a tool call) and those
-named ``stream*`` (the panel always streams; the client sets the stream options itself).
+named ``stream*`` (the panel always streams; the client sets the stream options itself), and
+the continuation extensions (the panel continues an answer itself when an alternative token is
+clicked).
 **Which are shown at once** (:func:`featured`): group ``sampling`` except its JSON-edited ones,
 plus :data:`FEATURED` (the length limit, logprobs and reasoning effort); the others sit in a
 collapsed "advanced" section, by group.
@@ -65,9 +67,14 @@ _DESCRIPTION_WIDTH: Final = "150px"
 _SEED_RANGE: Final = 2**31  # drawn seeds stay small enough to read and type
 
 
+# How a prompt is continued: the Explorer does that itself when you click an alternative
+# (Branching); as free controls they would only turn a question into a 400.
+_CONTINUATION = frozenset({"add_generation_prompt", "continue_final_message", "continue_token_ids"})
+
+
 def editable(p: Param) -> bool:
     """Whether the Explorer offers a control for ``p`` (see the module docstring)."""
-    return p.group != "tools" and not p.name.startswith("stream")
+    return p.group != "tools" and not p.name.startswith("stream") and p.name not in _CONTINUATION
 
 
 def featured(p: Param) -> bool:
