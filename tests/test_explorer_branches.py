@@ -135,6 +135,6 @@ def test_stop_ends_a_branch_and_keeps_it_as_a_partial_branch(explorer: Explorer)
     assert res.usage.completion_tokens is None or res.usage.completion_tokens < 78
     row = get_row(res.history_id)  # type: ignore[arg-type]
     assert row is not None and row["parent_id"] == long.history_id
-    assert row["complete"] is False and "StoppedByUser" in (row["error"] or "")
+    assert row["complete"] is False and row["error"] == "interrupted"
     assert "stopped" in ex.status.value
     assert not ex.token_view.busy and ex.token_view.tokens[1]["inherited"]

@@ -387,7 +387,9 @@ class _BaseClient:
         if exc is not None:
             if isinstance(exc, TmlabError):
                 error = f"{type(exc).__name__}: {exc}"
-            elif isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+            elif isinstance(exc, KeyboardInterrupt | asyncio.CancelledError) or getattr(
+                exc, "stops_request", False
+            ):
                 # Ctrl-C, the kernel's stop button, the Explorer's Stop, a stopped sweep
                 error = "interrupted"
             else:

@@ -98,7 +98,11 @@ def _keep_partial(exc: BaseException, reader: StreamReader) -> None:
     """Put what arrived on ``exc.partial`` when a stream is interrupted (Ctrl-C, a callback
     that raised, a cancelled task). Leaving the ``with`` block closes the connection, which
     tells the server to stop generating."""
-    if reader.received and not isinstance(exc, TmlabError) and not hasattr(exc, "partial"):
+    if (
+        reader.received
+        and not isinstance(exc, TmlabError)
+        and getattr(exc, "partial", None) is None
+    ):
         with contextlib.suppress(Exception):
             exc.partial = reader.partial()  # type: ignore[attr-defined]
 

@@ -90,6 +90,8 @@ _CSS = """<style>
 class StoppedByUser(Exception):
     """The request was stopped with Stop: what arrived is on ``.partial`` (or None)."""
 
+    stops_request = True  # the history says "interrupted", as for Ctrl-C
+
     def __init__(self, partial: ChatResult | None = None) -> None:
         super().__init__("stopped by the user")
         self.partial = partial
