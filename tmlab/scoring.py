@@ -393,8 +393,9 @@ def _next_token(rest: str, tok: TokenLogprob) -> TopLogprob | None:
 
 
 async def _score_continuation(
-    ac: AsyncClient, text: str, context: str | None, model: str | None, top: int
+    ac: AsyncClient, text: str, context: str | None, model: str | None, top: int, before: int
 ) -> ScoreResult:
+    """Score by a continuation walk; ``before``: requests already sent to decide on it."""
     tokens: list[TokenLogprob] = []
     bounds: list[float] = []
     done = 0
@@ -453,7 +454,7 @@ async def _score_continuation(
         method="continuation",
         meaning=meaning,
         top_logprobs=top,
-        requests=requests + 2,
+        requests=requests + before,
         bounds=bounds,
         notes=notes,
     )
@@ -496,7 +497,8 @@ async def ascore(
             "(continue_final_message=True, add_generation_prompt=False made no difference to "
             "the prompt it counted)"
         )
-    return await _score_continuation(client, text, context, model, top_logprobs)
+    before = 3 if method == "auto" else 2  # the echo attempt, the two detection requests
+    return await _score_continuation(client, text, context, model, top_logprobs, before)
 
 
 def score(
