@@ -62,6 +62,12 @@ def test_score_equals_an_independent_log_softmax(client: Any, reference: Any) ->
     assert s.mean_logprob == pytest.approx(total / len(s.tokens))
     assert s.perplexity == pytest.approx(math.exp(-total / len(s.tokens)))
     assert "raw_logprobs" in s.meaning
+    # where the answer sits is learned once per server: the next text needs one request
+    again = tmlab.score(TEXT, context=CONTEXT, client=client)
+    assert again.requests == 1
+    assert [(t.token_id, t.logprob) for t in again.tokens] == [
+        (t.token_id, t.logprob) for t in s.tokens
+    ]
 
 
 @pytest.mark.slow
