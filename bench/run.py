@@ -55,6 +55,13 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, float]]]] = {
         "embedded server tokens/s (loads the model: about a minute)",
         [("embedded server tokens/s vs direct llama.cpp", ">=", 0.9)],
     ),
+    "scoring": (
+        "score() and processed logprobs (loads the model twice: about a minute)",
+        [
+            ("score() tokens/s vs llama.cpp logits_all in-process", ">=", 0.9),
+            ("processed vs raw logprobs, time of the same sampled request", "<=", 1.1),
+        ],
+    ),
     "import": ("import time", [("import tmlab vs import httpx", "<=", 2.0)]),
     "display": (
         "%%tmchat display updates",
@@ -101,6 +108,7 @@ def main() -> None:
             "frames": lambda: __import__("frames_speed").run(),
             "sweep": lambda: __import__("sweep_efficiency").run(loopback(0.2)),
             "server": lambda: __import__("server_overhead").run(),
+            "scoring": lambda: __import__("scoring_speed").run(),
             "import": lambda: __import__("import_time").run(),
             "display": lambda: __import__("display_rate").run(loopback()),
         }
