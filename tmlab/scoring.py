@@ -32,7 +32,6 @@ A server that does neither is a :class:`ScoreError` naming what is missing.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -573,22 +572,3 @@ def score(
             await ac.aclose()
 
     return _run_in_thread(run())
-
-
-def texts_frame(results: Sequence[ScoreResult]) -> pd.DataFrame:
-    """One row per scored text: text, tokens, total and mean logprob, perplexity, method."""
-    import pandas as pd
-
-    return pd.DataFrame(
-        [
-            {
-                "text": r.text,
-                "n_tokens": r.n_tokens,
-                "total_logprob": r.total_logprob,
-                "mean_logprob": r.mean_logprob,
-                "perplexity": r.perplexity,
-                "method": r.method,
-            }
-            for r in results
-        ]
-    )
