@@ -69,6 +69,13 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, float | tuple[float, float
             ("embedded server tokens/s vs direct llama.cpp, with logprobs (top 5)", ">=", 0.9),
         ],
     ),
+    "scoring": (
+        "score() and processed logprobs (loads the model twice: about a minute)",
+        [
+            ("score() tokens/s vs llama.cpp logits_all in-process", ">=", 0.9),
+            ("processed vs raw logprobs, time of the same sampled request", "<=", 1.1),
+        ],
+    ),
     "import": ("import time", [("import tmlab vs import httpx", "<=", 2.0)]),
     "branch": (
         "branching on the embedded server (loads the model)",
@@ -127,6 +134,7 @@ def main() -> None:
             "frames": lambda: __import__("frames_speed").run(),
             "sweep": lambda: __import__("sweep_efficiency").run(loopback(0.2)),
             "server": lambda: __import__("server_overhead").run(),
+            "scoring": lambda: __import__("scoring_speed").run(),
             "import": lambda: __import__("import_time").run(),
             "branch": lambda: __import__("branch_cost").run(),
             "display": lambda: __import__("display_rate").run(loopback()),

@@ -356,3 +356,18 @@ def test_extreme_temperature_processed_stays_valid_json(http: Any) -> None:
     )
     for entry in res["choices"][0]["logprobs"]["content"]:
         assert entry["logprob"] is None or entry["logprob"] <= 0.0
+
+
+def test_echo_logprobs_stream_reassembles_to_the_response(local_server: Any) -> None:
+    import tmlab
+
+    common = {"temperature": 0.8, "seed": 6, "max_tokens": 5, "logprobs": True}
+    common |= {"top_logprobs": 2, "echo": True, "n": 2}
+    with tmlab.Client(base_url=local_server.base_url, model=MODEL, timeout=300.0) as c:
+        whole = c.chat(STORY, **common)
+        streamed = c.chat(STORY, stream=True, **common)
+    for a, b in zip(whole.raw["choices"], streamed.raw["choices"], strict=True):
+        assert a["logprobs"]["content"] == b["logprobs"]["content"]
+        assert a["logprobs"]["echo_tokens"] == b["logprobs"]["echo_tokens"] > 0
+        assert a["message"]["content"] == b["message"]["content"]
+    assert streamed.raw["logprobs_mode"] == "raw_logprobs"

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tmlab.errors import ParameterError
-from tmlab.scoring import METHODS, ScoreError, _empty_prompt, _score_echo, ascore
+from tmlab.scoring import METHODS, ScoreError, _score_echo, ascore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -103,12 +103,10 @@ async def _classify_one(
     model: str | None,
     method: str,
 ) -> list[dict[str, Any]]:
-    empty: asyncio.Task[Any] | None = None
     try:
         if method in ("auto", "echo"):
-            empty = asyncio.ensure_future(_empty_prompt(ac, prompt, model))
             scored = await asyncio.gather(
-                *(_score_echo(ac, label, prompt, model, 0, empty) for label in labels)
+                *(_score_echo(ac, label, prompt, model, 0) for label in labels)
             )
         else:
             scored = [None] * len(labels)
@@ -127,11 +125,6 @@ async def _classify_one(
             _row(index, prompt, label, math.nan, math.nan, math.nan, None, None, error)
             for label in labels
         ]
-    finally:
-        if empty is not None and not empty.done():
-            empty.cancel()
-            with contextlib.suppress(BaseException):
-                await empty
     logprobs = [s.total_logprob for s in scored if s is not None]
     probs = [math.exp(lp) for lp in logprobs]
     mass = math.fsum(probs)

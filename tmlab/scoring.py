@@ -32,7 +32,6 @@ A server that does neither is a :class:`ScoreError` naming what is missing.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -277,22 +276,25 @@ def _span(with_text: list[TokenLogprob], empty: list[TokenLogprob]) -> tuple[int
     The two prompts differ only by the answer's text: the common byte prefix and suffix
     bound it.
     """
-    a_bytes = [bytes(t.bytes or t.token.encode()) for t in with_text]
-    b_bytes = b"".join(bytes(t.bytes or t.token.encode()) for t in empty)
-    full = b"".join(a_bytes)
+    full = b"".join(bytes(t.bytes or t.token.encode()) for t in with_text)
+    other = b"".join(bytes(t.bytes or t.token.encode()) for t in empty)
     pre = 0
-    limit = min(len(full), len(b_bytes))
-    while pre < limit and full[pre] == b_bytes[pre]:
+    limit = min(len(full), len(other))
+    while pre < limit and full[pre] == other[pre]:
         pre += 1
     suf = 0
-    while suf < limit - pre and full[len(full) - 1 - suf] == b_bytes[len(b_bytes) - 1 - suf]:
+    while suf < limit - pre and full[len(full) - 1 - suf] == other[len(other) - 1 - suf]:
         suf += 1
-    start, end = pre, len(full) - suf
+    return _token_span(with_text, pre, len(full) - suf)
+
+
+def _token_span(entries: list[TokenLogprob], start: int, end: int) -> tuple[int, int, bool]:
+    """The tokens covering bytes ``[start, end)``; True if one reaches outside them."""
     a = b = None
     pos = 0
     straddle = False
-    for i, chunk in enumerate(a_bytes):
-        lo, hi = pos, pos + len(chunk)
+    for i, t in enumerate(entries):
+        lo, hi = pos, pos + len(bytes(t.bytes or t.token.encode()))
         if hi > start and lo < end:
             if a is None:
                 a = i
@@ -305,6 +307,15 @@ def _span(with_text: list[TokenLogprob], empty: list[TokenLogprob]) -> tuple[int
     return a, b, straddle
 
 
+def _text_end(entries: list[TokenLogprob], a: int, b: int, text: str) -> int:
+    """The byte offset where the text ends in the echoed prompt (tokens [a, b) hold it)."""
+    full = b"".join(bytes(t.bytes or t.token.encode()) for t in entries)
+    start = sum(len(bytes(t.bytes or t.token.encode())) for t in entries[:a])
+    stop = sum(len(bytes(t.bytes or t.token.encode())) for t in entries[:b])
+    found = full.rfind(text.encode(), start, stop)
+    return found + len(text.encode()) if found >= 0 else stop
+
+
 _ECHO: dict[str, Any] = {"echo": True, "logprobs": True, "max_tokens": 1, "temperature": 0}
 
 
@@ -314,35 +325,56 @@ async def _empty_prompt(ac: AsyncClient, context: str | None, model: str | None)
     return _prompt_entries(res)
 
 
+# (base URL, model) -> how many bytes of the echoed prompt follow the answer (the end of the
+# assistant turn and the next turn's opening): the same for every text with a given template
+_SUFFIX: dict[tuple[str | None, str | None], int] = {}
+
+
+def _span_from_suffix(entries: list[TokenLogprob], text: str, suffix: int) -> tuple[int, int, bool]:
+    """The text's tokens when ``suffix`` bytes follow it; (0, 0, False) if they do not fit."""
+    full = b"".join(bytes(t.bytes or t.token.encode()) for t in entries)
+    data = text.encode()
+    end = len(full) - suffix
+    if end < len(data) or full[end - len(data) : end] != data:
+        return 0, 0, False
+    return _token_span(entries, end - len(data), end)
+
+
 async def _score_echo(
     ac: AsyncClient,
     text: str,
     context: str | None,
     model: str | None,
     top: int,
-    empty: Any = None,
 ) -> ScoreResult | None:
     """Score by echo; None when the server echoed no prompt logprobs.
 
-    ``empty``: an awaitable (or list) of the empty-answer prompt's entries, shared between
-    texts scored in the same context.
+    Where the text sits in the echoed prompt: after it come the end of the assistant turn and
+    the next turn's opening, the same bytes for every text; their length is learned once per
+    server and model from the prompt around an empty answer (one more request) and checked
+    against the text's own bytes each time.
     """
     res = await ac.chat(messages_for(text, context), model=model, top_logprobs=top, **_ECHO)
     entries = _prompt_entries(res)
     if not entries:
         return None
     requests = 1
-    if empty is None:
+    key = (ac.base_url, model or ac.model)
+    a = b = 0
+    straddle = False
+    if key in _SUFFIX:
+        a, b, straddle = _span_from_suffix(entries, text, _SUFFIX[key])
+    if b <= a:
         empty = await _empty_prompt(ac, context, model)
         requests += 1
-    elif not isinstance(empty, list):
-        empty = await empty
-    a, b, straddle = _span(entries, empty)
-    if b <= a:
-        raise ScoreError(
-            "the echoed prompt does not contain the text where an answer goes; "
-            "the server's chat template may rewrite the assistant turn"
-        )
+        a, b, straddle = _span(entries, empty)
+        if b <= a:
+            raise ScoreError(
+                "the echoed prompt does not contain the text where an answer goes; "
+                "the server's chat template may rewrite the assistant turn"
+            )
+        full = sum(len(bytes(t.bytes or t.token.encode())) for t in entries)
+        _SUFFIX[key] = full - _text_end(entries, a, b, text)
     notes = []
     if straddle:
         notes.append(
@@ -393,8 +425,9 @@ def _next_token(rest: str, tok: TokenLogprob) -> TopLogprob | None:
 
 
 async def _score_continuation(
-    ac: AsyncClient, text: str, context: str | None, model: str | None, top: int
+    ac: AsyncClient, text: str, context: str | None, model: str | None, top: int, before: int
 ) -> ScoreResult:
+    """Score by a continuation walk; ``before``: requests already sent to decide on it."""
     tokens: list[TokenLogprob] = []
     bounds: list[float] = []
     done = 0
@@ -453,7 +486,7 @@ async def _score_continuation(
         method="continuation",
         meaning=meaning,
         top_logprobs=top,
-        requests=requests + 2,
+        requests=requests + before,
         bounds=bounds,
         notes=notes,
     )
@@ -496,7 +529,8 @@ async def ascore(
             "(continue_final_message=True, add_generation_prompt=False made no difference to "
             "the prompt it counted)"
         )
-    return await _score_continuation(client, text, context, model, top_logprobs)
+    before = 3 if method == "auto" else 2  # the echo attempt, the two detection requests
+    return await _score_continuation(client, text, context, model, top_logprobs, before)
 
 
 def score(
@@ -538,22 +572,3 @@ def score(
             await ac.aclose()
 
     return _run_in_thread(run())
-
-
-def texts_frame(results: Sequence[ScoreResult]) -> pd.DataFrame:
-    """One row per scored text: text, tokens, total and mean logprob, perplexity, method."""
-    import pandas as pd
-
-    return pd.DataFrame(
-        [
-            {
-                "text": r.text,
-                "n_tokens": r.n_tokens,
-                "total_logprob": r.total_logprob,
-                "mean_logprob": r.mean_logprob,
-                "perplexity": r.perplexity,
-                "method": r.method,
-            }
-            for r in results
-        ]
-    )
