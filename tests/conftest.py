@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -71,3 +72,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         if handle is not None:
             handle.close()
     shutil.rmtree(_HISTORY_DIR, ignore_errors=True)
+
+
+@pytest.fixture
+def make() -> Iterator[Callable[..., Any]]:
+    """Build Explorers; each is stopped, its threads joined and closed after the test."""
+    from tmlab.jupyter.explorer import Explorer
+
+    made: list[Explorer] = []
+
+    def build(*args: Any, **kwargs: Any) -> Explorer:
+        ex = Explorer(*args, **kwargs)
+        made.append(ex)
+        return ex
+
+    yield build
+    for ex in made:
+        ex.stop()
+        assert ex.wait(timeout=60), "an Explorer thread did not end"
+        ex.close()

@@ -11,7 +11,7 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,23 +45,6 @@ def _dead_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
-
-
-@pytest.fixture
-def make() -> Iterator[Callable[..., Explorer]]:
-    """Build Explorers; each is stopped, its threads joined and closed after the test."""
-    made: list[Explorer] = []
-
-    def build(*args: Any, **kwargs: Any) -> Explorer:
-        ex = Explorer(*args, **kwargs)
-        made.append(ex)
-        return ex
-
-    yield build
-    for ex in made:
-        ex.stop()
-        assert ex.wait(timeout=60), "an Explorer thread did not end"
-        ex.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,28 +86,12 @@ def _idle_after_stop(ex: Explorer) -> float:
     return time.monotonic() - t0
 
 
-@pytest.fixture
-def explorers() -> Iterator[Callable[..., Explorer]]:
-    made: list[Explorer] = []
-
-    def build(*args: Any, **kwargs: Any) -> Explorer:
-        ex = Explorer(*args, **kwargs)
-        made.append(ex)
-        return ex
-
-    yield build
-    for ex in made:
-        ex.stop()
-        assert ex.wait(timeout=60)
-        ex.close()
-
-
 @pytest.mark.parametrize("phase", ["queued", "streaming"])
-def test_stop_closes_the_connection_at_once(phase: str, explorers) -> None:
+def test_stop_closes_the_connection_at_once(phase: str, make) -> None:
     server = Holding(phase)
     with LiveServer(server) as live:
         client = tmlab.Client(base_url=live.base_url, model="m", max_retries=0)
-        ex = explorers(client, prompt="Tell a story.")
+        ex = make(client, prompt="Tell a story.")
         ex.send_button.click()
         assert server.held.wait(10)
         if phase == "streaming":
@@ -117,7 +100,7 @@ def test_stop_closes_the_connection_at_once(phase: str, explorers) -> None:
                 time.sleep(0.01)
         t0 = time.monotonic()
         took = _idle_after_stop(ex)
-        assert server.gone.wait(5), "the server never saw the client leave"
+        assert server.gone.wait(30), "the server never saw the client leave"
         print(
             f"Explorer stop ({phase}): idle after {took:.3f} s, server saw the disconnect "
             f"after {server.gone_at - t0:.3f} s"
@@ -134,7 +117,7 @@ def test_stop_closes_the_connection_at_once(phase: str, explorers) -> None:
 
 
 @pytest.mark.slow
-def test_stop_while_queued_on_the_embedded_server(local_server, explorers) -> None:
+def test_stop_while_queued_on_the_embedded_server(local_server, make) -> None:
     """The model is busy with another request; the stopped one is dropped from the queue
     without a token generated for it."""
     body = {
@@ -148,7 +131,7 @@ def test_stop_while_queued_on_the_embedded_server(local_server, explorers) -> No
     blocker.start()
     time.sleep(0.3)
     client = tmlab.Client(base_url=local_server.base_url)
-    ex = explorers(client, prompt="Write a very long story.", max_tokens=2000, ignore_eos=True)
+    ex = make(client, prompt="Write a very long story.", max_tokens=2000, ignore_eos=True)
     ex.send_button.click()
     time.sleep(0.6)
     assert ex.result is None and not ex.stop_button.disabled  # waiting in the server's queue
@@ -166,7 +149,7 @@ def test_stop_while_queued_on_the_embedded_server(local_server, explorers) -> No
 
 
 @pytest.mark.slow
-def test_stop_during_prompt_evaluation_frees_the_model(local_server, explorers) -> None:
+def test_stop_during_prompt_evaluation_frees_the_model(local_server, make) -> None:
     """A long prompt is being evaluated when Stop is clicked: the panel is idle at once, and
     the server stops evaluating it at its next batch of prompt tokens, so the next request
     does not wait for the rest of the prompt."""
@@ -190,7 +173,7 @@ def test_stop_during_prompt_evaluation_frees_the_model(local_server, explorers) 
 
     full = ask(long_prompt)  # the whole prompt's evaluation, measured in this run
     client = tmlab.Client(base_url=local_server.base_url)
-    ex = explorers(client, prompt=long_prompt, max_tokens=50)
+    ex = make(client, prompt=long_prompt, max_tokens=50)
     ex.send_button.click()
     time.sleep(min(0.5, full / 4))
     assert ex.result is None and not ex.stop_button.disabled
