@@ -23,7 +23,19 @@ pytestmark = pytest.mark.slow
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 # what a cell that sends a request contains
-SENDS = (".chat(", "%%tmchat", "ex.run()", "tmlab.sweep(", "tmlab.audit(", "tmlab.Explorer(")
+SENDS = (
+    ".chat(",
+    "%%tmchat",
+    "ex.run()",
+    "tmlab.sweep(",
+    "tmlab.audit(",
+    "tmlab.Explorer(",
+    "tmlab.probe(",
+    "tmlab.score(",
+    "tmlab.classify(",
+    "tmlab.continuations(",
+    ".branch(",
+)
 
 
 def _dead_url() -> str:
