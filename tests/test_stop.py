@@ -31,9 +31,10 @@ def _history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class Holding:
-    """An ASGI server that answers ``/models`` and holds every chat request until the client
-    leaves: before its headers (``phase="queued"``) or after a first piece of the stream
-    (``"streaming"``). Records when the request arrived and when the client disconnected."""
+    """An ASGI server that answers ``/models``, 404 to other paths but the chat route, and
+    holds every chat request until the client leaves: before its headers (``phase="queued"``)
+    or after a first piece of the stream (``"streaming"``). Records when the request arrived
+    and when the client disconnected."""
 
     def __init__(self, phase: str) -> None:
         self.phase = phase
@@ -52,6 +53,10 @@ class Holding:
                 }
             )
             await send({"type": "http.response.body", "body": b'{"data": [{"id": "m"}]}'})
+            return
+        if not scope["path"].endswith("/chat/completions"):  # e.g. the load line's /stats
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
             return
         if self.phase == "streaming":
             await send(
