@@ -5,11 +5,11 @@ different features run at the same time, and each answer must be its request's: 
 answer is held by a schema that admits only its own id (``{"id": {"const": "req-7"}}``), so an
 answer delivered to the wrong request, or a grammar applied to the wrong sequence, cannot pass.
 
-Batching changes the numbers (a row's logits depend on the shape of the batch it was computed
-in), so no test here expects a batched answer to equal a serial one exactly. Where a test
-compares runs, it compares greedy tokens and raw logprobs up to the first divergence, with a
-tolerance far above that noise (measured and printed by ``test_batched_vs_serial_numbers``) and
-far below what a lost or mixed-up KV cache does (nats, and garbage text).
+Each slot has its own KV stream, and on these CPU kernels a sequence's numbers do not depend
+on its neighbours in the batch: a request decoded beside others gives the same tokens and
+logprobs, bit for bit, as on the one-slot server. The tests hold the server to that (and print
+the measured difference): it is also what makes a corrupted, lost or foreign KV cache
+detectable at once when a client leaves mid-batch.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import jsonschema
 import pytest
 from _e2e import MODEL, WEATHER, post_raw
 
-import tmlab.local
 from tmlab.local import LocalServer
 
 pytestmark = pytest.mark.slow
@@ -36,13 +35,10 @@ CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LocalServer]:
-    """The real local server with 4 slots (and a small context: 4 x 2048 KV cells)."""
-    srv = tmlab.local.start(quiet=True, parallel=PARALLEL, n_ctx=2048)
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(parallel_server: LocalServer) -> LocalServer:
+    """The real local server with 4 slots, 2048 tokens of context each (``conftest.py``)."""
+    assert parallel_server.parallel == PARALLEL
+    return parallel_server
 
 
 @pytest.fixture(scope="module")
@@ -344,31 +340,26 @@ def _greedy(url: str, text: str, max_tokens: int = 32) -> list[tuple[str, float]
 
 
 def test_batched_vs_serial_numbers(server: LocalServer, local_server: LocalServer) -> None:
-    """Alone in the batch engine = the exact one-slot server, bitwise; batched: close, and the
-    difference is measured and printed (for the notes on batch invariance)."""
+    """Batched, alone, and on the one-slot server: the same tokens and logprobs, bit for bit
+    (each slot has its own KV stream: ``tmlab/server/batch.py``); the difference is printed
+    for the notes on batch invariance."""
     exact = [_greedy(local_server.url, p) for p in _PROMPTS]
     alone = [_greedy(server.url, p) for p in _PROMPTS]
-    assert alone == exact, "one request alone on --parallel 4 differs from --parallel 1"
     with ThreadPoolExecutor(len(_PROMPTS)) as pool:
         batched = list(pool.map(lambda p: _greedy(server.url, p), _PROMPTS))
-    deltas = [shared_prefix(a, b) for a, b in zip(alone, batched, strict=True)]
+    deltas = [shared_prefix(a, b) for a, b in zip(exact, batched, strict=True)]
     flat = [d for ds in deltas for d in ds]
-    shared = sum(len(ds) for ds in deltas)
-    total = sum(len(a) for a in alone)
     print(
-        f"\nbatched ({len(_PROMPTS)} at once, --parallel {PARALLEL}) vs serial (alone, = "
-        f"--parallel 1): max |Δ logprob| {max(flat):.4f} nats over the shared prefixes "
-        f"({shared} of {total} greedy tokens before the first divergence: "
-        f"{[len(ds) for ds in deltas]}); mean |Δ| {sum(flat) / len(flat):.4f}"
+        f"\nbatched ({len(_PROMPTS)} at once, --parallel {PARALLEL}) vs serial (--parallel 1): "
+        f"max |Δ logprob| {max(flat):.3g} nats over the shared prefixes "
+        f"({[len(ds) for ds in deltas]} of {[len(a) for a in exact]} greedy tokens)"
     )
-    # noise, not corruption: a lost or foreign KV cache moves logprobs by nats
-    assert max(flat) < 1.0
+    assert alone == exact, "one request alone on --parallel 4 differs from --parallel 1"
+    assert batched == exact, "requests decoded together differ from one at a time"
 
 
 # -- a client that leaves mid-batch ------------------------------------------------------------
 
-# Tasks the model is sure of (counting, repeating): batch noise rarely flips a greedy token
-# there, so their answers can be compared token by token over their whole length.
 _SURVIVORS = [
     "Count from 1 to 40, separated by commas.",
     "Count from 100 to 140, separated by commas.",
@@ -439,13 +430,6 @@ def _run_with_leaver(
     return answers, freed_after
 
 
-# What batch noise may do to a logprob (measured here: up to ~0.25 nats between batch shapes,
-# most tokens within 0.05); a lost, foreign or shifted KV cache moves them by nats and
-# derails the text.
-_NOISE_NATS = 0.75
-_MOSTLY_NATS = 0.1
-
-
 def test_a_client_that_leaves_mid_batch_never_disturbs_the_others(
     server: LocalServer, client: httpx.Client
 ) -> None:
@@ -456,14 +440,11 @@ def test_a_client_that_leaves_mid_batch_never_disturbs_the_others(
     # on a quiet machine; bounded generously for a loaded one
     assert freed_after < 10.0
     deltas = [shared_prefix(a, b) for a, b in zip(reference, survivors, strict=True)]
-    flat = [d for ds in deltas for d in ds]
-    total = len(_SURVIVORS) * _SURVIVOR_TOKENS
     print(
         f"\nslot freed {freed_after:.2f} s after its client left; survivors vs a run where "
         f"nobody left: shared greedy prefixes {[len(ds) for ds in deltas]} of "
-        f"{_SURVIVOR_TOKENS} tokens, max |Δ logprob| {max(flat):.4f} nats"
+        f"{_SURVIVOR_TOKENS} tokens, max |Δ logprob| {max(d for ds in deltas for d in ds):.3g}"
     )
-    assert all(len(a) == _SURVIVOR_TOKENS for a in survivors)
-    assert len(flat) >= 0.75 * total, "the survivors' answers changed"
-    assert max(flat) < _NOISE_NATS, deltas
-    assert sum(d <= _MOSTLY_NATS for d in flat) >= 0.8 * len(flat), deltas
+    # each slot's numbers are its own (see test_batched_vs_serial_numbers): a lost, foreign
+    # or shifted KV cache would change them
+    assert survivors == reference

@@ -11,13 +11,18 @@ it, and samples every sequence whose logits came out, each with its own
 :class:`~tmlab.server.engine.Decoder` (sampler chain, seed, grammar, bans, logprobs). A new
 request joins at the next step; a finished, stopped or disconnected one frees its slot at once.
 
-What it changes: the numbers. The same prompt evaluated alone, in other batch splits or beside
-other sequences goes through differently shaped matrix products, and the rounding of the
-quantised kernels differs (measured here: up to ~0.05 nats; a greedy answer can flip at a
-near-tie). So an answer may depend on what else the server is doing. With one slot (the
-default) the server never uses this module, and the same request always gives the same
-numbers. The KV cache holds ``n_ctx`` tokens per slot (unified: a long request may use more
-than its share while others are short).
+The numbers. Each slot has its own KV stream of ``n_ctx`` cells (llama.cpp's non-unified
+KV cache): a sequence's attention only reads its own cells, laid out as when it runs alone,
+and llama.cpp's CPU kernels compute each row of the other matrix products on its own. So a
+sequence's logits do not depend on what else is in the batch: measured here (SmolLM2 Q4_1,
+AVX2), up to 8 sequences arriving at random moments, prompts of 36-733 tokens split across
+steps, give the same tokens and logprobs, bit for bit, as the one-slot server
+(``tests/test_parallel.py`` checks it). That is a property of these kernels, not a promise of
+llama.cpp (other backends may round rows of a batch together). With ``unified=True`` the
+sequences share one KV cache, interleaved: each one's attention then sums over cells in an
+order that depends on its neighbours, and the numbers move (measured: up to ~0.2 nats, and a
+greedy answer flips at a near-tie: ``bench/parallel.py`` prints it). With one slot (the
+default) the server never uses this module.
 """
 
 from __future__ import annotations
@@ -66,9 +71,15 @@ class _Seq:
 
 
 class BatchEngine:
-    """N sequence slots over one llama.cpp context, decoded together by one thread."""
+    """N sequence slots over one llama.cpp context, decoded together by one thread.
 
-    def __init__(self, engine: Engine, parallel: int, *, n_batch: int = 512) -> None:
+    ``unified``: one KV cache shared by the slots instead of one stream each (the numbers
+    then depend on the batch; see the module docstring).
+    """
+
+    def __init__(
+        self, engine: Engine, parallel: int, *, n_batch: int = 512, unified: bool = False
+    ) -> None:
         import llama_cpp
         from llama_cpp import _internals
 
@@ -79,14 +90,14 @@ class BatchEngine:
         self.n_batch = n_batch
         self._lib = llama_cpp
         # The single path's settings (flash attention off, the same rope and threads), with
-        # N sequences sharing one KV cache of n_ctx tokens per slot.
+        # N sequences of n_ctx tokens each: one KV stream per slot unless ``unified``.
         params = llama_cpp.llama_context_params()
         ctypes.pointer(params)[0] = engine.llm.context_params
         params.n_ctx = engine.n_ctx * parallel
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = parallel
-        params.kv_unified = True
+        params.kv_unified = unified
         self._ctx = _internals.LlamaContext(model=engine.llm._model, params=params, verbose=False)
         self._batch = _internals.LlamaBatch(
             n_tokens=n_batch, embd=0, n_seq_max=parallel, verbose=False
@@ -198,6 +209,9 @@ class BatchEngine:
                 seq.decoder = seq.make_decoder()
             except BaseException as exc:  # a grammar that does not compile, say
                 self._finish(seq, exc)
+                continue
+            if seq.decoder.done:  # no budget at all: nothing to evaluate
+                self._finish(seq)
 
     def _loop(self) -> None:
         while True:
