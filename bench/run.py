@@ -56,6 +56,13 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, float]]]] = {
         [("embedded server tokens/s vs direct llama.cpp", ">=", 0.9)],
     ),
     "import": ("import time", [("import tmlab vs import httpx", "<=", 2.0)]),
+    "parallel": (
+        "--parallel 8 vs --parallel 1 (two servers: several minutes)",
+        [
+            ("single-request tokens/s, --parallel 8 alone vs --parallel 1", ">=", 0.95),
+            ("aggregate tokens/s at 8 concurrent, --parallel 8 vs --parallel 1", ">=", 1.7),
+        ],
+    ),
     "display": (
         "%%tmchat display updates",
         [("%%tmchat live display updates/s at 1,000 tokens/s", "<=", 15.0)],
@@ -102,6 +109,7 @@ def main() -> None:
             "sweep": lambda: __import__("sweep_efficiency").run(loopback(0.2)),
             "server": lambda: __import__("server_overhead").run(),
             "import": lambda: __import__("import_time").run(),
+            "parallel": lambda: __import__("parallel").run(),
             "display": lambda: __import__("display_rate").run(loopback()),
         }
         for name in BENCHMARKS:
