@@ -5,23 +5,31 @@ scheduler, that is the only one to touch it. Requests keep their own threads (ea
 :class:`~tmlab.server.chat.ChatRun` as with one slot) and call :meth:`BatchEngine.generate`,
 which has the contract of :meth:`Engine.generate <tmlab.server.engine.Engine.generate>`: it
 yields one :class:`~tmlab.server.engine.Step` per token. Behind it, each step of the
-scheduler builds ONE llama.cpp batch: the next token of every sequence that is generating,
-then as much of the prompts of newly arrived sequences as fits in ``n_batch`` tokens, decodes
-it, and samples every sequence whose logits came out, each with its own
-:class:`~tmlab.server.engine.Decoder` (sampler chain, seed, grammar, bans, logprobs). A new
-request joins at the next step; a finished, stopped or disconnected one frees its slot at once.
+scheduler decodes the next token of every generating sequence in ONE llama.cpp call, then up
+to ``n_batch`` tokens of the prompts of newly arrived sequences (one call per piece, cut where
+the one-slot path cuts it), and samples every sequence whose logits came out, each with its
+own :class:`~tmlab.server.engine.Decoder` (sampler chain, seed, grammar, bans, logprobs). A
+new request joins at the next step; a finished, stopped or disconnected one frees its slot at
+once.
 
 The numbers. Each slot has its own KV stream of ``n_ctx`` cells (llama.cpp's non-unified
-KV cache): a sequence's attention only reads its own cells, laid out as when it runs alone,
-and llama.cpp's CPU kernels compute each row of the other matrix products on its own. So a
-sequence's logits do not depend on what else is in the batch: measured here (SmolLM2 Q4_1,
-AVX2), up to 8 sequences arriving at random moments, prompts of 36-733 tokens split across
-steps, give the same tokens and logprobs, bit for bit, as the one-slot server
-(``tests/test_parallel.py`` checks it). That is a property of these kernels, not a promise of
-llama.cpp (other backends may round rows of a batch together). With ``unified=True`` the
-sequences share one KV cache, interleaved: each one's attention then sums over cells in an
-order that depends on its neighbours, and the numbers move (measured: up to ~0.2 nats, and a
-greedy answer flips at a near-tie: ``bench/parallel.py`` prints it). With one slot (the
+KV cache), so a sequence's attention reads only its own cells, laid out as when it runs
+alone; its prompt is evaluated in the same pieces as on the one-slot path, each alone in its
+call; its generated tokens go one per sequence, as there; and llama.cpp's CPU kernels compute
+each row of the other matrix products on its own. So a sequence's numbers do not depend on
+what else is in the batch: measured here (SmolLM2 Q4_1, AVX2), up to 8 sequences arriving at
+random moments give the same tokens and logprobs, bit for bit, as the one-slot server
+(``tests/test_parallel.py`` holds it to that). It is a property of these kernels, not a promise
+of llama.cpp (other backends may round the rows of a batch together), and each piece of it
+matters: with ``unified=True`` the sequences share one KV cache, interleaved, and each one's
+attention sums over cells in an order set by its neighbours (measured: up to ~0.2 nats, and
+greedy answers flip at near-ties: ``bench/parallel.py`` prints it); a prompt token evaluated
+alone (as llama.cpp does with the last tokens of the longer of two prompts in one call)
+takes another kernel than one evaluated with others (~0.01 nats).
+
+Cost: llama.cpp splits one call into a forward pass per run of consecutive slot numbers
+(with one KV stream per slot), so generating sequences in slots 0, 1 and 3 take two passes;
+a new request takes the lowest free slot, which fills such gaps first. With one slot (the
 default) the server never uses this module.
 """
 
@@ -88,6 +96,9 @@ class BatchEngine:
         self.engine = engine
         self.parallel = parallel
         self.n_batch = n_batch
+        # prompts are cut where Llama.eval cuts them on the one-slot path
+        self._piece = engine.llm.n_batch
+        n_batch = max(n_batch, self._piece, parallel)
         self._lib = llama_cpp
         # The single path's settings (flash attention off, the same rope and threads), with
         # N sequences of n_ctx tokens each: one KV stream per slot unless ``unified``.
@@ -238,37 +249,55 @@ class BatchEngine:
                                 self._finish(seq, exc)
 
     def _step(self, active: list[_Seq]) -> None:
-        """One llama.cpp batch: every generating sequence's next token, then prompt chunks."""
+        """One step: the next token of every generating sequence, in ONE llama.cpp call, then
+        up to ``n_batch`` tokens of prompts, one call per chunk (see :meth:`_prompt_chunks`)."""
+        generating = [(s, [s.next_token]) for s in active if s.next_token is not None]
+        if generating:
+            # in slot order: llama.cpp puts a run of consecutive sequence ids in one ubatch
+            self._decode(generating)
+        budget = self.n_batch
+        for seq in active:
+            while budget > 0 and seq.fed < len(seq.prompt) and seq.slot >= 0:
+                chunk = self._prompt_chunk(seq)
+                budget -= len(chunk)
+                self._decode([(seq, chunk)])
+        if not generating and budget == self.n_batch:
+            time.sleep(0.001)  # nothing to decode (every sequence finished this step)
+
+    def _prompt_chunk(self, seq: _Seq) -> list[int]:
+        """The next piece of ``seq``'s prompt: cut where the one-slot path cuts it.
+
+        The one-slot path evaluates a prompt in pieces of ``llm.n_batch`` tokens from position
+        0; the same pieces here, each alone in its llama.cpp call, go through the same kernels
+        with the same shapes, hence the same numbers. A piece beside other sequences would not:
+        llama.cpp would split it (it takes as many tokens from each sequence of a ubatch), and
+        a prompt token evaluated alone takes another kernel than one evaluated with others.
+        """
+        end = min(len(seq.prompt), (seq.fed // self._piece + 1) * self._piece)
+        return seq.prompt[seq.fed : end]
+
+    def _decode(self, work: list[tuple[_Seq, list[int]]]) -> None:
+        """Evaluate each sequence's tokens in one llama.cpp call; sample those that are due."""
         b = self._batch.batch
         b.n_tokens = 0
         outputs: list[tuple[_Seq, int]] = []
-
-        def add(seq: _Seq, token: int, logits: bool) -> None:
-            j = b.n_tokens
-            b.token[j] = token
-            b.pos[j] = seq.pos
-            b.seq_id[j][0] = seq.slot
-            b.n_seq_id[j] = 1
-            b.logits[j] = logits
-            b.n_tokens = j + 1
-            seq.pos += 1
-            if logits:
-                outputs.append((seq, j))
-
-        for seq in active:
-            if seq.next_token is not None:
-                add(seq, seq.next_token, True)
+        for seq, tokens in work:
+            for token in tokens:
+                j = b.n_tokens
+                b.token[j] = token
+                b.pos[j] = seq.pos
+                b.seq_id[j][0] = seq.slot
+                b.n_seq_id[j] = 1
+                b.logits[j] = False
+                b.n_tokens = j + 1
+                seq.pos += 1
+            if seq.fed < len(seq.prompt):
+                seq.fed += len(tokens)
+            else:
                 seq.next_token = None
-        for seq in active:
-            room = self.n_batch - b.n_tokens
-            if seq.fed < len(seq.prompt) and room > 0:
-                chunk = seq.prompt[seq.fed : seq.fed + room]
-                for k, token in enumerate(chunk):
-                    add(seq, token, seq.fed + k == len(seq.prompt) - 1)
-                seq.fed += len(chunk)
-        if b.n_tokens == 0:
-            time.sleep(0.001)  # nothing to decode (every sequence finished this step)
-            return
+            if seq.fed == len(seq.prompt):  # generating, or its prompt is complete
+                b.logits[b.n_tokens - 1] = True
+                outputs.append((seq, b.n_tokens - 1))
         rc = self._lib.llama_decode(self._ctx.ctx, b)
         if rc != 0:
             raise RuntimeError(
