@@ -84,6 +84,13 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, float | tuple[float, float
             ("continuations(depth=3, width=3): requests made", "<=", 13),
         ],
     ),
+    "parallel": (
+        "--parallel 8 vs --parallel 1 (two servers: several minutes)",
+        [
+            ("single-request tokens/s, --parallel 8 alone vs --parallel 1", ">=", 0.95),
+            ("aggregate tokens/s at 8 concurrent, --parallel 8 vs --parallel 1", ">=", 1.7),
+        ],
+    ),
     "display": (
         "%%tmchat display updates",
         [("%%tmchat live display updates/s at 1,000 tokens/s", "in", (5.0, 15.0))],
@@ -137,6 +144,7 @@ def main() -> None:
             "scoring": lambda: __import__("scoring_speed").run(),
             "import": lambda: __import__("import_time").run(),
             "branch": lambda: __import__("branch_cost").run(),
+            "parallel": lambda: __import__("parallel").run(),
             "display": lambda: __import__("display_rate").run(loopback()),
         }
         for name in BENCHMARKS:

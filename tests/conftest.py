@@ -25,6 +25,17 @@ def local_server() -> Iterator[LocalServer]:
 
 
 @pytest.fixture(scope="session")
+def parallel_server() -> Iterator[LocalServer]:
+    """The same server decoding up to 4 requests together (``--parallel 4``; 2048-token
+    context per slot), for the tests that must hold with batching too."""
+    server = tmlab.local.start(quiet=True, parallel=4, n_ctx=2048)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def http(local_server: LocalServer) -> Iterator[object]:
     """An ``httpx.Client`` on the local server's root URL."""
     import httpx

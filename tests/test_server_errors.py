@@ -6,6 +6,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -241,21 +242,10 @@ axes = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    extra=st.just({}) | st.dictionaries(param_names, json_values, max_size=4),
-    grammar=grammars,
-    targeted=axes,
-    drop=st.sampled_from([None, "model", "messages"]),
-)
-def test_fuzzed_bodies_never_500(
-    http: Any,
-    local_server: Any,
-    extra: dict[str, Any],
-    grammar: dict[str, Any],
-    targeted: dict[str, Any],
-    drop: str | None,
-) -> None:
+def _fuzzed(
+    extra: dict[str, Any], grammar: dict[str, Any], targeted: dict[str, Any], drop: str | None
+) -> dict[str, Any]:
+    """A fuzzed body, kept cheap: few tokens, little reasoning, at most 2 choices."""
     body: dict[str, Any] = {"model": MODEL, "messages": MSGS, **grammar, **targeted, **extra}
     if "max_completion_tokens" in extra:
         body.pop("max_tokens", None)
@@ -271,12 +261,16 @@ def test_fuzzed_bodies_never_500(
         body["max_tokens"] = 1  # an explicit null would mean: up to the whole context
     if drop:
         body.pop(drop, None)
+    return body
+
+
+def _post_fuzzed(http: Any, server: Any, body: dict[str, Any]) -> None:
     r = http.post(
         "/v1/chat/completions",
         content=json.dumps(body),
         headers={"content-type": "application/json"},
     )
-    assert local_server.running, f"the server died on {body}"
+    assert server.running, f"the server died on {body}"
     assert r.status_code in (200, 400, 404), r.text
     if r.status_code != 200:
         assert_envelope(r, r.status_code)
@@ -287,57 +281,119 @@ def test_fuzzed_bodies_never_500(
         assert r.json()["object"] == "chat.completion"
 
 
-def test_the_server_is_alive_after_the_fuzzing(http: Any, local_server: Any) -> None:
-    assert local_server.running
-    assert http.get("/health").json()["status"] == "ok"
-
-
-@pytest.mark.parametrize(
-    "extra",
-    [
-        # the grammar completes, then only end-of-generation is allowed
-        {"response_format": SCHEMA_RF, "ignore_eos": True, "max_tokens": 40},
-        {"tools": [TOOL], "tool_choice": "required", "ignore_eos": True, "max_tokens": 40},
-        {"response_format": {"type": "json_object"}, "ignore_eos": True, "max_tokens": 40},
-        # logits / temperature overflow
-        {"temperature": 1e-45, "seed": 1, "max_tokens": 8},
-        {"temperature": 1e-45, "response_format": {"type": "json_object"}, "max_tokens": 8},
-        {"temperature": 5e-324, "logprobs": True, "top_logprobs": 3, "max_tokens": 4},
-        # extreme truncation with a grammar
-        {"typical_p": 1e-300, "response_format": SCHEMA_RF, "max_tokens": 16, "seed": 1},
-        {"min_p": 1.0, "response_format": SCHEMA_RF, "max_tokens": 16, "seed": 1},
-        {"top_p": 0.0, "tools": [TOOL], "tool_choice": "required", "max_tokens": 16},
-        {"mirostat_target": 5, "mirostat_lr": 1e300, "response_format": SCHEMA_RF, "seed": 1},
-        {"mirostat_target": 1e300, "response_format": SCHEMA_RF, "max_tokens": 16, "seed": 1},
-        {"mirostat_target": 0.0, "mirostat_lr": 0.0, "response_format": SCHEMA_RF, "seed": 1},
-        {"repetition_penalty": 1e300, "response_format": SCHEMA_RF, "max_tokens": 24},
-        {
-            "logit_bias": {str(i): -100 for i in range(0, 49152, 7)},
-            "response_format": SCHEMA_RF,
-            "max_tokens": 16,
-        },
-        {
-            "logit_bias": {str(i): 100 for i in range(0, 49152, 3)},
-            "response_format": SCHEMA_RF,
-            "ignore_eos": True,
-            "max_tokens": 24,
-        },
-    ],
+fuzzed_bodies = st.builds(
+    _fuzzed,
+    extra=st.just({}) | st.dictionaries(param_names, json_values, max_size=4),
+    grammar=grammars,
+    targeted=axes,
+    drop=st.sampled_from([None, "model", "messages"]),
 )
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=fuzzed_bodies)
+def test_fuzzed_bodies_never_500(http: Any, local_server: Any, body: dict[str, Any]) -> None:
+    _post_fuzzed(http, local_server, body)
+
+
+@pytest.fixture(scope="module")
+def parallel_http(parallel_server: Any) -> Iterator[Any]:
+    """An ``httpx.Client`` on the four-slot server (``--parallel 4``)."""
+    import httpx
+
+    # generous: with 4 slots a request may wait behind dozens sent at once
+    with httpx.Client(base_url=parallel_server.url, timeout=600.0) as client:
+        yield client
+
+
+# With --parallel 4 the fuzzed bodies go four at a time, so that they are decoded in one
+# batch: a sequence driven into a corner (no allowed token, NaN floats, a completed grammar)
+# must not disturb the others or the scheduler. As many bodies as with one slot, in about
+# the time of a quarter of them.
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies=st.lists(fuzzed_bodies, min_size=4, max_size=4))
+def test_fuzzed_bodies_decoded_together_never_500(
+    parallel_http: Any, parallel_server: Any, bodies: list[dict[str, Any]]
+) -> None:
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        for done in [pool.submit(_post_fuzzed, parallel_http, parallel_server, b) for b in bodies]:
+            done.result()
+
+
+@pytest.mark.parametrize("name", ["local_server", "parallel_server"])
+def test_the_server_is_alive_after_the_fuzzing(request: pytest.FixtureRequest, name: str) -> None:
+    import httpx
+
+    server = request.getfixturevalue(name)
+    assert server.running
+    assert httpx.get(server.url + "/health", timeout=60).json()["status"] == "ok"
+
+
+# Valid requests that drive llama.cpp into a corner.
+EXTREME: list[dict[str, Any]] = [
+    # the grammar completes, then only end-of-generation is allowed
+    {"response_format": SCHEMA_RF, "ignore_eos": True, "max_tokens": 40},
+    {"tools": [TOOL], "tool_choice": "required", "ignore_eos": True, "max_tokens": 40},
+    {"response_format": {"type": "json_object"}, "ignore_eos": True, "max_tokens": 40},
+    # logits / temperature overflow
+    {"temperature": 1e-45, "seed": 1, "max_tokens": 8},
+    {"temperature": 1e-45, "response_format": {"type": "json_object"}, "max_tokens": 8},
+    {"temperature": 5e-324, "logprobs": True, "top_logprobs": 3, "max_tokens": 4},
+    # extreme truncation with a grammar
+    {"typical_p": 1e-300, "response_format": SCHEMA_RF, "max_tokens": 16, "seed": 1},
+    {"min_p": 1.0, "response_format": SCHEMA_RF, "max_tokens": 16, "seed": 1},
+    {"top_p": 0.0, "tools": [TOOL], "tool_choice": "required", "max_tokens": 16},
+    {"mirostat_target": 5, "mirostat_lr": 1e300, "response_format": SCHEMA_RF, "seed": 1},
+    {"mirostat_target": 1e300, "response_format": SCHEMA_RF, "max_tokens": 16, "seed": 1},
+    {"mirostat_target": 0.0, "mirostat_lr": 0.0, "response_format": SCHEMA_RF, "seed": 1},
+    {"repetition_penalty": 1e300, "response_format": SCHEMA_RF, "max_tokens": 24},
+    {
+        "logit_bias": {str(i): -100 for i in range(0, 49152, 7)},
+        "response_format": SCHEMA_RF,
+        "max_tokens": 16,
+    },
+    {
+        "logit_bias": {str(i): 100 for i in range(0, 49152, 3)},
+        "response_format": SCHEMA_RF,
+        "ignore_eos": True,
+        "max_tokens": 24,
+    },
+]
+
+
+@pytest.mark.parametrize("extra", EXTREME)
+def _extreme(http: Any, server: Any, extra: dict[str, Any], stream: bool) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Give JSON."}]}
+    body.setdefault("max_tokens", 16)
+    r = http.post("/v1/chat/completions", json={**body, **extra, "stream": stream})
+    assert server.running, "the server process died"
+    assert r.status_code == 200, r.text
+    if stream:
+        assert r.text.rstrip().endswith("data: [DONE]")
+        assert '"error"' not in r.text
+    else:
+        assert r.json()["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
+
+
 def test_valid_extreme_requests_never_kill_the_server(
     http: Any, local_server: Any, extra: dict[str, Any]
 ) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Give JSON."}]}
-    body.setdefault("max_tokens", 16)
     for stream in (False, True):
-        r = http.post("/v1/chat/completions", json={**body, **extra, "stream": stream})
-        assert local_server.running, "the server process died"
-        assert r.status_code == 200, r.text
-        if stream:
-            assert r.text.rstrip().endswith("data: [DONE]")
-            assert '"error"' not in r.text
-        else:
-            assert r.json()["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
+        _extreme(http, local_server, extra, stream)
+
+
+def test_valid_extreme_requests_decoded_together_never_kill_the_server(
+    parallel_http: Any, parallel_server: Any
+) -> None:
+    # all of them at once, each beside three others in the batch
+    cases = [(extra, stream) for extra in EXTREME for stream in (False, True)]
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(_extreme, parallel_http, parallel_server, *c) for c in cases]
+        for case, fut in zip(cases, futures, strict=True):
+            try:
+                fut.result()
+            except AssertionError as exc:
+                raise AssertionError(f"{case}: {exc}") from exc
 
 
 def test_tiny_repetition_penalty_is_a_400_naming_the_range(http: Any) -> None:

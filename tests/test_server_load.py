@@ -1,19 +1,30 @@
 """Load: 32 concurrent clients against one model are all answered, in turn, none refused,
-even with an oversized body and a pasted book thrown in (issue 16: those are refused alone)."""
+even with an oversized body and a pasted book thrown in (issue 16: those are refused alone);
+with one slot and with four decoded together (``--parallel 4``, issue 15)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import pytest
 from _e2e import MODEL
 
+from tmlab.local import LocalServer
+
 pytestmark = pytest.mark.slow
 
 
-def test_32_concurrent_clients_are_all_answered(local_server: Any) -> None:
+@pytest.fixture(params=[1, 4], ids=["parallel1", "parallel4"])
+def server(request: pytest.FixtureRequest) -> LocalServer:
+    """The session's one-slot server, or its four-slot peer."""
+    name = "local_server" if request.param == 1 else "parallel_server"
+    srv: LocalServer = request.getfixturevalue(name)
+    assert srv.parallel == request.param
+    return srv
+
+
+def test_32_concurrent_clients_are_all_answered(server: LocalServer) -> None:
     import httpx
 
     async def one(client: httpx.AsyncClient, i: int) -> tuple[int, str]:
@@ -38,9 +49,7 @@ def test_32_concurrent_clients_are_all_answered(local_server: Any) -> None:
 
     async def main() -> tuple[list[tuple[int, str]], list[int]]:
         limits = httpx.Limits(max_connections=64)
-        async with httpx.AsyncClient(
-            base_url=local_server.url, timeout=180.0, limits=limits
-        ) as client:
+        async with httpx.AsyncClient(base_url=server.url, timeout=180.0, limits=limits) as client:
             answers = asyncio.gather(*(one(client, i) for i in range(32)))
             refused = asyncio.gather(
                 oversized(client, body("word " * 4_000_000)),  # 20 MB

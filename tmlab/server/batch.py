@@ -5,19 +5,32 @@ scheduler, that is the only one to touch it. Requests keep their own threads (ea
 :class:`~tmlab.server.chat.ChatRun` as with one slot) and call :meth:`BatchEngine.generate`,
 which has the contract of :meth:`Engine.generate <tmlab.server.engine.Engine.generate>`: it
 yields one :class:`~tmlab.server.engine.Step` per token. Behind it, each step of the
-scheduler builds ONE llama.cpp batch: the next token of every sequence that is generating,
-then as much of the prompts of newly arrived sequences as fits in ``n_batch`` tokens, decodes
-it, and samples every sequence whose logits came out, each with its own
-:class:`~tmlab.server.engine.Decoder` (sampler chain, seed, grammar, bans, logprobs). A new
-request joins at the next step; a finished, stopped or disconnected one frees its slot at once.
+scheduler decodes the next token of every generating sequence in ONE llama.cpp call, then up
+to ``n_batch`` tokens of the prompts of newly arrived sequences (one call per piece, cut where
+the one-slot path cuts it), and samples every sequence whose logits came out, each with its
+own :class:`~tmlab.server.engine.Decoder` (sampler chain, seed, grammar, bans, logprobs). A
+new request joins at the next step; a finished, stopped or disconnected one frees its slot at
+once.
 
-What it changes: the numbers. The same prompt evaluated alone, in other batch splits or beside
-other sequences goes through differently shaped matrix products, and the rounding of the
-quantised kernels differs (measured here: up to ~0.05 nats; a greedy answer can flip at a
-near-tie). So an answer may depend on what else the server is doing. With one slot (the
-default) the server never uses this module, and the same request always gives the same
-numbers. The KV cache holds ``n_ctx`` tokens per slot (unified: a long request may use more
-than its share while others are short).
+The numbers. Each slot has its own KV stream of ``n_ctx`` cells (llama.cpp's non-unified
+KV cache), so a sequence's attention reads only its own cells, laid out as when it runs
+alone; its prompt is evaluated in the same pieces as on the one-slot path, each alone in its
+call; its generated tokens go one per sequence, as there; and llama.cpp's CPU kernels compute
+each row of the other matrix products on its own. So a sequence's numbers do not depend on
+what else is in the batch: measured here (SmolLM2 Q4_1, AVX2), up to 8 sequences arriving at
+random moments give the same tokens and logprobs, bit for bit, as the one-slot server
+(``tests/test_parallel.py`` holds it to that). It is a property of these kernels, not a promise
+of llama.cpp (other backends may round the rows of a batch together), and each piece of it
+matters: with ``unified=True`` the sequences share one KV cache, interleaved, and each one's
+attention sums over cells in an order set by its neighbours (measured: up to ~0.2 nats, and
+greedy answers flip at near-ties: ``bench/parallel.py`` prints it); a prompt token evaluated
+alone (as llama.cpp does with the last tokens of the longer of two prompts in one call)
+takes another kernel than one evaluated with others (~0.01 nats).
+
+Cost: llama.cpp splits one call into a forward pass per run of consecutive slot numbers
+(with one KV stream per slot), so generating sequences in slots 0, 1 and 3 take two passes;
+a new request takes the lowest free slot, which fills such gaps first. With one slot (the
+default) the server never uses this module.
 """
 
 from __future__ import annotations
@@ -66,9 +79,15 @@ class _Seq:
 
 
 class BatchEngine:
-    """N sequence slots over one llama.cpp context, decoded together by one thread."""
+    """N sequence slots over one llama.cpp context, decoded together by one thread.
 
-    def __init__(self, engine: Engine, parallel: int, *, n_batch: int = 512) -> None:
+    ``unified``: one KV cache shared by the slots instead of one stream each (the numbers
+    then depend on the batch; see the module docstring).
+    """
+
+    def __init__(
+        self, engine: Engine, parallel: int, *, n_batch: int = 512, unified: bool = False
+    ) -> None:
         import llama_cpp
         from llama_cpp import _internals
 
@@ -77,16 +96,19 @@ class BatchEngine:
         self.engine = engine
         self.parallel = parallel
         self.n_batch = n_batch
+        # prompts are cut where Llama.eval cuts them on the one-slot path
+        self._piece = engine.llm.n_batch
+        n_batch = max(n_batch, self._piece, parallel)
         self._lib = llama_cpp
         # The single path's settings (flash attention off, the same rope and threads), with
-        # N sequences sharing one KV cache of n_ctx tokens per slot.
+        # N sequences of n_ctx tokens each: one KV stream per slot unless ``unified``.
         params = llama_cpp.llama_context_params()
         ctypes.pointer(params)[0] = engine.llm.context_params
         params.n_ctx = engine.n_ctx * parallel
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = parallel
-        params.kv_unified = True
+        params.kv_unified = unified
         self._ctx = _internals.LlamaContext(model=engine.llm._model, params=params, verbose=False)
         self._batch = _internals.LlamaBatch(
             n_tokens=n_batch, embd=0, n_seq_max=parallel, verbose=False
@@ -198,6 +220,9 @@ class BatchEngine:
                 seq.decoder = seq.make_decoder()
             except BaseException as exc:  # a grammar that does not compile, say
                 self._finish(seq, exc)
+                continue
+            if seq.decoder.done:  # no budget at all: nothing to evaluate
+                self._finish(seq)
 
     def _loop(self) -> None:
         while True:
@@ -224,37 +249,55 @@ class BatchEngine:
                                 self._finish(seq, exc)
 
     def _step(self, active: list[_Seq]) -> None:
-        """One llama.cpp batch: every generating sequence's next token, then prompt chunks."""
+        """One step: the next token of every generating sequence, in ONE llama.cpp call, then
+        up to ``n_batch`` tokens of prompts, one call per chunk (see :meth:`_prompt_chunks`)."""
+        generating = [(s, [s.next_token]) for s in active if s.next_token is not None]
+        if generating:
+            # in slot order: llama.cpp puts a run of consecutive sequence ids in one ubatch
+            self._decode(generating)
+        budget = self.n_batch
+        for seq in active:
+            while budget > 0 and seq.fed < len(seq.prompt) and seq.slot >= 0:
+                chunk = self._prompt_chunk(seq)
+                budget -= len(chunk)
+                self._decode([(seq, chunk)])
+        if not generating and budget == self.n_batch:
+            time.sleep(0.001)  # nothing to decode (every sequence finished this step)
+
+    def _prompt_chunk(self, seq: _Seq) -> list[int]:
+        """The next piece of ``seq``'s prompt: cut where the one-slot path cuts it.
+
+        The one-slot path evaluates a prompt in pieces of ``llm.n_batch`` tokens from position
+        0; the same pieces here, each alone in its llama.cpp call, go through the same kernels
+        with the same shapes, hence the same numbers. A piece beside other sequences would not:
+        llama.cpp would split it (it takes as many tokens from each sequence of a ubatch), and
+        a prompt token evaluated alone takes another kernel than one evaluated with others.
+        """
+        end = min(len(seq.prompt), (seq.fed // self._piece + 1) * self._piece)
+        return seq.prompt[seq.fed : end]
+
+    def _decode(self, work: list[tuple[_Seq, list[int]]]) -> None:
+        """Evaluate each sequence's tokens in one llama.cpp call; sample those that are due."""
         b = self._batch.batch
         b.n_tokens = 0
         outputs: list[tuple[_Seq, int]] = []
-
-        def add(seq: _Seq, token: int, logits: bool) -> None:
-            j = b.n_tokens
-            b.token[j] = token
-            b.pos[j] = seq.pos
-            b.seq_id[j][0] = seq.slot
-            b.n_seq_id[j] = 1
-            b.logits[j] = logits
-            b.n_tokens = j + 1
-            seq.pos += 1
-            if logits:
-                outputs.append((seq, j))
-
-        for seq in active:
-            if seq.next_token is not None:
-                add(seq, seq.next_token, True)
+        for seq, tokens in work:
+            for token in tokens:
+                j = b.n_tokens
+                b.token[j] = token
+                b.pos[j] = seq.pos
+                b.seq_id[j][0] = seq.slot
+                b.n_seq_id[j] = 1
+                b.logits[j] = False
+                b.n_tokens = j + 1
+                seq.pos += 1
+            if seq.fed < len(seq.prompt):
+                seq.fed += len(tokens)
+            else:
                 seq.next_token = None
-        for seq in active:
-            room = self.n_batch - b.n_tokens
-            if seq.fed < len(seq.prompt) and room > 0:
-                chunk = seq.prompt[seq.fed : seq.fed + room]
-                for k, token in enumerate(chunk):
-                    add(seq, token, seq.fed + k == len(seq.prompt) - 1)
-                seq.fed += len(chunk)
-        if b.n_tokens == 0:
-            time.sleep(0.001)  # nothing to decode (every sequence finished this step)
-            return
+            if seq.fed == len(seq.prompt):  # generating, or its prompt is complete
+                b.logits[b.n_tokens - 1] = True
+                outputs.append((seq, b.n_tokens - 1))
         rc = self._lib.llama_decode(self._ctx.ctx, b)
         if rc != 0:
             raise RuntimeError(
