@@ -361,7 +361,6 @@ EXTREME: list[dict[str, Any]] = [
 ]
 
 
-@pytest.mark.parametrize("extra", EXTREME)
 def _extreme(http: Any, server: Any, extra: dict[str, Any], stream: bool) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Give JSON."}]}
     body.setdefault("max_tokens", 16)
@@ -375,6 +374,7 @@ def _extreme(http: Any, server: Any, extra: dict[str, Any], stream: bool) -> Non
         assert r.json()["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
 
 
+@pytest.mark.parametrize("extra", EXTREME)
 def test_valid_extreme_requests_never_kill_the_server(
     http: Any, local_server: Any, extra: dict[str, Any]
 ) -> None:

@@ -137,6 +137,26 @@ def test_logit_bias_minus_100_bans_a_token(http: Any) -> None:
     assert forced["choices"][0]["token_ids"] == [34, 34, 34]
 
 
+def test_a_token_longer_than_32_bytes_keeps_its_text(http: Any) -> None:
+    # SmolLM2 has 47 tokens of 33-81 bytes (runs of spaces, dashes); llama-cpp-python's
+    # detokenize returned them empty, so such a token vanished from the answer.
+    long = "\n" + " " * 32
+    (token,) = http.post("/tokenize", json={"prompt": long}).json()["tokens"]
+    res = chat(
+        http,
+        temperature=0,
+        max_tokens=1,
+        logprobs=True,
+        return_token_ids=True,
+        logit_bias={str(token): 100},
+    )
+    assert res["choices"][0]["token_ids"] == [token]
+    assert text(res) == long
+    item = res["choices"][0]["logprobs"]["content"][0]
+    assert item["token"] == long and bytes(item["bytes"]) == long.encode()
+    assert http.post("/detokenize", json={"tokens": [token]}).json()["prompt"] == long
+
+
 def test_logprobs_are_raw_and_top_logprobs_exact(http: Any) -> None:
     res = chat(
         http,

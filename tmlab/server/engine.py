@@ -209,7 +209,7 @@ class Engine:
         """The exact bytes of ``token``, special tokens spelled out (``<|im_end|>``)."""
         b = self._special.get(token)
         if b is None:
-            b = self._special[token] = self.llm._model.detokenize([token], special=True)
+            b = self._special[token] = self._spell(token, special=True)
         return b
 
     def token_text(self, token: int) -> str:
@@ -220,8 +220,22 @@ class Engine:
         """The bytes ``token`` contributes to generated text (empty for control tokens)."""
         b = self._pieces.get(token)
         if b is None:
-            b = self._pieces[token] = self.llm._model.detokenize([token], special=False)
+            b = self._pieces[token] = self._spell(token, special=False)
         return b
+
+    def _spell(self, token: int, *, special: bool) -> bytes:
+        """``token``'s bytes from llama.cpp, whatever their length.
+
+        Not llama-cpp-python's ``detokenize``: its buffer holds 32 bytes and a longer token
+        comes back empty (SmolLM2 has 47 such tokens, up to 81 bytes: runs of spaces, dashes).
+        """
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, size, 0, special)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n  # too long for the buffer: llama.cpp says how long it is
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """Tokenize text (with special tokens parsed, as in a templated prompt)."""

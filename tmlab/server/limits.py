@@ -21,7 +21,6 @@ take the model or the machine from everybody else. The limits, all set on the co
 
 from __future__ import annotations
 
-import ctypes
 import math
 import threading
 import weakref
@@ -157,26 +156,6 @@ _bounds: weakref.WeakKeyDictionary[Engine, PromptBound] = weakref.WeakKeyDiction
 _bounds_lock = threading.Lock()
 
 
-def _pieces(engine: Engine) -> Iterator[bytes]:
-    """Every token's bytes, special tokens spelled out.
-
-    Read through llama.cpp directly: llama-cpp-python's detokenize has a 32-byte buffer and
-    returns nothing for longer tokens (SmolLM2 has tokens of up to 81 bytes).
-    """
-    import llama_cpp
-
-    size = 256
-    buf = ctypes.create_string_buffer(size)
-    vocab = engine.llm._model.vocab
-    for token in range(engine.n_vocab):
-        n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, True)
-        if n < 0:  # longer than the buffer: grow it and ask again
-            size = -n
-            buf = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, True)
-        yield buf.raw[: max(n, 0)]
-
-
 def prompt_bound(engine: Engine) -> PromptBound:
     """The :class:`PromptBound` of ``engine``'s vocabulary (computed once, ~0.1 s).
 
@@ -186,7 +165,8 @@ def prompt_bound(engine: Engine) -> PromptBound:
         bound = _bounds.get(engine)
         if bound is None:
             longest = core = 1
-            for piece in _pieces(engine):
+            for token in range(engine.n_vocab):
+                piece = engine.token_bytes(token)
                 longest = max(longest, len(piece))
                 core = max(core, len(piece.translate(None, _RUN_BYTES)))
             bound = _bounds[engine] = PromptBound(longest, core)
