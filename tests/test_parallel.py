@@ -108,22 +108,24 @@ def shared_prefix(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> lis
 # -- what the server says about itself ---------------------------------------------------------
 
 
-def test_models_headers_and_stats_say_that_answers_depend_on_the_load(
+def test_models_headers_and_stats_say_how_answers_are_decoded(
     client: httpx.Client, server: LocalServer
 ) -> None:
+    # a KV stream per slot on a CPU build: each answer's numbers are those it gets alone
+    # (test_batched_vs_serial_numbers holds the server to that claim)
     (model,) = client.get("/v1/models").json()["data"]
-    assert model["parallel"] == PARALLEL and model["batch_invariant"] is False
-    assert "depend" in model["notice"] and str(PARALLEL) in model["notice"]
+    assert model["parallel"] == PARALLEL and model["batch_invariant"] is True
+    assert "its own KV cache" in model["notice"] and str(PARALLEL) in model["notice"]
     r = client.post(CHAT, json={"model": MODEL, "messages": ask("Hi"), "max_tokens": 2})
     assert r.status_code == 200, r.text
     assert r.headers["X-Tmlab-Parallel"] == str(PARALLEL)
-    assert r.headers["X-Tmlab-Batch-Invariant"] == "false"
+    assert r.headers["X-Tmlab-Batch-Invariant"] == "true"
     headers, _ = stream_events(server.url, {"messages": ask("Hi"), "max_tokens": 2})
     assert headers["X-Tmlab-Parallel"] == str(PARALLEL)
-    assert headers["X-Tmlab-Batch-Invariant"] == "false"
+    assert headers["X-Tmlab-Batch-Invariant"] == "true"
     assert "X-Tmlab-Parallel" not in client.get("/health").headers  # chat answers only
     stats = client.get("/v1/stats").json()
-    assert stats["parallel"] == PARALLEL and stats["batch_invariant"] is False
+    assert stats["parallel"] == PARALLEL and stats["batch_invariant"] is True
     assert stats["queued"] == 0 and stats["running"] == 0
     assert [s["slot"] for s in stats["slots"]] == list(range(PARALLEL))
     assert {s["state"] for s in stats["slots"]} == {"idle"}
@@ -356,6 +358,64 @@ def test_batched_vs_serial_numbers(server: LocalServer, local_server: LocalServe
     )
     assert alone == exact, "one request alone on --parallel 4 differs from --parallel 1"
     assert batched == exact, "requests decoded together differ from one at a time"
+
+
+# -- n choices: decoded together, their prompt evaluated once --------------------------------
+
+_LONG_PROMPT = "Here are my notes from class. " + " ".join(
+    f"Point {i}: the temperature divides the logits before the softmax." for i in range(40)
+)
+
+
+def _choices(res: dict[str, Any]) -> list[tuple[str, list[tuple[str, float]], list[int]]]:
+    return [
+        (c["message"]["content"], tokens_and_logprobs(c), c["token_ids"])
+        for c in sorted(res["choices"], key=lambda c: c["index"])
+    ]
+
+
+def _assemble(events: list[dict[str, Any]], n: int) -> list[tuple[str, list[int]]]:
+    text = [""] * n
+    ids: list[list[int]] = [[] for _ in range(n)]
+    for ev in events:
+        for c in ev["choices"]:
+            text[c["index"]] += c["delta"].get("content") or ""
+            ids[c["index"]] += c.get("token_ids") or []
+    return list(zip(text, ids, strict=True))
+
+
+def test_n_choices_share_one_prompt_evaluation_and_keep_their_numbers(
+    client: httpx.Client, server: LocalServer, local_server: LocalServer
+) -> None:
+    n = PARALLEL
+    body = {
+        "messages": ask(_LONG_PROMPT + " Summarise them."),
+        "n": n,
+        "temperature": 1.0,
+        "seed": 11,
+        "max_tokens": 12,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "return_token_ids": True,
+    }
+    prompt_len = client.post("/tokenize", json={"messages": body["messages"]}).json()["count"]
+    assert prompt_len > 400  # long enough that the choices arrive while it is evaluated
+    before = client.get("/v1/stats").json()["prompt_tokens_shared"]
+    r = post(server.url, body)
+    assert r.status_code == 200, r.text
+    shared = client.get("/v1/stats").json()["prompt_tokens_shared"] - before
+    # the first choice evaluated the prompt; the other n - 1 copied its KV cache
+    assert shared == (n - 1) * prompt_len, (shared, prompt_len)
+    batched = _choices(r.json())
+    assert len({text for text, _, _ in batched}) > 1  # four seeds, four different answers
+    # and each choice's numbers are those of the one-slot server, which evaluates the prompt
+    # again for every choice, one choice after the other
+    serial = post(local_server.url, body)
+    assert serial.status_code == 200, serial.text
+    assert batched == _choices(serial.json())
+    # streamed: the choices' chunks interleave, each with its index, and assemble to the same
+    _, events = stream_events(server.url, body)
+    assert _assemble(events, n) == [(text, ids) for text, _, ids in batched]
 
 
 # -- a client that leaves mid-batch ------------------------------------------------------------

@@ -101,3 +101,5 @@ def test_stats_line_says_what_the_numbers_are() -> None:
         "2 running · 3 queued · 41 tokens/s · 4 slots (answers may depend on load) · "
         "9 requests served"
     )
+    invariant = {**stats, "batch_invariant": True}
+    assert "4 slots (decoded together, each answer as if alone)" in stats_line(invariant)

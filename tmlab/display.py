@@ -464,7 +464,12 @@ def stats_line(stats: dict[str, Any]) -> str:
         parts.append(f"{rate:.0f} tokens/s")
     slots = stats.get("parallel")
     if isinstance(slots, int):
-        exact = "one at a time, exact" if slots == 1 else "answers may depend on load"
+        if slots == 1:
+            exact = "one at a time, exact"
+        elif stats.get("batch_invariant") is True:
+            exact = "decoded together, each answer as if alone"
+        else:
+            exact = "answers may depend on load"
         parts.append(f"{slots} slot{'s' if slots != 1 else ''} ({exact})")
     total = stats.get("requests")
     if isinstance(total, int):

@@ -247,10 +247,16 @@ class _Server:
 
     def batching(self) -> dict[str, Any]:
         """How requests are decoded: the slots, and whether answers depend on the load."""
-        info: dict[str, Any] = {"parallel": self.parallel, "batch_invariant": self.parallel == 1}
-        if self.parallel > 1:
+        batch = self.engine.batch
+        invariant = batch is None or batch.batch_invariant
+        info: dict[str, Any] = {"parallel": self.parallel, "batch_invariant": invariant}
+        if batch is not None:
             info["notice"] = (
-                f"up to {self.parallel} requests are decoded together in one batch: an "
+                f"up to {self.parallel} requests are decoded together, each in its own KV "
+                "cache: an answer's numbers are those it gets alone (tested bit for bit on "
+                "this CPU build)"
+                if invariant
+                else f"up to {self.parallel} requests are decoded together in one batch: an "
                 "answer's numbers (and so a seeded or greedy answer) may depend on what else "
                 "the server is doing at the time"
             )
@@ -260,8 +266,10 @@ class _Server:
         """``GET /v1/stats``: requests queued and running, tokens/s, what each slot does."""
         running = self.worker.running
         batch = self.engine.batch
+        shared = {}
         if batch is not None:
             slots = [dataclasses.asdict(slot) for slot in batch.slots()]
+            shared = {"prompt_tokens_shared": batch.prompt_tokens_shared}
         else:
             slots = [{"slot": 0, "state": "generating" if running else "idle"}]
         return _JSON(
@@ -271,6 +279,7 @@ class _Server:
                 "running": running,
                 "tokens_per_s": round(self.counters.tokens_per_s(), 2),
                 "slots": slots,
+                **shared,
                 **self.counters.snapshot(),
             }
         )
@@ -453,6 +462,6 @@ def create_app(
     app.state.server = s
     headers = {
         "X-Tmlab-Parallel": str(s.parallel),
-        "X-Tmlab-Batch-Invariant": "true" if s.parallel == 1 else "false",
+        "X-Tmlab-Batch-Invariant": "true" if s.batching()["batch_invariant"] else "false",
     }
     return RequestLog(app, s.counters, log, headers)

@@ -27,6 +27,12 @@ greedy answers flip at near-ties: ``bench/parallel.py`` prints it); a prompt tok
 alone (as llama.cpp does with the last tokens of the longer of two prompts in one call)
 takes another kernel than one evaluated with others (~0.01 nats).
 
+Shared prompts. A sequence admitted while another with the same prompt is still evaluating
+it waits, and when that evaluation ends it gets a copy of the other's KV stream
+(``llama_memory_seq_cp``) and samples from the same logits row: the ``n`` choices of one
+request, or a class sending a preset prompt at once, evaluate it once. The copy holds the
+same bits that evaluating the prompt again would, so the numbers are unchanged.
+
 Cost: llama.cpp splits one call into a forward pass per run of consecutive slot numbers
 (with one KV stream per slot), so generating sequences in slots 0, 1 and 3 take two passes;
 a new request takes the lowest free slot, which fills such gaps first. With one slot (the
@@ -76,6 +82,8 @@ class _Seq:
     next_token: int | None = None  # sampled, not yet in the KV cache
     generated: int = 0
     left: bool = False  # the consumer stopped iterating
+    leader: _Seq | None = None  # evaluating the same prompt: this one waits and copies it
+    followers: list[_Seq] = field(default_factory=list)
 
 
 class BatchEngine:
@@ -96,6 +104,7 @@ class BatchEngine:
         self.engine = engine
         self.parallel = parallel
         self.n_batch = n_batch
+        self.unified = unified
         # prompts are cut where Llama.eval cuts them on the one-slot path
         self._piece = engine.llm.n_batch
         n_batch = max(n_batch, self._piece, parallel)
@@ -114,12 +123,21 @@ class BatchEngine:
             n_tokens=n_batch, embd=0, n_seq_max=parallel, verbose=False
         )
         self._mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self.prompt_tokens_shared = 0
+        """Prompt tokens not evaluated again: copied from a sequence with the same prompt."""
         self._waiting: deque[_Seq] = deque()
         self._slots: list[_Seq | None] = [None] * parallel
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="tmlab-batch", daemon=True)
         self._thread.start()
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether a sequence's numbers are those it would get alone (see the module): one
+        KV stream per slot, and a build whose kernels all run on the CPU (a GPU backend may
+        take other kernels for other batch sizes)."""
+        return not self.unified and not self._lib.llama_supports_gpu_offload()
 
     # --- the request side --------------------------------------------------------------
 
@@ -194,6 +212,15 @@ class BatchEngine:
 
     def _finish(self, seq: _Seq, error: BaseException | None = None) -> None:
         """Free ``seq``'s slot and end its stream (scheduler thread, lock held)."""
+        if seq.leader is not None:
+            seq.leader.followers.remove(seq)
+            seq.leader = None
+        if seq.followers:  # the first one evaluates the prompt now, for itself and the rest
+            head, *rest = seq.followers
+            head.leader, head.followers = None, rest
+            for other in rest:
+                other.leader = head
+            seq.followers = []
         if seq.slot >= 0:
             self._lib.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
             self._slots[seq.slot] = None
@@ -223,6 +250,24 @@ class BatchEngine:
                 continue
             if seq.decoder.done:  # no budget at all: nothing to evaluate
                 self._finish(seq)
+            else:
+                self._follow(seq)
+
+    def _follow(self, seq: _Seq) -> None:
+        """Let ``seq`` share the evaluation of its prompt with a sequence that has the same
+        prompt and has not finished evaluating it (lock held): the ``n`` choices of a
+        request, or a class sending the same prompt at once."""
+        for other in self._slots:
+            if (
+                other is not None
+                and other is not seq
+                and other.leader is None
+                and other.fed < len(other.prompt)
+                and other.prompt == seq.prompt
+            ):
+                seq.leader = other
+                other.followers.append(seq)
+                return
 
     def _loop(self) -> None:
         while True:
@@ -257,7 +302,7 @@ class BatchEngine:
             self._decode(generating)
         budget = self.n_batch
         for seq in active:
-            while budget > 0 and seq.fed < len(seq.prompt) and seq.slot >= 0:
+            while budget > 0 and seq.fed < len(seq.prompt) and seq.slot >= 0 and not seq.leader:
                 chunk = self._prompt_chunk(seq)
                 budget -= len(chunk)
                 self._decode([(seq, chunk)])
@@ -305,21 +350,32 @@ class BatchEngine:
             )
         n_vocab = self.engine.n_vocab
         for seq, j in outputs:
-            decoder = seq.decoder
-            if decoder is None:
-                continue
             row = np.ctypeslib.as_array(
                 self._lib.llama_get_logits_ith(self._ctx.ctx, j), shape=(n_vocab,)
             )
-            step = decoder.step(row)
-            with self._cond:
-                if step is None:
-                    self._finish(seq)
-                    continue
-                seq.generated += 1
-                self.engine.tokens_generated += 1
-                seq.out.put(step)
-                if decoder.done:
-                    self._finish(seq)
-                else:
-                    seq.next_token = step.token_id
+            for other in seq.followers:  # their prompt is complete too: a copy of this one
+                self._lib.llama_memory_seq_cp(self._mem, seq.slot, other.slot, -1, -1)
+                other.leader = None
+                other.fed, other.pos = len(other.prompt), seq.pos
+                self.prompt_tokens_shared += len(other.prompt)
+                self._advance(other, row)
+            seq.followers = []
+            self._advance(seq, row)
+
+    def _advance(self, seq: _Seq, row: np.ndarray) -> None:
+        """Sample ``seq``'s next token from ``row`` and hand it to its consumer."""
+        decoder = seq.decoder
+        if decoder is None:
+            return
+        step = decoder.step(row)
+        with self._cond:
+            if step is None:
+                self._finish(seq)
+                return
+            seq.generated += 1
+            self.engine.tokens_generated += 1
+            seq.out.put(step)
+            if decoder.done:
+                self._finish(seq)
+            else:
+                seq.next_token = step.token_id

@@ -29,6 +29,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tmlab.server.engine import Engine, Sampling
@@ -366,7 +367,9 @@ def run_chat(
         first_extra["prompt_token_ids"] = plan.prompt_tokens
     mode = {"logprobs_mode": run.logprobs_mode} if run.top_logprobs is not None else {}
     first_extra.update(mode)
-    for i in range(n):
+
+    def choice(i: int) -> ChoiceResult | None:
+        """Choice ``i``, streamed; None once the request is cancelled."""
         if emit is not None:
             emit(
                 run.chunk(
@@ -384,7 +387,6 @@ def run_chat(
         r = run.run_choice(i)
         if cancel.is_set():
             return None
-        results.append(r)
         if emit is not None:
             extra: dict[str, Any] = {"stop_reason": r.stop_reason}
             if req.get("raw_output"):
@@ -397,6 +399,33 @@ def run_chat(
                 token_ids=r.rest_ids if req.get("return_token_ids") and r.rest_ids else None,
                 **extra,
             )
+        return r
+
+    results: list[ChoiceResult] = []
+    if engine.batch is not None and n > 1:
+        # decoded together, their prompt evaluated once (the batch engine shares it); a
+        # stream interleaves their chunks, each with its index, as OpenAI's does
+        if run.echo_tokens:
+            run.echo_entries()  # once, before the choices read it
+
+        def together(i: int) -> ChoiceResult | None:
+            try:
+                return choice(i)
+            except BaseException:
+                cancel.set()  # the request has failed: the other choices end too
+                raise
+
+        with ThreadPoolExecutor(n, thread_name_prefix="tmlab-choice") as pool:
+            done = list(pool.map(together, range(n)))
+        if any(r is None for r in done):
+            return None
+        results = [r for r in done if r is not None]
+    else:
+        for i in range(n):
+            r = choice(i)
+            if r is None:
+                return None
+            results.append(r)
     total = usage(plan, results)
     timing.tokens = int(total.get("completion_tokens") or 0)
     perf = perf_metrics(plan, timing, results) if req.get("perf_metrics_in_response") else None
