@@ -53,8 +53,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=1,
         metavar="N",
         help="decode up to N requests together in one batch (continuous batching; default 1: "
-        "one at a time, and the same request always gives the same numbers; with N > 1 an "
-        "answer may depend on what else the server is doing)",
+        "one at a time). Each slot keeps its own KV cache of --n-ctx tokens; on a CPU build an "
+        "answer's numbers are the same as with one slot (/v1/models says batch_invariant)",
     )
     p.add_argument("--n-ctx", type=int, default=8192, help="context size in tokens")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp")
