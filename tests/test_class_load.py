@@ -3,7 +3,7 @@ moments, to one server decoding up to 8 of them together (``--parallel 8``, loop
 
 Every request must be answered, none lost and none mixed up: each asks for JSON under a
 schema that admits only its own id (``{"id": {"const": "s07-q2"}}``), so an answer delivered
-to another request cannot pass (a seeded answer would not do: batching changes the numbers).
+to another request cannot pass, whatever the two asked.
 A pasted book (a 1 MB prompt) and a body over the size limit are thrown in meanwhile; they
 are refused, alone. The latencies (p50, p95) are printed.
 

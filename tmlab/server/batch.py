@@ -295,7 +295,7 @@ class BatchEngine:
 
     def _step(self, active: list[_Seq]) -> None:
         """One step: the next token of every generating sequence, in ONE llama.cpp call, then
-        up to ``n_batch`` tokens of prompts, one call per chunk (see :meth:`_prompt_chunks`)."""
+        up to ``n_batch`` tokens of prompts, one call per piece (see :meth:`_prompt_chunk`)."""
         generating = [(s, [s.next_token]) for s in active if s.next_token is not None]
         if generating:
             # in slot order: llama.cpp puts a run of consecutive sequence ids in one ubatch

@@ -356,12 +356,13 @@ def run_chat(
     """Generate every choice; return the response dict (None when cancelled).
 
     With ``emit``, stream chunks are sent as they come, then the final chunks (finish
-    reasons, usage when ``stream_options.include_usage``).
+    reasons, usage when ``stream_options.include_usage``). With one slot the choices run one
+    after the other; with the batch engine (``--parallel N``) each runs in a thread of its
+    own, so they are decoded together and share the prompt's evaluation.
     """
     timing.started = time.perf_counter()
     run = ChatRun(engine, req, plan, timing=timing, cancel=cancel, emit=emit)
     n = req.get("n", 1)
-    results = []
     first_extra: dict[str, Any] = {}
     if req.get("return_token_ids"):
         first_extra["prompt_token_ids"] = plan.prompt_tokens
@@ -407,16 +408,8 @@ def run_chat(
         # stream interleaves their chunks, each with its index, as OpenAI's does
         if run.echo_tokens:
             run.echo_entries()  # once, before the choices read it
-
-        def together(i: int) -> ChoiceResult | None:
-            try:
-                return choice(i)
-            except BaseException:
-                cancel.set()  # the request has failed: the other choices end too
-                raise
-
         with ThreadPoolExecutor(n, thread_name_prefix="tmlab-choice") as pool:
-            done = list(pool.map(together, range(n)))
+            done = list(pool.map(choice, range(n)))  # a choice's error is raised here
         if any(r is None for r in done):
             return None
         results = [r for r in done if r is not None]
