@@ -40,6 +40,7 @@ N_CTX = 2048
 MAX_N = 4
 MAX_REQUEST_TOKENS = 4096
 MAX_QUEUE = 2
+BODY_TIMEOUT = 2.0  # --body-timeout, seconds
 MiB = 1024 * 1024
 
 SMALL = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
@@ -76,6 +77,7 @@ def server() -> Iterator[LocalServer]:
         max_n=MAX_N,
         max_request_tokens=MAX_REQUEST_TOKENS,
         max_queue=MAX_QUEUE,
+        body_timeout=BODY_TIMEOUT,
     )
     try:
         with httpx.Client(base_url=s.url, timeout=120) as c:
@@ -461,6 +463,48 @@ def test_queued_requests_whose_client_left_free_their_place(
         sock.close()
 
 
+def test_a_trickled_body_is_a_408_and_gives_up_its_place(
+    server: LocalServer, client: httpx.Client
+) -> None:
+    # A byte every 0.2 s: each read comes quickly, so only a deadline for the whole body
+    # stops it. Enough of them fill the queue (the slot's place and MAX_QUEUE waiting).
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    )
+    socks = [socket.create_connection((host, int(port))) for _ in range(MAX_QUEUE + 1)]
+    answers = [b""] * len(socks)
+    t0 = time.monotonic()
+    try:
+        for sock in socks:
+            sock.sendall(head)
+            sock.setblocking(False)
+        time.sleep(0.5)
+        envelope(client.post("/v1/chat/completions", json=SMALL), 503)  # they hold the queue
+        while time.monotonic() - t0 < BODY_TIMEOUT + REJECT_BOUND_S:
+            for i, sock in enumerate(socks):
+                try:
+                    sock.send(b" ")
+                    answers[i] += sock.recv(65536)
+                except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                    pass
+            if all(b"\r\n\r\n{" in a for a in answers):
+                break
+            time.sleep(0.2)
+        took = time.monotonic() - t0
+    finally:
+        for sock in socks:
+            sock.close()
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        err = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+        assert err["code"] == "request_timeout" and "--body-timeout" in err["message"]
+    assert BODY_TIMEOUT <= took < BODY_TIMEOUT + REJECT_BOUND_S
+    print(f"trickled bodies: 408 after {took:.2f} s (--body-timeout {BODY_TIMEOUT:g})")
+    assert client.post("/v1/chat/completions", json=SMALL).status_code == 200  # room again
+
+
 # -- options ------------------------------------------------------------------------------
 
 
@@ -471,6 +515,8 @@ def test_queued_requests_whose_client_left_free_their_place(
         ["--max-body-bytes", "-1"],
         ["--max-queue", "x"],
         ["--max-request-tokens", "0"],
+        ["--body-timeout", "0"],
+        ["--body-timeout", "soon"],
     ],
 )
 def test_bad_limit_options_are_refused_before_loading(args: list[str]) -> None:
@@ -488,6 +534,7 @@ def test_the_server_says_its_limits(client: httpx.Client) -> None:
         "max_n": MAX_N,
         "max_request_tokens": MAX_REQUEST_TOKENS,
         "max_queue": MAX_QUEUE,
+        "body_timeout": BODY_TIMEOUT,
         "n_ctx": N_CTX,
     }
 

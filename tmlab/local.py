@@ -225,14 +225,16 @@ def start(
     max_n: int | None = None,
     max_request_tokens: int | None = None,
     max_queue: int | None = None,
+    body_timeout: float | None = None,
     logprobs_mode: str | None = None,
     parallel: int = 1,
 ) -> LocalServer:
     """Start a local server in a subprocess and wait until ``/health`` answers.
 
     ``port=None`` picks a free port; ``n_ctx`` sets the context size in tokens (default
-    8192); ``max_body_bytes``, ``max_n``, ``max_request_tokens`` and ``max_queue`` set what
-    one request may cost (the options of ``tmlab serve``; None: the server's default);
+    8192); ``max_body_bytes``, ``max_n``, ``max_request_tokens``, ``max_queue`` and
+    ``body_timeout`` set what one request may cost (the options of ``tmlab serve``; None: the
+    server's default);
     ``logprobs_mode`` the server's default for requests that do not say (``"raw_logprobs"``,
     the default, or ``"processed_logprobs"``); ``parallel=N`` decodes up to N requests together
     (1, the default: one at a time, and the same request gives the same numbers). Raises
@@ -248,6 +250,8 @@ def start(
         "--max-queue": max_queue,
     }
     extra = [a for flag, v in limits.items() if v is not None for a in (flag, str(int(v)))]
+    if body_timeout is not None:
+        extra += ["--body-timeout", repr(float(body_timeout))]
     if logprobs_mode is not None:
         extra += ["--logprobs-mode", str(logprobs_mode)]
     if parallel != 1:

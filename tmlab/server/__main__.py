@@ -1,7 +1,8 @@
 """``python -m tmlab.server``: load the model, bind a socket, serve until told to stop.
 
 Options: where to listen, the model, its context, and what one request may cost
-(``--max-body-bytes``, ``--max-n``, ``--max-request-tokens``, ``--max-queue``; see
+(``--max-body-bytes``, ``--max-n``, ``--max-request-tokens``, ``--max-queue``,
+``--body-timeout``; see
 :mod:`tmlab.server.limits`).
 
 Prints one line ``TMLAB_SERVER_READY http://HOST:PORT`` on stdout once it answers, which is
@@ -13,6 +14,7 @@ how :func:`tmlab.local.start` learns the port when it asked for port 0. With
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import sys
@@ -23,6 +25,7 @@ from typing import Any
 
 from tmlab.local import READY_PREFIX
 from tmlab.server.limits import (
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_N,
     DEFAULT_MAX_QUEUE,
@@ -91,6 +94,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="most requests waiting for the model; beyond, 503 with Retry-After "
         f"(default {DEFAULT_MAX_QUEUE})",
     )
+    limits.add_argument(
+        "--body-timeout",
+        type=_seconds,
+        default=DEFAULT_BODY_TIMEOUT,
+        metavar="S",
+        help="a request body not received in full within S seconds gets 408 "
+        f"(default {DEFAULT_BODY_TIMEOUT:g})",
+    )
     p.add_argument(
         "--logprobs-mode",
         choices=("raw_logprobs", "processed_logprobs"),
@@ -114,6 +125,16 @@ def _at_least(least: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{value:g} is not a positive number of seconds")
+    return value
 
 
 def _alive(pid: int) -> bool:
@@ -201,6 +222,7 @@ def serve(args: argparse.Namespace) -> int:
         max_n=args.max_n,
         max_request_tokens=args.max_request_tokens,
         max_queue=args.max_queue,
+        body_timeout=args.body_timeout,
     )
     log = None if args.quiet else _log_line
     app = create_app(engine, api_key=api_key, close_engine=True, limits=limits, log=log)

@@ -125,7 +125,7 @@ class _Server:
 
     async def prepared(self, request: Request, prepare: Callable[[Any], T]) -> T:
         """The body, read up to the limit, then decoded and ``prepare``d off the event loop."""
-        raw = await read_body(request, self.limits.max_body_bytes)
+        raw = await read_body(request, self.limits.max_body_bytes, self.limits.body_timeout)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self.preparer, self._prepare, lambda: prepare(_decode(raw))
@@ -303,6 +303,7 @@ class _Server:
                     "max_n": limits.max_n,
                     "max_request_tokens": limits.max_request_tokens,
                     "max_queue": limits.max_queue,
+                    "body_timeout": limits.body_timeout,
                     "n_ctx": self.engine.n_ctx,
                 },
             }

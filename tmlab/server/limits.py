@@ -7,6 +7,9 @@ take the model or the machine from everybody else. The limits, all set on the co
 * **Body size** (:func:`read_body`): a body longer than ``max_body_bytes`` is a 413, known from
   ``Content-Length`` before a byte of it is read, or counted while it streams in (chunked
   bodies): the server never holds more than the limit.
+* **Body time**: a body not received in full within ``body_timeout`` seconds is a 408. A
+  client trickling its body a byte at a time would otherwise hold a place in the queue for as
+  long as it likes (a deadline for the whole body, not between reads, which a trickle defeats).
 * **Prompt length** (:class:`PromptBound`): every token of a prompt covers at least one byte
   of its text and at most the longest token of the vocabulary, so the text's length bounds its
   token count from both sides. A prompt whose lower bound is already past the context is
@@ -21,6 +24,7 @@ take the model or the machine from everybody else. The limits, all set on the co
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import weakref
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     from tmlab.server.engine import Engine
 
 __all__ = [
+    "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_N",
     "DEFAULT_MAX_QUEUE",
@@ -54,6 +59,8 @@ DEFAULT_MAX_N = 16
 DEFAULT_MAX_REQUEST_TOKENS = 16384
 """Two whole contexts of the default size: ``n=1`` may always fill the context."""
 DEFAULT_MAX_QUEUE = 64
+DEFAULT_BODY_TIMEOUT = 30.0
+"""Seconds: the default 4 MiB body arrives in time at 140 KB/s."""
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,12 @@ class Limits:
     max_n: int = DEFAULT_MAX_N
     max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS
     max_queue: int = DEFAULT_MAX_QUEUE
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
     def __post_init__(self) -> None:
+        t = self.body_timeout
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < math.inf:
+            raise ValueError(f"body_timeout={t!r}: must be a number of seconds > 0")
         for name, least in (
             ("max_body_bytes", 1),
             ("max_n", 1),
@@ -95,14 +106,27 @@ def body_too_large(limit: int) -> RequestError:
     )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request's body, at most ``limit`` bytes; a longer one is a 413.
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request's body, at most ``limit`` bytes; a longer one is a 413, one not received
+    within ``timeout`` seconds a 408.
 
     A declared ``Content-Length`` above the limit is refused before anything is read; a
     body without one (chunked) is counted as it arrives and refused as soon as it passes the
     limit. Either way no more than ``limit`` bytes are held (the server discards the rest of
     the upload as it comes, without keeping it).
     """
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise RequestError(
+            408,
+            f"the request body did not arrive within {timeout:g} s (tmlab serve --body-timeout)",
+            code="request_timeout",
+        ) from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
