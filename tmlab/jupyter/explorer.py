@@ -189,11 +189,11 @@ class Explorer(widgets.VBox):
             value=system,
             placeholder="system message (optional)",
             rows=1,
-            layout=widgets.Layout(width="100%"),
+            layout=widgets.Layout(width="auto"),  # the panel's width, margins inside it
         )
         self.system.add_class("tmlab-system")
         self.prompt = widgets.Textarea(
-            value=prompt, placeholder="prompt", rows=3, layout=widgets.Layout(width="100%")
+            value=prompt, placeholder="prompt", rows=3, layout=widgets.Layout(width="auto")
         )
         self.prompt.add_class("tmlab-prompt")
         for box in (self.system, self.prompt):
