@@ -174,8 +174,14 @@ def test_interrupting_while_the_explorer_streams(k: Kernel) -> None:
         "ex = tmlab.Explorer(prompt='Write a very long story about the sea.', "
         "max_tokens=2000, ignore_eos=True)\nex.run()"
     )
+    # streaming: some of the answer is shown (however busy the machine is)
+    k.run(
+        "t0 = time.monotonic()\n"
+        "while len(ex.answer.value) < 150 and time.monotonic() - t0 < 120:\n"
+        "    time.sleep(0.05)"
+    )
     run = k.start("time.sleep(60)")
-    time.sleep(1.5)
+    time.sleep(0.5)
     _interrupt(k, run)
     assert "KeyboardInterrupt" in run.text
     assert k.value("ex.stop_button.disabled") is False  # still streaming
