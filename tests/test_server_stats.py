@@ -103,3 +103,8 @@ def test_stats_line_says_what_the_numbers_are() -> None:
     )
     invariant = {**stats, "batch_invariant": True}
     assert "4 slots (decoded together, each answer as if alone)" in stats_line(invariant)
+    shared = stats_line({**invariant, "prompt_tokens_shared": 1234})
+    assert shared.endswith(
+        "9 requests served · 1,234 prompt tokens evaluated once for several requests"
+    )
+    assert "prompt tokens" not in stats_line({**invariant, "prompt_tokens_shared": 0})

@@ -474,4 +474,7 @@ def stats_line(stats: dict[str, Any]) -> str:
     total = stats.get("requests")
     if isinstance(total, int):
         parts.append(f"{total} requests served")
+    shared = stats.get("prompt_tokens_shared")
+    if isinstance(shared, int) and shared > 0:
+        parts.append(f"{shared:,} prompt tokens evaluated once for several requests")
     return " · ".join(parts)
