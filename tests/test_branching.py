@@ -297,7 +297,7 @@ def test_the_tree_of_a_history_migrated_from_version_1(
     deeper = first.branch(0, max_tokens=3)
     conn = sqlite3.connect(history_db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         old = conn.execute("SELECT text, parent_id FROM requests WHERE id = 1").fetchone()
         assert old == ("an old answer", None)  # the old row is kept
     finally:
@@ -329,7 +329,44 @@ def test_the_tree_of_a_history_migrated_from_version_1(
         tmlab.tree(10**9)
 
 
-def test_a_branch_by_history_id_needs_a_result_of_this_session() -> None:
+def test_a_branch_by_history_id_needs_a_row_with_tokens(history_db: str) -> None:
     with pytest.raises(tmlab.ParameterError) as info:
         branching.result_of(10**9)
     assert info.value.param == "id" and "tokens and alternatives" in str(info.value)
+
+
+@pytest.mark.slow
+def test_a_branch_by_history_id_works_in_a_later_session(
+    history_db: str, client: tmlab.Client
+) -> None:
+    root = client.chat(PROMPT, **ASK)
+    live = root.branch(3, max_tokens=6)
+    deeper_live = live.branch(1, max_tokens=3)
+    plain = client.chat(PROMPT, max_tokens=4)
+    branching._results.clear()  # a new kernel: nothing of the earlier one is in memory
+
+    stored = branching.result_of(root.history_id)  # type: ignore[arg-type]
+    assert stored is not root and stored.history_id == root.history_id
+    assert stored.text == root.text and _ids(stored) == _ids(root)
+    assert stored.logprobs_frame().equals(root.logprobs_frame())
+    again = stored.branch(3, max_tokens=6)
+    assert again.parent is not None and live.parent is not None
+    assert again.parent.parent_id == root.history_id
+    assert again.parent.prefix_token_ids == live.parent.prefix_token_ids
+    assert again.full_text == live.full_text and _ids(again) == _ids(live)
+
+    # a branch of a branch: the stored branch knows its own prefix (ids and log-probability)
+    branching._results.clear()
+    child = branching.result_of(live.history_id)  # type: ignore[arg-type]
+    assert child.parent is not None and child.parent.exact
+    assert child.parent.prefix_token_ids == live.parent.prefix_token_ids
+    assert child.parent.prefix_logprob == pytest.approx(live.parent.prefix_logprob)
+    deeper = child.branch(1, max_tokens=3)
+    assert deeper.parent is not None and deeper_live.parent is not None
+    assert deeper.parent.prefix_token_ids == deeper_live.parent.prefix_token_ids
+    assert deeper.parent.prefix_logprob == pytest.approx(deeper_live.parent.prefix_logprob)
+    assert deeper.full_text == deeper_live.full_text
+
+    # an answer without logprobs stores no tokens: the error says so
+    with pytest.raises(tmlab.ParameterError, match="without logprobs"):
+        branching.result_of(plain.history_id)  # type: ignore[arg-type]

@@ -75,6 +75,41 @@ def test_key_is_scrubbed_from_every_stored_text(history_db: str) -> None:
     assert "***" in tmlab.history().iloc[0]["text"]
 
 
+def _with_logprobs(tokens: list[str]) -> ChatResult:
+    res = _result("".join(tokens))
+    content = [
+        {"token": t, "logprob": -0.5, "bytes": list(t.encode()), "top_logprobs": []} for t in tokens
+    ]
+    res.raw["choices"][0]["logprobs"] = {"content": content}
+    return ChatResult(res.raw)
+
+
+def test_an_answer_with_logprobs_is_stored_whole_never_with_the_key(history_db: str) -> None:
+    import sqlite3
+    import zlib
+
+    from tmlab.history import stored_answer
+
+    kept = record(BODY, base_url="x", result=_with_logprobs(["Hel", "lo"]), secret=KEY)
+    plain = record(BODY, base_url="x", result=_result(), secret=KEY)
+    # the key in the answer, split across two tokens: no scrub of a token finds it
+    leaky = record(BODY, base_url="x", result=_with_logprobs([KEY[:9], KEY[9:]]), secret=KEY)
+    assert kept is not None and plain is not None and leaky is not None
+    stored = stored_answer(kept)
+    assert stored is not None and stored["text"] == "Hello"
+    assert [e["token"] for e in stored["raw"]["choices"][0]["logprobs"]["content"]] == [
+        "Hel",
+        "lo",
+    ]
+    assert stored_answer(plain) is None  # no logprobs: no tokens to keep
+    assert stored_answer(leaky) is None  # its text row is kept, scrubbed; its tokens are not
+    assert tmlab.history().iloc[-1]["text"] == "***"
+    with sqlite3.connect(history_db) as conn:
+        blobs = [b for (b,) in conn.execute("SELECT answer FROM requests") if b is not None]
+    assert len(blobs) == 1 and KEY[:9] not in zlib.decompress(blobs[0]).decode()
+    assert "answer" not in tmlab.history().columns
+
+
 def test_history_off_records_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TMLAB_HISTORY", "off")
     assert record(BODY, base_url=None, result=_result()) is None

@@ -85,6 +85,15 @@ def test_branch_continues_a_result_of_this_session(ip: InteractiveShell) -> None
     assert row["params"]["max_tokens"] == 4  # the flag overrides the inherited budget
     (shown,) = markdown_shown(cap)
     assert f"branch of history row {parent.history_id} at position 2" in shown
+    # after a restart (nothing in memory) the history's stored tokens give the same branch
+    from tmlab import branching
+
+    branching._results.clear()
+    ip.user_ns.pop("parent", None)
+    again, cap = run(ip, f"%tmchat --branch {parent.history_id}:2 --max-tokens 4")
+    assert again.success, cap.stdout
+    assert again.result.full_text == res.full_text
+    assert again.result.parent is not None and again.result.parent.parent_id == parent.history_id
     # a row that is not an answer of this session in memory: one line saying why
     result, cap = run(ip, "%%tmchat --branch 99999:0\n\n")  # a blank body is fine
     assert "tokens and alternatives" in _one_error_line(result, cap)

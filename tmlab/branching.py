@@ -121,7 +121,7 @@ class Capability:
     reason: str = ""
 
 
-# -- results of this session, by history id (for `%%tmchat --branch ID:POS`) ---------------
+# -- results by history id (for `%%tmchat --branch ID:POS`) --------------------------------
 
 _results: weakref.WeakValueDictionary[int, ChatResult] = weakref.WeakValueDictionary()
 
@@ -133,21 +133,56 @@ def remember(res: ChatResult) -> None:
 
 
 def result_of(id: int) -> ChatResult:
-    """The result of history row ``id``, if it is from this session and still in memory.
+    """The result of history row ``id``: this session's, while it is in memory (a variable,
+    ``Out[n]``, the Explorer), else rebuilt from the response the history stored with it.
 
-    The history stores each answer's text, not its tokens and alternatives, which a branch
-    needs; a result still referenced (a variable, ``Out[n]``, the Explorer) is found here.
+    A branch needs the answer's tokens and alternatives; the history stores them for answers
+    asked with logprobs (since schema version 3), not for others.
     """
     res = _results.get(int(id))
     if res is None:
+        res = _stored(int(id))
+    if res is None:
         raise ParameterError(
             "id",
-            f"history row {id} is not an answer of this session still in memory: the "
-            "history keeps an answer's text, not its tokens and alternatives, which a branch "
-            "needs",
-            "the id of a result made in this session (res.history_id), or call "
-            "res.branch(position) on the result itself",
+            f"history row {id} has no stored tokens and alternatives, which a branch needs: "
+            "it is not in the history, or was asked without logprobs (or recorded before "
+            "tmlab kept them)",
+            "the id of an answer asked with logprobs=True, top_logprobs=N",
         )
+    return res
+
+
+def _stored(id: int) -> ChatResult | None:
+    """History row ``id`` as a result, when the history stored its response."""
+    from tmlab.history import stored_answer
+    from tmlab.result import ChatResult
+
+    row = stored_answer(id)
+    if row is None:
+        return None
+    messages = row["messages"] or []
+    request = {**(row["params"] or {}), "model": row["model"], "messages": messages}
+    res = ChatResult(row["raw"], request=request, complete=bool(row["complete"]))
+    res.base_url = row["base_url"]
+    if row["parent_id"] is not None and request.get("continue_final_message") and messages:
+        # a branch: its prefix is the assistant message it continued (its ids, when sent)
+        prefix = _content(messages[-1])
+        ids = request.get("continue_token_ids")
+        ids = tuple(int(t) for t in ids) if isinstance(ids, list) else None
+        res.parent = BranchOrigin(
+            parent_id=int(row["parent_id"]),
+            position=int(row["branch_position"] or 0),
+            token=row["branch_token"] or "",
+            token_id=ids[-1] if ids else None,
+            token_logprob=None,
+            prefix_text=prefix,
+            prefix_bytes=prefix.encode("utf-8"),
+            prefix_token_ids=ids,
+            prefix_logprob=row["prefix_logprob"],
+            exact=ids is not None,
+        )
+    res.history_id = id
     return res
 
 

@@ -8,7 +8,9 @@ loses nothing that finished. The database is in WAL mode with a busy timeout, so
 threads and several kernels can write at once.
 
 Never stored: the API key or any header. Messages and answers are scrubbed of the key in
-force, in case it was pasted into a prompt.
+force, in case it was pasted into a prompt. An answer with logprobs also keeps the response as
+received (compressed, not a column of :func:`history`), so that it can be branched from in a
+later session.
 
 Where: ``%tmconfig history=PATH|off``, else ``TMLAB_HISTORY`` (a path, or ``off``), else
 ``history.sqlite3`` in the user's data directory (``platformdirs``).
@@ -23,6 +25,7 @@ import json
 import sqlite3
 import threading
 import warnings
+import zlib
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,10 +50,11 @@ __all__ = [
     "history_path",
     "record",
     "request_source",
+    "stored_answer",
     "tree_rows",
 ]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """Stored in ``PRAGMA user_version``; later columns are added by migration, never by
 starting a new file."""
 
@@ -123,7 +127,14 @@ ALTER TABLE requests ADD COLUMN branch_token TEXT;
 ALTER TABLE requests ADD COLUMN prefix_logprob REAL;
 CREATE INDEX IF NOT EXISTS requests_parent ON requests(parent_id);
 """
-MIGRATIONS: Final[tuple[str, ...]] = (_CREATE, _BRANCHES)
+# Version 3: an answer's tokens. For an answer with logprobs, the response as received (JSON,
+# zlib-compressed, the key scrubbed like every text): its tokens, their ids and alternatives,
+# which a branch needs, so that `%%tmchat --branch ID:POS` works on an answer of an earlier
+# session. Not a column of history(): see stored_answer().
+_ANSWERS: Final = """
+ALTER TABLE requests ADD COLUMN answer BLOB;
+"""
+MIGRATIONS: Final[tuple[str, ...]] = (_CREATE, _BRANCHES, _ANSWERS)
 
 _source: contextvars.ContextVar[str] = contextvars.ContextVar("tmlab_source", default="client")
 _branch: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -254,6 +265,22 @@ def _dumps(value: Any, secret: str | None) -> str:
     return redact(text, secret) if secret else text
 
 
+def _answer(result: ChatResult, secret: str | None) -> bytes | None:
+    """The response to keep for a later branch: one whose answers have logprobs, and never
+    one that holds the key. The key in an answer's text is scrubbed from the row; in the
+    tokens it may be split across several, or spelled as ``bytes``, where no scrub finds it:
+    such a response is not kept."""
+    if not any(choice.logprobs for choice in result.choices):
+        return None
+    if secret:
+        for choice in result.choices:
+            spelled = b"".join(bytes(t.bytes or t.token.encode()) for t in choice.logprobs or [])
+            seen = (choice.text, choice.reasoning or "", spelled.decode("utf-8", "replace"))
+            if any(secret in text for text in seen):
+                return None
+    return zlib.compress(_dumps(result.raw, secret).encode("utf-8"))
+
+
 def _scrub(text: str | None, secret: str | None) -> str | None:
     return redact(text, secret) if text and secret else text
 
@@ -308,6 +335,7 @@ def record(
             tokens_per_s=timing.tokens_per_s,
             sequence_logprob=result.sequence_logprob,
         )
+        row["answer"] = _answer(result, secret)
     else:
         row["complete"] = 0
     names = ", ".join(row)
@@ -390,6 +418,21 @@ def get_row(id: int) -> dict[str, Any] | None:
     """One logged request as a dict (``messages``/``params`` decoded), or ``None``."""
     rows = _query("SELECT " + ", ".join(COLUMNS) + " FROM requests WHERE id = ?", (int(id),))
     return rows[0] if rows else None
+
+
+def stored_answer(id: int) -> dict[str, Any] | None:
+    """Row ``id`` with the response it stored (``raw``), or ``None`` when it stored none: an
+    answer without logprobs, or one recorded before tmlab kept them (schema version 3)."""
+    rows = _query(
+        "SELECT " + ", ".join(COLUMNS) + ", answer FROM requests WHERE id = ? "
+        "AND answer IS NOT NULL",
+        (int(id),),
+    )
+    if not rows:
+        return None
+    row = rows[0]
+    row["raw"] = json.loads(zlib.decompress(row.pop("answer")))
+    return row
 
 
 def tree_rows(id: int) -> list[dict[str, Any]]:

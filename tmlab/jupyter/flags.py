@@ -150,7 +150,8 @@ OWN_FLAGS: tuple[Own, ...] = (
         ("--branch",),
         "ID:POS[:TOKEN]",
         "history id : position : an alternative's text, or #N for a token id",
-        "continue answer ID (a result of this session) from position POS with TOKEN "
+        "continue answer ID (this session's, or any asked with logprobs) from position POS "
+        "with TOKEN "
         "(default: the most likely alternative not generated); on one line: %tmchat --branch ...",
         "none",
     ),
