@@ -10,7 +10,7 @@ threads and several kernels can write at once.
 Never stored: the API key or any header. Messages and answers are scrubbed of the key in
 force, in case it was pasted into a prompt. An answer with logprobs also keeps the response as
 received (compressed, not a column of :func:`history`), so that it can be branched from in a
-later session.
+later session; not when the key is in the answer, where its tokens could spell it past a scrub.
 
 Where: ``%tmconfig history=PATH|off``, else ``TMLAB_HISTORY`` (a path, or ``off``), else
 ``history.sqlite3`` in the user's data directory (``platformdirs``).
