@@ -360,6 +360,33 @@ def test_batched_vs_serial_numbers(server: LocalServer, local_server: LocalServe
     assert batched == exact, "requests decoded together differ from one at a time"
 
 
+def test_json_answers_sampled_together_keep_their_numbers(
+    server: LocalServer, local_server: LocalServer
+) -> None:
+    """Grammars are sampled on two threads when several sequences follow one: seeded JSON
+    answers, 4 at once, equal those of the one-slot server, tokens and logprobs."""
+
+    def ask_json(url: str, k: int) -> tuple[str, list[tuple[str, float]]]:
+        body = {
+            "messages": ask(f"Student {k} asks: what is {k} + {k}?"),
+            "response_format": id_format(f"req-{k}"),
+            "temperature": 0.8,
+            "seed": k,
+            "max_tokens": 40,
+            "logprobs": True,
+        }
+        r = post(url, body)
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        jsonschema.validate(json.loads(choice["message"]["content"]), id_schema(f"req-{k}"))
+        return choice["message"]["content"], tokens_and_logprobs(choice)
+
+    serial = [ask_json(local_server.url, k) for k in range(PARALLEL)]
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        batched = list(pool.map(lambda k: ask_json(server.url, k), range(PARALLEL)))
+    assert batched == serial
+
+
 # -- n choices: decoded together, their prompt evaluated once --------------------------------
 
 _LONG_PROMPT = "Here are my notes from class. " + " ".join(
