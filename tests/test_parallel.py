@@ -443,6 +443,11 @@ def test_n_choices_share_one_prompt_evaluation_and_keep_their_numbers(
     # streamed: the choices' chunks interleave, each with its index, and assemble to the same
     _, events = stream_events(server.url, body)
     assert _assemble(events, n) == [(text, ids) for text, _, ids in batched]
+    # it starts as with one slot: each choice's role chunk, index 0 first with the extras
+    starts = [ev["choices"][0] for ev in events[:n]]
+    assert [c["index"] for c in starts] == list(range(n))
+    assert all(c["delta"].get("role") == "assistant" for c in starts)
+    assert events[0]["prompt_token_ids"] and events[0]["logprobs_mode"] == "raw_logprobs"
 
 
 # -- a client that leaves mid-batch ------------------------------------------------------------

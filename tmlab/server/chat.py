@@ -369,8 +369,8 @@ def run_chat(
     mode = {"logprobs_mode": run.logprobs_mode} if run.top_logprobs is not None else {}
     first_extra.update(mode)
 
-    def choice(i: int) -> ChoiceResult | None:
-        """Choice ``i``, streamed; None once the request is cancelled."""
+    def announce(i: int) -> None:
+        """Choice ``i``'s first chunk (the first choice's carries the request's extras)."""
         if emit is not None:
             emit(
                 run.chunk(
@@ -385,6 +385,9 @@ def run_chat(
                     **(first_extra if i == 0 else {}),
                 )
             )
+
+    def choice(i: int) -> ChoiceResult | None:
+        """Choice ``i``, streamed after its first chunk; None once the request is cancelled."""
         r = run.run_choice(i)
         if cancel.is_set():
             return None
@@ -408,6 +411,8 @@ def run_chat(
         # stream interleaves their chunks, each with its index, as OpenAI's does
         if run.echo_tokens:
             run.echo_entries()  # once, before the choices read it
+        for i in range(n):  # the stream starts as with one slot: index 0 with the extras
+            announce(i)
         with ThreadPoolExecutor(n, thread_name_prefix="tmlab-choice") as pool:
             done = list(pool.map(choice, range(n)))  # a choice's error is raised here
         if any(r is None for r in done):
@@ -415,6 +420,7 @@ def run_chat(
         results = [r for r in done if r is not None]
     else:
         for i in range(n):
+            announce(i)
             r = choice(i)
             if r is None:
                 return None
