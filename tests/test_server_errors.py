@@ -453,25 +453,29 @@ def test_a_step_with_no_allowed_token_ends_instead_of_aborting() -> None:
     import numpy as np
     from llama_cpp._internals import LlamaTokenDataArray
 
-    from tmlab.server.engine import Engine, Sampling
+    from tmlab.server.engine import Engine
+    from tmlab.server.sampler import Sampling, chains, draw
 
     engine = Engine(n_ctx=256, n_threads=1)
     try:
-        filt, pick = engine._chains(
-            Sampling(seed=1), grammar=engine.grammar_from_gbnf('root ::= "{}"'), lazy_trigger=None
+        filt, pick = chains(
+            engine,
+            Sampling(seed=1),
+            grammar=engine.grammar_from_gbnf('root ::= "{}"'),
+            lazy_trigger=None,
         )
         cand = LlamaTokenDataArray(n_vocab=engine.n_vocab)
         cand.copy_logits(np.full(engine.n_vocab, -np.inf, dtype=np.single))
-        assert engine._sample(filt, pick, cand, ban=False) is None
+        assert draw(engine, filt, pick, cand, ban=False) is None
         cand.copy_logits(np.full(engine.n_vocab, np.nan, dtype=np.single))
-        assert engine._sample(filt, pick, cand, ban=False) is None
+        assert draw(engine, filt, pick, cand, ban=False) is None
         # NaN everywhere but one allowed token: that token, whatever the picker says
         logits = np.full(engine.n_vocab, np.nan, dtype=np.single)
         brace = engine.tokenize("{}")[0]
         logits[brace] = 1.0
         cand.copy_logits(logits)
         # (NaN is replaced by -inf before the picker runs, so the picker itself draws it)
-        assert engine._sample(filt, pick, cand, ban=False) == (brace, True)
+        assert draw(engine, filt, pick, cand, ban=False) == (brace, True)
         filt.close()
         pick.close()
     finally:

