@@ -24,7 +24,8 @@ from tmlab.jupyter.tokenview import Row, token_rows
 
 if TYPE_CHECKING:
     from tmlab._stream import Delta
-    from tmlab.jupyter.explorer import Explorer, _Job
+    from tmlab.jupyter.explorer import Explorer
+    from tmlab.jupyter.job import Job
     from tmlab.result import ChatResult
 
 __all__ = ["BranchRunner", "BranchesView", "prefix_rows"]
@@ -176,7 +177,7 @@ class BranchRunner:
         branch cannot even start (the error line says why)."""
         from tmlab.errors import ParameterError
         from tmlab.explain import error_line
-        from tmlab.jupyter.explorer import _Job
+        from tmlab.jupyter.job import Job
 
         ex = self.ex
         try:
@@ -187,7 +188,7 @@ class BranchRunner:
         with ex._lock:
             if ex._job is not None:
                 ex._job.cancel()
-            job = _Job(client=ex.client, prompt="", system=None, model=owner.model, params={})
+            job = Job(client=ex.client, prompt="", system=None, model=owner.model, params={})
             job.thread = threading.Thread(
                 target=self._work,
                 args=(job, owner, position, token),
@@ -209,10 +210,10 @@ class BranchRunner:
             job.thread.start()
             return True
 
-    def _work(self, job: _Job, owner: ChatResult, position: int, token: int | str) -> None:
+    def _work(self, job: Job, owner: ChatResult, position: int, token: int | str) -> None:
         from tmlab.explain import error_line
         from tmlab.history import request_source
-        from tmlab.jupyter.explorer import StoppedByUser
+        from tmlab.jupyter.job import StoppedByUser
         from tmlab.jupyter.live import Throttle
         from tmlab.result import ChatResult
 

@@ -34,15 +34,11 @@ for browser tests (the token view's own are in ``tokenview.js``: ``tmlab-tv-tok`
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import html
 import json
 import threading
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -61,6 +57,7 @@ from tmlab.jupyter.controls import (
     link_logprobs,
     set_params,
 )
+from tmlab.jupyter.job import Job, StoppedByUser, deadline, partial_result, send
 from tmlab.jupyter.live import Debounce, Throttle
 from tmlab.jupyter.load import LoadLine
 from tmlab.jupyter.pins import Pin, pins_frame, pins_html
@@ -85,52 +82,6 @@ _CSS = """<style>
   outline: 2px solid #c62828; }
 .tmlab-explorer .tmlab-call pre { white-space: pre-wrap; word-break: break-all; margin: 0; }
 </style>"""
-
-
-class StoppedByUser(Exception):
-    """The request was stopped with Stop: what arrived is on ``.partial`` (or None)."""
-
-    stops_request = True  # the history says "interrupted", as for Ctrl-C
-
-    def __init__(self, partial: ChatResult | None = None) -> None:
-        super().__init__("stopped by the user")
-        self.partial = partial
-
-
-@dataclass
-class _Job:
-    """One request: what is sent, and what arrived so far."""
-
-    client: Client
-    prompt: str
-    system: str | None
-    model: str | None
-    params: dict[str, Any]
-    stop: threading.Event = field(default_factory=threading.Event)
-    text: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    deltas: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    thread: threading.Thread | None = None
-    abort: Callable[[], object] | None = None  # cancels the request where it waits
-
-    def cancel(self) -> None:
-        """Stop the request now (also one not started yet: it then never starts)."""
-        self.stop.set()
-        abort = self.abort
-        if abort is not None:
-            abort()
-
-    def add(self, delta: Delta) -> None:
-        if delta.choice == 0:
-            self.text.append(delta.text)
-            self.reasoning.append(delta.reasoning)
-        self.deltas += 1
-
-
-def _deadline(timeout: float | None) -> Callable[[], float | None]:
-    end = None if timeout is None else time.monotonic() + timeout
-    return lambda: None if end is None else max(0.0, end - time.monotonic())
 
 
 class Explorer(widgets.VBox):
@@ -158,8 +109,8 @@ class Explorer(widgets.VBox):
         self.client = client
         self.result: ChatResult | None = None
         """The last result (a partial one after Stop or a broken stream; None after an error)."""
-        self._job: _Job | None = None
-        self._jobs: list[_Job] = []
+        self._job: Job | None = None
+        self._jobs: list[Job] = []
         self._lock = threading.RLock()
         self._pins: list[Pin] = []
         self._debounce = Debounce(AUTO_SEND_DELAY, self._auto_fire)
@@ -383,7 +334,7 @@ class Explorer(widgets.VBox):
                 self._show_error(error_line(exc))
                 return False
             self._refresh_call()
-            job = _Job(
+            job = Job(
                 client=self.client,
                 prompt=prompt,
                 system=self.system.value or None,
@@ -421,7 +372,7 @@ class Explorer(widgets.VBox):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for a pending auto-send, the request running and the model list; True if done."""
-        left = _deadline(timeout)
+        left = deadline(timeout)
         self._debounce.join(left())
         with self._lock:
             jobs = list(self._jobs)
@@ -436,7 +387,7 @@ class Explorer(widgets.VBox):
         )
         return not busy and not self._models_thread.is_alive()
 
-    def _work(self, job: _Job) -> None:
+    def _work(self, job: Job) -> None:
         """The worker thread: one streamed request, shown as it arrives."""
         throttle = Throttle(lambda: self._show_live(job), interval=0.1)
 
@@ -450,10 +401,10 @@ class Explorer(widgets.VBox):
         try:
             # contextvars are not inherited by threads: the source is set here, in the sender
             with request_source("explorer"):
-                res = self._request(job, on_delta)
+                res = send(job, on_delta)
         except StoppedByUser as exc:
             stopped = True
-            res = exc.partial or self._partial(job)
+            res = exc.partial or partial_result(job)
         except Exception as exc:  # shown as one line in the widget; the next Send works
             problem = exc
             partial = getattr(exc, "partial", None)
@@ -463,61 +414,7 @@ class Explorer(widgets.VBox):
         except Exception as exc:  # a view that failed to render must not kill the thread
             self._show_error(f"could not show the answer: {error_line(exc)}")
 
-    @staticmethod
-    def _request(job: _Job, on_delta: Callable[[Delta], None]) -> ChatResult:
-        """Send ``job``'s request; raises :class:`StoppedByUser` when it is cancelled."""
-        kwargs: dict[str, Any] = dict(
-            system=job.system, model=job.model, stream=True, on_delta=on_delta, **job.params
-        )
-        twin = job.client._async_twin()
-        if twin is None:  # an injected httpx client: Stop acts when the next piece arrives
-
-            def checked(delta: Delta) -> None:
-                if job.stop.is_set():
-                    raise StoppedByUser
-                on_delta(delta)
-
-            try:
-                return job.client.chat(job.prompt, **{**kwargs, "on_delta": checked})
-            except StoppedByUser as exc:
-                partial = getattr(exc, "partial", None)
-                raise StoppedByUser(partial if isinstance(partial, ChatResult) else None) from None
-
-        async def send() -> ChatResult:
-            loop = asyncio.get_running_loop()
-            task = asyncio.current_task()
-            assert task is not None
-
-            def abort() -> None:
-                with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to stop
-                    loop.call_soon_threadsafe(task.cancel)
-
-            job.abort = abort
-            async with twin:
-                try:
-                    if job.stop.is_set():  # stopped before it started
-                        raise asyncio.CancelledError
-                    return await twin.chat(job.prompt, **kwargs)
-                except asyncio.CancelledError as exc:
-                    partial = getattr(exc, "partial", None)
-                    raise StoppedByUser(
-                        partial if isinstance(partial, ChatResult) else None
-                    ) from None
-
-        try:
-            return asyncio.run(send())
-        finally:
-            job.abort = None
-
-    @staticmethod
-    def _partial(job: _Job) -> ChatResult:
-        message = {"role": "assistant", "content": "".join(job.text)}
-        if any(job.reasoning):
-            message["reasoning"] = "".join(job.reasoning)
-        raw = {"choices": [{"index": 0, "message": message, "finish_reason": None}]}
-        return ChatResult(raw, request={"model": job.model, **job.params}, complete=False)
-
-    def _show_live(self, job: _Job) -> None:
+    def _show_live(self, job: Job) -> None:
         if job is not self._job:
             return
         text = "".join(job.text)
@@ -536,7 +433,7 @@ class Explorer(widgets.VBox):
         self.status.value = f"streaming … {job.deltas} chunks"
 
     def _finish(
-        self, job: _Job, res: ChatResult | None, problem: BaseException | None, stopped: bool
+        self, job: Job, res: ChatResult | None, problem: BaseException | None, stopped: bool
     ) -> None:
         with self._lock:
             if job is not self._job:
