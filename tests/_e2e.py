@@ -42,3 +42,16 @@ def post_raw(url: str, body: dict[str, Any]) -> socket.socket:
         + data
     )
     return sock
+
+
+def read_until(sock: socket.socket, marker: bytes, timeout: float = 120.0) -> bytes:
+    """What ``sock`` receives until ``marker`` arrives (or the peer closes; ``timeout`` per
+    read)."""
+    sock.settimeout(timeout)
+    data = b""
+    while marker not in data:
+        got = sock.recv(65536)
+        if not got:
+            break
+        data += got
+    return data

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -161,6 +161,18 @@ class JupyterLab:
             f"--ServerApp.root_dir={self.root}",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ]
+        self._launch(cmd, "JupyterLab", self._status_ok)
+
+    def _status_ok(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url("api/status"), timeout=2) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _launch(self, cmd: list[str], what: str, ready: Callable[[], bool]) -> None:
+        """Start ``cmd`` in its own process group (its kernels die with it), logging to
+        :attr:`log_path`; return once ``ready()``, else stop it and raise with its log."""
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             cmd,
@@ -169,25 +181,19 @@ class JupyterLab:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: its kernels die with it
+            start_new_session=True,
         )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 code = self.process.returncode
                 self.stop()
-                raise RuntimeError(f"JupyterLab exited with code {code}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.url("api/status"), timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+                raise RuntimeError(f"{what} exited with code {code}:\n{self.log()}")
+            if ready():
+                return
             time.sleep(0.25)
         self.stop()
-        raise RuntimeError(
-            f"JupyterLab did not answer within {self.start_timeout:g} s:\n{self.log()}"
-        )
+        raise RuntimeError(f"{what} did not answer within {self.start_timeout:g} s:\n{self.log()}")
 
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM (it shuts its kernels down), then SIGKILL what is left of it, by pid.

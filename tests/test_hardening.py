@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _e2e import MODEL, STORY, post_raw
+from _e2e import MODEL, STORY, post_raw, read_until
 from _fake_server import USAGE, chunk, sse
 
 import tmlab.local
@@ -223,17 +223,6 @@ def test_async_stream_returns_promptly_when_the_body_is_held_open_after_done(
 # -- 4. streams abandoned while queued leave no task behind -----------------------------------
 
 
-def _read_until(sock: socket.socket, marker: bytes, timeout: float = 60) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    while marker not in data:
-        got = sock.recv(65536)
-        if not got:
-            break
-        data += got
-    return data
-
-
 # The server, with the garbage collector run often (as it eventually runs in a long-lived
 # server): a task left pending and unreachable is then destroyed, and asyncio says so.
 _SERVE_COLLECTING = """
@@ -266,7 +255,7 @@ def test_streams_abandoned_while_queued_leave_no_pending_task(tmp_path: Path) ->
         url = line[len(tmlab.local.READY_PREFIX) :].strip()
         body = {"model": MODEL, "messages": STORY, "stream": True, "max_tokens": 3}
         busy = post_raw(url, {**body, "max_tokens": 2000, "ignore_eos": True})
-        _read_until(busy, b"data: ")  # the model is generating for it
+        read_until(busy, b"data: ")  # the model is generating for it
         queued = [post_raw(url, body) for _ in range(3)]
         time.sleep(0.5)
         for sock in queued:  # their clients leave while they wait in the queue
@@ -275,7 +264,7 @@ def test_streams_abandoned_while_queued_leave_no_pending_task(tmp_path: Path) ->
         busy.close()
         # queued behind the abandoned jobs: once it is answered, the worker has skipped them
         sock = post_raw(url, body)
-        assert b"data: [DONE]" in _read_until(sock, b"data: [DONE]")
+        assert b"data: [DONE]" in read_until(sock, b"data: [DONE]")
         sock.close()
         time.sleep(0.5)  # a few garbage collections
     finally:

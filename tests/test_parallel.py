@@ -15,7 +15,6 @@ detectable at once when a client leaves mid-batch.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-from _e2e import MODEL, WEATHER, post_raw
+from _e2e import MODEL, WEATHER, post_raw, read_until
 
 from tmlab.local import LocalServer
 
@@ -462,17 +461,6 @@ _LEAVER = ask("Tell me a very long story about a dragon who learns to paint in t
 _SURVIVOR_TOKENS = 48
 
 
-def _read_until(sock: socket.socket, marker: bytes, timeout: float = 120.0) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    while marker not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def _slots(client: httpx.Client) -> list[dict[str, Any]]:
     return list(client.get("/v1/stats").json()["slots"])
 
@@ -487,7 +475,7 @@ def _run_with_leaver(
     sock = post_raw(server.url, {**body, "ignore_eos": True})
     freed_after: float | None = None
     try:
-        assert b"data: " in _read_until(sock, b"data: ")  # it is generating
+        assert b"data: " in read_until(sock, b"data: ")  # it is generating
         with ThreadPoolExecutor(len(_SURVIVORS)) as pool:
             futures = [pool.submit(_greedy, server.url, p, _SURVIVOR_TOKENS) for p in _SURVIVORS]
             # wait until every survivor is generating beside it

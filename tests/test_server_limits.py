@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _e2e import MODEL, STORY, post_raw
+from _e2e import MODEL, STORY, post_raw, read_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -217,7 +217,7 @@ def test_a_declared_oversize_body_is_refused_before_it_is_sent(server: LocalServ
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (60 * MiB)
         )
-        answer = _read_until(sock, b'"code"')  # the envelope's last field
+        answer = read_until(sock, b'"code"')  # the envelope's last field
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b'"code": "request_too_large"' in answer
 
@@ -395,24 +395,13 @@ def test_deeply_nested_json_is_a_400(client: httpx.Client) -> None:
 # -- the queue ----------------------------------------------------------------------------
 
 
-def _read_until(sock: socket.socket, marker: bytes, timeout: float = 120) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    while marker not in data:
-        got = sock.recv(65536)
-        if not got:
-            break
-        data += got
-    return data
-
-
 def _busy(server: LocalServer) -> socket.socket:
     """A stream that keeps the model generating until its socket is closed."""
     sock = post_raw(
         server.url,
         {**SMALL, "messages": STORY, "stream": True, "max_tokens": 1500, "ignore_eos": True},
     )
-    _read_until(sock, b"data: ")
+    read_until(sock, b"data: ")
     return sock
 
 
@@ -436,7 +425,7 @@ def test_a_full_queue_answers_503_with_retry_after(
     finally:
         busy.close()
     for sock in queued:  # the queued ones are answered once the model is free
-        assert b"HTTP/1.1 200" in _read_until(sock, b'"chat.completion"')
+        assert b"HTTP/1.1 200" in read_until(sock, b'"chat.completion"')
         sock.close()
     assert client.post("/v1/chat/completions", json=SMALL).status_code == 200
 
@@ -459,7 +448,7 @@ def test_queued_requests_whose_client_left_free_their_place(
     finally:
         busy.close()
     for sock in held:
-        assert b"HTTP/1.1 200" in _read_until(sock, b'"chat.completion"')
+        assert b"HTTP/1.1 200" in read_until(sock, b'"chat.completion"')
         sock.close()
 
 
