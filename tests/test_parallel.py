@@ -386,6 +386,37 @@ def test_json_answers_sampled_together_keep_their_numbers(
     assert batched == serial
 
 
+def test_a_kv_cache_shared_by_the_slots_is_not_batch_invariant() -> None:
+    """What the server avoids (README, notebook 05): with one KV cache for all slots, the same
+    greedy requests decoded together differ from one at a time, and the engine says so."""
+    from tmlab.server.batch import BatchEngine
+    from tmlab.server.engine import Engine
+    from tmlab.server.sampler import Sampling
+
+    engine = Engine(n_ctx=512)
+    try:
+        prompts = [engine.tokenize(engine.render(ask(p))) for p in _PROMPTS * 2]
+
+        def run(prompt: list[int]) -> list[tuple[int, float]]:
+            steps = engine.generate(
+                prompt, Sampling(temperature=0), max_tokens=24, top_logprobs=0, ignore_eos=True
+            )
+            return [(s.token_id, float(s.logprob or 0.0)) for s in steps]
+
+        serial = [run(p) for p in prompts]
+        engine.batch = BatchEngine(engine, len(prompts), unified=True)
+        assert engine.batch.batch_invariant is False
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            shared = list(pool.map(run, prompts))
+    finally:
+        engine.close()
+    assert shared != serial
+    print(
+        f"\nshared KV cache: {sum(a != b for a, b in zip(shared, serial, strict=True))} "
+        f"of {len(prompts)} greedy answers differ from one at a time"
+    )
+
+
 # -- n choices: decoded together, their prompt evaluated once --------------------------------
 
 _LONG_PROMPT = "Here are my notes from class. " + " ".join(
