@@ -196,12 +196,6 @@ class BatchEngine:
                     out.append(SlotState(i, state, len(seq.prompt), seq.generated))
         return out
 
-    @property
-    def queued(self) -> int:
-        """Sequences waiting for a free slot."""
-        with self._cond:
-            return len(self._waiting)
-
     def close(self, timeout: float | None = 5.0) -> bool:
         """Stop the scheduler (sequences still running end); True once it has stopped."""
         with self._cond:
