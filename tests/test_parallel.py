@@ -417,6 +417,26 @@ def test_a_kv_cache_shared_by_the_slots_is_not_batch_invariant() -> None:
     )
 
 
+def test_the_readme_memory_figure_follows_from_the_model() -> None:
+    """README, "Teaching a class": about 23 KB of KV cache per token (f16 keys and values),
+    so 8 slots of 2048 tokens take about 380 MB."""
+    from tmlab.server.engine import Engine
+
+    engine = Engine(n_ctx=256)
+    try:
+        meta = engine.llm.metadata
+        kv_type = engine.llm.context_params.type_k
+    finally:
+        engine.close()
+    layers = int(meta["llama.block_count"])
+    kv_heads = int(meta["llama.attention.head_count_kv"])
+    head_dim = int(meta["llama.embedding_length"]) // int(meta["llama.attention.head_count"])
+    assert kv_type == 1  # GGML_TYPE_F16: two bytes a number
+    per_token = layers * kv_heads * head_dim * 2 * 2  # keys and values
+    assert round(per_token / 1000) == 23
+    assert round(8 * 2048 * per_token / 1e6, -1) == 380
+
+
 # -- n choices: decoded together, their prompt evaluated once --------------------------------
 
 _LONG_PROMPT = "Here are my notes from class. " + " ".join(
