@@ -91,8 +91,20 @@ def test_interrupting_a_streamed_tmchat(k: Kernel) -> None:
     assert run.status == "error"
     assert "Interrupted" in run.text and "partial answer" in run.text
     assert took <= STOP_WITHIN_S
+    # one line, no traceback; the partial answer stays on screen, marked, and in --out
+    (error,) = [m["content"] for m in run.outputs if m["header"]["msg_type"] == "error"]
+    assert error["ename"] == "TmchatInterrupted" and len(error["traceback"]) == 1
+    assert error["traceback"][0].startswith(
+        "Interrupted: the request was stopped; kept in res and history id"
+    )
     partial = k.value("(res.complete, res.text)")
     assert partial[0] is False and len(partial[1]) > 20
+    shown = [
+        m["content"]["data"].get("text/markdown", "")
+        for m in run.outputs
+        if m["header"]["msg_type"] in ("display_data", "update_display_data")
+    ]
+    assert any(partial[1] in md and "INTERRUPTED" in md for md in shown), shown
     row = _last_row(k, "magic")
     assert row["error"] == "interrupted" and row["text"] == partial[1]
     _still_serving(k, pid)

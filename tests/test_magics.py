@@ -21,8 +21,7 @@ from test_live import final_screen
 import tmlab.local
 from tmlab._settings import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, session
 from tmlab.history import history
-from tmlab.jupyter import live
-from tmlab.jupyter.magics import TmChat, TmchatError, TmchatInterrupted, load_ipython_extension
+from tmlab.jupyter.magics import TmChat, TmchatError, load_ipython_extension
 from tmlab.local import LocalServer
 from tmlab.result import ChatResult
 
@@ -197,37 +196,6 @@ def test_a_401_is_one_line_with_the_fix(
     assert row["complete"] == 0 and "AuthenticationError" in row["error"]
 
 
-def test_interrupting_keeps_the_partial_answer(
-    ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    original = live.LiveAnswer.on_delta
-
-    def interrupt_after_8(self: live.LiveAnswer, delta: Any) -> None:
-        original(self, delta)
-        if self.deltas == 8:
-            raise KeyboardInterrupt  # what Ctrl-C / the stop button does mid-stream
-
-    monkeypatch.setattr(live.LiveAnswer, "on_delta", interrupt_after_8)
-    result, cap = run(ip, "%%tmchat --out part --max-tokens 200 --seed 2\nTell a long story.")
-    assert isinstance(result.error_in_exec, TmchatInterrupted)
-    assert isinstance(result.error_in_exec, KeyboardInterrupt)  # "Run all" stops here
-    line = _one_error_line(result, cap)
-    assert line.startswith("Interrupted: the request was stopped; kept in part and history id")
-    part = ip.user_ns["part"]
-    assert isinstance(part, ChatResult) and part.complete is False
-    assert part.text
-    shown = markdown_shown(cap)
-    assert len(shown) == 1
-    assert part.text in shown[0] and "INTERRUPTED" in shown[0]  # still on screen
-    row = last_row()
-    assert row["complete"] == 0 and row["error"] == "interrupted"
-    assert row["text"] == part.text
-    # the stream was closed, so the server is free again at once
-    monkeypatch.setattr(live.LiveAnswer, "on_delta", original)
-    result, _ = run(ip, "%%tmchat --max-tokens 4\nHi.")
-    assert result.success
-
-
 def test_tmconfig_shows_and_changes_the_session(
     ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -288,9 +256,6 @@ def test_in_a_kernel_the_answer_is_displayed_once_and_is_the_cell_value(
         nbformat.v4.new_code_cell("%load_ext tmlab.jupyter.magics"),
         nbformat.v4.new_code_cell("%%tmchat --max-tokens 24 --seed 5\nName three fruits."),
         nbformat.v4.new_code_cell("_.text"),
-        nbformat.v4.new_code_cell(INTERRUPT_AFTER_8),
-        nbformat.v4.new_code_cell("%%tmchat --out part --max-tokens 100\nTell a long story."),
-        nbformat.v4.new_code_cell("part.complete, part.text"),
     ]
     resources = {"metadata": {"path": str(tmp_path)}}
     client = NotebookClient(
@@ -303,29 +268,7 @@ def test_in_a_kernel_the_answer_is_displayed_once_and_is_the_cell_value(
     assert text
     shown = [o for o in outputs if any(text in str(v) for v in o.get("data", {}).values())]
     assert len(shown) == 1
-    # interrupted: one line (no traceback), the partial answer stays on screen and in --out
-    outputs = nb.cells[4].outputs
-    (error,) = [o for o in outputs if o.output_type == "error"]
-    assert error["ename"] == "TmchatInterrupted"
-    assert len(error["traceback"]) == 1
-    assert error["traceback"][0].startswith("Interrupted: the request was stopped; kept in part")
-    complete, partial = ast.literal_eval(nb.cells[5].outputs[0]["data"]["text/plain"])
-    assert complete is False and partial
-    (view,) = [o for o in outputs if o.output_type == "display_data"]
-    assert (
-        partial in view["data"]["text/markdown"] and "INTERRUPTED" in view["data"]["text/markdown"]
-    )
-
-
-INTERRUPT_AFTER_8 = """
-from tmlab.jupyter import live
-_on_delta = live.LiveAnswer.on_delta
-def _interrupt_after_8(self, delta):
-    _on_delta(self, delta)
-    if self.deltas == 8:
-        raise KeyboardInterrupt  # what the stop button does mid-stream
-live.LiveAnswer.on_delta = _interrupt_after_8
-"""
+    # the stop button, in a real kernel: tests/test_interrupt.py
 
 
 def test_comma_lists_run_a_small_sweep(ip: InteractiveShell) -> None:
