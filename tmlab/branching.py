@@ -35,14 +35,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tmlab._settings import LENGTH_LIMITS
 from tmlab.errors import BadRequestError, ParameterError, TmlabError
 from tmlab.params import PARAMS
 
 if TYPE_CHECKING:
     from tmlab.client import Client
-    from tmlab.result import ChatResult, TokenLogprob, TopLogprob
+    from tmlab.result import ChatResult, SessionLimit, TokenLogprob, TopLogprob
 
 __all__ = [
+    "CHANGE_LIMIT",
     "PROBE_MESSAGES",
     "BranchOrigin",
     "Capability",
@@ -407,7 +409,7 @@ def _content(message: Mapping[str, Any]) -> str:
 def _inherited(res: ChatResult, used: int, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The parent's parameters for a branch: the same settings, the same length budget."""
     params = {k: v for k, v in res.request.items() if k not in _NOT_INHERITED}
-    for name in ("max_tokens", "max_completion_tokens"):
+    for name in LENGTH_LIMITS:
         limit = params.get(name)
         if isinstance(limit, int) and not isinstance(limit, bool):
             params[name] = max(1, limit - used)  # the whole answer keeps the parent's limit
@@ -466,7 +468,9 @@ def branch(
     ``token``: an alternative's text or token id as returned at ``position`` (default: the
     most likely one that was not generated). The branch keeps the parent's messages and
     parameters (``overrides`` change them; ``stream=True`` with ``on_delta`` streams the new
-    text only) and the parent's length budget: ``max_tokens`` counts the prefix too. It is
+    text only) and the parent's length budget: ``max_tokens`` counts the prefix too (a parent
+    sent without a length limit: the branch gets the session's default, ``%tmconfig
+    max_tokens``, for its new tokens). It is
     sent to ``client``, else to the server that answered ``res`` (its key from the
     environment). Returns the new :class:`~tmlab.ChatResult`, whose ``parent`` is a
     :class:`BranchOrigin`; its history row names the parent, position and token.
@@ -483,6 +487,7 @@ def branch(
     if not messages:
         raise ParameterError("position", "this result does not say what was asked", "a result")
     params = _inherited(res, position + 1, overrides)
+    mark = _session_mark(res, params, overrides)
     own = client is None
     target = _client_for(res) if client is None else client
     known = dataclasses.replace(origin, parent_result=res)
@@ -508,9 +513,37 @@ def branch(
         partial = getattr(exc, "partial", None)
         if isinstance(partial, ChatResult):
             partial.parent = known
+            partial.session_limit = mark
         raise
     finally:
         if own:
             target.close()
     new.parent = known
+    new.session_limit = mark
     return new
+
+
+CHANGE_LIMIT = "pass max_tokens=N, or `%tmconfig max_tokens=N|off`, to change"
+"""How to change the session's default length limit from code."""
+
+
+def _session_mark(
+    res: ChatResult, params: dict[str, Any], overrides: Mapping[str, Any]
+) -> SessionLimit | None:
+    """The session's default length limit of a branch, added to ``params`` when needed.
+
+    A parent sent with a length limit passes its budget on (:func:`_inherited`); when that
+    limit was the session's default, the branch's is too. A parent sent without one (plain
+    ``client.chat``) gets the session's default for the branch's new tokens.
+    """
+    from tmlab._settings import session_limit
+    from tmlab.result import SessionLimit
+
+    limit = session_limit(params)
+    if limit is not None:
+        params["max_tokens"] = limit
+        return SessionLimit(limit, CHANGE_LIMIT)
+    known = res.session_limit
+    if known is not None and not any(n in overrides for n in LENGTH_LIMITS):
+        return SessionLimit(known.tokens, CHANGE_LIMIT)
+    return None

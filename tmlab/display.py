@@ -21,6 +21,7 @@ __all__ = [
     "HTMLText",
     "chat_result_html",
     "chat_result_markdown",
+    "finish_notes",
     "stats_line",
     "style_logprobs",
     "token_heatmap_html",
@@ -49,14 +50,32 @@ def usage_line(res: ChatResult) -> str:
         parts.append(f"TTFT {t.ttft_s:.2f} s")
     if t.tokens_per_s is not None:
         parts.append(f"{t.tokens_per_s:.1f} tok/s")
-    if res.finish_reason:
-        parts.append(f"finish: {res.finish_reason}")
+    parts.extend(finish_notes(res))
     seq, ppl = res.sequence_logprob, res.perplexity
     if seq is not None and ppl is not None:
         parts.append(f"sequence logprob {seq:.3f} (perplexity {ppl:.2f})")
     if not res.complete:
         parts.append("INCOMPLETE (stream broke off)")
     return " · ".join(parts)
+
+
+def finish_notes(res: ChatResult) -> list[str]:
+    """Why the answer ended, for the usage line: the finish reason; the session's default
+    length limit when a front end sent it (and that the answer stopped there); a repetition
+    loop the answer ends in (:mod:`tmlab.repetition`)."""
+    notes = []
+    limit = res.session_limit
+    if res.finish_reason:
+        finish = f"finish: {res.finish_reason}"
+        if limit is not None and res.stopped_at_session_limit:
+            finish += f" (stopped at the session's {limit.tokens}-token limit; {limit.change})"
+        notes.append(finish)
+    if limit is not None and not res.stopped_at_session_limit:
+        notes.append(f"max_tokens {limit.tokens} (session default)")
+    loop = res.loop
+    if loop is not None:
+        notes.append(f"looping: {loop.describe()}")
+    return notes
 
 
 def _tool_calls_text(res: ChatResult) -> str:

@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 
     from tmlab.branching import BranchOrigin
     from tmlab.client import Client
+    from tmlab.repetition import Loop
 
 __all__ = [
     "ChatResult",
     "Choice",
+    "SessionLimit",
     "Timing",
     "TokenLogprob",
     "TopLogprob",
@@ -117,6 +119,19 @@ class Timing:
     latency_s: float | None = None
     ttft_s: float | None = None
     tokens_per_s: float | None = None
+
+
+@dataclass(frozen=True)
+class SessionLimit:
+    """The session's default ``max_tokens`` that a front end sent because none was given.
+
+    ``tokens``: the default (for a branch: of the whole answer, prefix included);
+    ``change``: how to change it where the request was made (``--max-tokens N`` in the
+    magic …). The finish line names it when the answer stopped there.
+    """
+
+    tokens: int
+    change: str
 
 
 def _parse_legacy(lp: dict[str, Any]) -> list[TokenLogprob]:
@@ -230,6 +245,8 @@ class ChatResult:
         self._history_id: int | None = None
         self.base_url: str | None = None  # the server that answered, set by the client
         self.parent: BranchOrigin | None = None  # set on the result of a branch
+        self.session_limit: SessionLimit | None = None
+        """Set by a front end that sent the session's default ``max_tokens``."""
         choices = raw.get("choices") or []
         self.choices = sorted((Choice.from_raw(c) for c in choices), key=lambda c: c.index)
         self.usage = Usage.from_raw(raw.get("usage"))
@@ -321,6 +338,25 @@ class ChatResult:
         from tmlab.likelihood import perplexity
 
         return perplexity(self)
+
+    @property
+    def loop(self) -> Loop | None:
+        """The repetition loop the answer ends in, if any (see :mod:`tmlab.repetition`)."""
+        from tmlab.repetition import answer_loop
+
+        return answer_loop(self)
+
+    @property
+    def stopped_at_session_limit(self) -> bool:
+        """True when the answer stopped at the session's default ``max_tokens`` (sent by a
+        front end because none was given), not at a limit the user set."""
+        limit = self.session_limit
+        if limit is None or self.finish_reason != "length":
+            return False
+        sent = self.request.get("max_tokens")
+        used = self.usage.completion_tokens
+        # "length" also means the context was full; then fewer tokens came than were allowed
+        return not (isinstance(sent, int) and used is not None and used < sent)
 
     def branch(
         self,

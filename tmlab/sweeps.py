@@ -11,7 +11,9 @@ Every grid value and fixed parameter is checked against :data:`tmlab.PARAMS` bef
 is sent. Requests run concurrently (at most ``concurrency`` at a time) on an
 :class:`~tmlab.AsyncClient`, in the history with source ``"sweep"``. A failed request is a row
 with its error; an interrupted sweep (Ctrl-C, the notebook's stop button, a cancelled task)
-returns the rows finished so far, and marks the others.
+returns the rows finished so far, and marks the others. Without ``max_tokens`` (or
+``max_completion_tokens``), fixed or in the grid, every request gets the session's default
+(``%tmconfig max_tokens``, 512 unless changed; ``df.attrs["session_limit"]``).
 
 The default concurrency is what the server advertises in ``/models`` (the embedded server's
 ``parallel`` slots: 1 unless started with ``--parallel N``), else 8. Queued is not hung: with
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from tmlab._base import Messages, _BaseClient, _messages
+from tmlab._settings import session_limit
 from tmlab.client import AsyncClient
 from tmlab.errors import ParameterError, redact
 from tmlab.history import request_source
@@ -98,6 +101,7 @@ class _Plan:
     fixed: dict[str, Any]
     models: list[str] | None
     repeats: int
+    session_limit: int | None = None  # the session's default max_tokens, when it was added
 
 
 # -- planning: everything is checked before anything is sent -------------------------------
@@ -147,6 +151,10 @@ def _plan(
             if not isinstance(m, str) or not m:
                 raise ParameterError("model", f"models contains {m!r}", "model names (str)")
     sent_fixed = validate_params(fixed)
+    # no length limit given, fixed or in the grid: the session's default (%tmconfig max_tokens)
+    limit = session_limit({**sent_fixed, **grid})
+    if limit is not None:
+        sent_fixed["max_tokens"] = limit
     checked: dict[str, list[Any]] = {}
     for name, values in grid.items():
         if name in RESERVED or name not in PARAMS:
@@ -173,7 +181,7 @@ def _plan(
             for r in range(repeats):
                 params = {**sent_fixed, **cell}
                 jobs.append(_Job(len(jobs), r, m, cell, params))
-    return _Plan(jobs, checked, sent_fixed, list(models) if models else None, repeats)
+    return _Plan(jobs, checked, sent_fixed, list(models) if models else None, repeats, limit)
 
 
 def _run_order(plan: _Plan) -> list[_Job]:
@@ -408,6 +416,13 @@ def _frame(
     df["repeat"] = df["repeat"].astype(np.int64)
     df["error"] = df["error"].astype(object).where(df["error"].notna(), None)
     notes = SWEEP_NOTES
+    if plan.session_limit is not None:
+        notes += (
+            f" max_tokens={plan.session_limit} is the session's default, sent because no "
+            "max_tokens was given (pass max_tokens=N, or %tmconfig max_tokens=N|off, to "
+            "change): finish_reason 'length' with that many completion_tokens means the "
+            "answer stopped there."
+        )
     if interrupted:
         done = sum(r is not None for r in rows)
         notes = (
@@ -418,6 +433,7 @@ def _frame(
         notes=notes,
         grid={k: list(v) for k, v in plan.grid.items()},
         fixed=dict(plan.fixed),
+        session_limit=plan.session_limit,
         repeats=plan.repeats,
         interrupted=interrupted,
         wall_s=wall_s,

@@ -120,6 +120,9 @@ class BranchesView(anywidget.AnyWidget):
             numbers.append(f"answer logprob {answer:.3f}")
         if res.finish_reason:
             numbers.append(f"finish: {res.finish_reason}")
+        loop = res.loop
+        if loop is not None:
+            numbers.append(f"looping: {loop.describe()}")
         if not res.complete:
             numbers.append("partial")
         return {

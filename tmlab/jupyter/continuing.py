@@ -8,6 +8,7 @@ says what a continued answer continues, for the footer of its view.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,11 @@ if TYPE_CHECKING:
     from tmlab.jupyter.flags import Flags
     from tmlab.result import ChatResult
 
-__all__ = ["continued_note", "send"]
+__all__ = ["CHANGE_LIMIT", "continued_note", "send"]
+
+
+CHANGE_LIMIT = "`--max-tokens N` or `%tmconfig max_tokens=N|off` to change"
+"""How to change the session's default length limit from a ``%%tmchat`` cell."""
 
 
 def send(
@@ -26,25 +31,54 @@ def send(
     messages: list[dict[str, str]],
     on_delta: Callable[[Delta], Any] | None,
 ) -> ChatResult:
-    """The cell's request: chat, prefill or branch, streamed to ``on_delta`` when given."""
+    """The cell's request: chat, prefill or branch, streamed to ``on_delta`` when given.
+
+    Without ``--max-tokens`` (or ``--max-completion-tokens``) the session's default
+    ``max_tokens`` is sent (:func:`tmlab._settings.session_limit`); a branch keeps its
+    parent's budget, or gets the default when the parent had none.
+    """
+    from tmlab._settings import session_limit
     from tmlab.branching import continue_final, result_of
+    from tmlab.result import SessionLimit
 
     stream: dict[str, Any] = {"stream": flags.stream, "on_delta": on_delta}
-    if flags.branch is not None:
-        row, position, token = flags.branch
-        parent = result_of(row)
-        return parent.branch(position, token, client=client, **stream, **flags.params)
-    if flags.prefill is not None:
-        return continue_final(
-            client,
-            messages,
-            flags.prefill,
-            model=flags.model,
-            system=flags.system,
-            **stream,
-            **flags.params,
-        )
-    return client.chat(messages, model=flags.model, system=flags.system, **stream, **flags.params)
+    params = dict(flags.params)
+    limit = None if flags.branch is not None else session_limit(params)
+    if limit is not None:
+        params["max_tokens"] = limit
+
+    def mark(res: ChatResult) -> ChatResult:
+        known = res.session_limit
+        if limit is not None:
+            res.session_limit = SessionLimit(limit, CHANGE_LIMIT)
+        elif known is not None:  # set by the branch: say how to change it here
+            res.session_limit = dataclasses.replace(known, change=CHANGE_LIMIT)
+        return res
+
+    try:
+        if flags.branch is not None:
+            row, position, token = flags.branch
+            parent = result_of(row)
+            return mark(parent.branch(position, token, client=client, **stream, **params))
+        if flags.prefill is not None:
+            return mark(
+                continue_final(
+                    client,
+                    messages,
+                    flags.prefill,
+                    model=flags.model,
+                    system=flags.system,
+                    **stream,
+                    **params,
+                )
+            )
+        res = client.chat(messages, model=flags.model, system=flags.system, **stream, **params)
+        return mark(res)
+    except BaseException as exc:  # an interrupted or broken answer keeps the mark too
+        partial = getattr(exc, "partial", None)
+        if partial is not None and hasattr(partial, "session_limit"):
+            mark(partial)
+        raise
 
 
 def continued_note(res: ChatResult) -> str | None:

@@ -15,9 +15,11 @@ listed by hand:
   in the control, in red, and the request is not sent.
 
 **Untouched is unset.** A control starts unset: dimmed, labelled "unset" (with the server's
-default when the table knows it) and nothing is sent for it. An unset slider rests at the
-server's default when the table knows it, else mid-range with its number hidden (so that no
-number reads as a value sent, and either end, such as temperature 0, is a change). Touching
+default when the table knows it) and nothing is sent for it; an unset ``max_tokens`` says
+that the session's default length limit is sent instead (``%tmconfig max_tokens``). An
+unset slider rests at the server's default when the table knows it, else mid-range with its
+number hidden (so that no number reads as a value sent, and either end, such as temperature
+0, is a change). Touching
 it (in the browser or by assigning ``control.value``) marks it set; its reset button unsets it
 again. Each control's tooltip is the table's help line.
 
@@ -46,6 +48,7 @@ from typing import Any, Final
 import ipywidgets as widgets
 import traitlets
 
+from tmlab._settings import LENGTH_LIMITS, session
 from tmlab.errors import ParameterError
 from tmlab.params import NOT_GIVEN, PARAMS, Param, validate_params
 
@@ -273,6 +276,10 @@ class ParamControl(widgets.HBox):
             finally:
                 self._quiet = False
 
+    def refresh_status(self) -> None:
+        """Redraw the status (an unset ``max_tokens`` shows the session's default in force)."""
+        self._restyle()
+
     # -- internals -----------------------------------------------------------------------
 
     def _reset_input(self) -> None:
@@ -401,6 +408,9 @@ class ParamControl(widgets.HBox):
             self.add_class("tmlab-unset")
             default = _default(self.param)
             shown = "unset · server default" + ("" if default is None else f": {_fmt(default)}")
+            limit = session.max_tokens_default() if self.name == LENGTH_LIMITS[0] else None
+            if limit is not None:  # the Explorer sends the session's default instead
+                shown = f"unset · session default: {limit}"
             self.status.value = (
                 f'<span style="font-size: smaller; opacity: 0.6">{html.escape(shown)}</span>'
             )

@@ -6,25 +6,26 @@
     ex                      # the panel; move sliders, click Send
     ex.runs_frame()         # the pinned runs as a DataFrame
 
-The controls are generated from the parameter table (:mod:`tmlab.jupyter.controls`); only
-the parameters touched are sent. Requests run in a worker thread (never on the kernel's main
-thread, never inside a trait observer), recorded in the history with source ``explorer``; the
-answer streams in through a :class:`~tmlab.jupyter.live.Throttle` (about 10 redraws a second).
-Stop takes effect at once, wherever the request is (queued behind others on the server, in
-prompt evaluation, streaming, or waiting for a non-streamed answer): the request runs as an
-asyncio task in the worker thread, and Stop cancels it, which closes the connection (the
-server stops, or drops the queued request) and records what arrived as ``interrupted``; the
-partial answer stays on screen. Auto-send
-(off by default: requests may cost money) sends :data:`AUTO_SEND_DELAY` seconds after the
-last change of a parameter control, so a burst of slider moves is one request.
+The controls are generated from the parameter table (:mod:`tmlab.jupyter.controls`); only the
+parameters touched are sent, plus the session's default ``max_tokens`` when no length limit is
+set (``%tmconfig max_tokens``; the call line shows it). Requests run in a worker thread (never
+on the kernel's main thread, never inside a trait observer), recorded in the history with
+source ``explorer``; the answer streams in through a :class:`~tmlab.jupyter.live.Throttle`
+(about 10 redraws a second). Stop takes effect at once, wherever the request is (queued behind
+others on the server, in prompt evaluation, streaming, or waiting for a non-streamed answer):
+the request runs as an asyncio task in the worker thread, and Stop cancels it, which closes
+the connection (the server stops, or drops the queued request) and records what arrived as
+``interrupted``; the partial answer stays on screen. Auto-send (off by default: requests may
+cost money) sends :data:`AUTO_SEND_DELAY` seconds after the last change of a parameter
+control, so a burst of slider moves is one request.
 
 Stable names for code and tests: ``controls[name]`` (a :class:`ParamControl` per parameter),
 ``send_button``, ``stop_button``, ``pin_button``, ``auto_send``, ``prompt``, ``system``,
 ``model_widget``, ``tabs``, ``answer``, ``heatmap``, ``error`` (the error line),
 ``call_line``, ``whatif``, ``token_view`` (the clickable Tokens tab), ``branches`` (the
-Branches tab); ``params()``, ``run()``, ``stop()``, ``wait()``, ``pin()``, ``branch()``,
-``show_run()``, ``runs_frame()``, ``close()``; ``result`` (the last ChatResult). CSS classes
-for browser tests (the token view's own are in ``tokenview.js``: ``tmlab-tv-tok``,
+Branches tab); ``params()``, ``sent_params()``, ``run()``, ``stop()``, ``wait()``, ``pin()``,
+``branch()``, ``show_run()``, ``runs_frame()``, ``close()``; ``result`` (the last ChatResult).
+CSS classes for browser tests (the token view's own are in ``tokenview.js``: ``tmlab-tv-tok``,
 ``tmlab-tv-alt``):
 ``tmlab-explorer``, ``tmlab-send``, ``tmlab-stop``, ``tmlab-pin``, ``tmlab-auto``,
 ``tmlab-prompt``, ``tmlab-model``, ``tmlab-answer``, ``tmlab-heatmap``, ``tmlab-error``,
@@ -34,6 +35,7 @@ for browser tests (the token view's own are in ``tokenview.js``: ``tmlab-tv-tok`
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import threading
@@ -45,6 +47,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from tmlab import display as _display
+from tmlab._settings import LENGTH_LIMITS, session_limit
 from tmlab.errors import ParameterError
 from tmlab.explain import error_line
 from tmlab.history import request_source
@@ -64,13 +67,16 @@ from tmlab.jupyter.pins import Pin, pins_frame, pins_html
 from tmlab.jupyter.tokenview import TokenView
 from tmlab.jupyter.whatif import WhatIfPanel
 from tmlab.params import PARAMS, ParameterWarning, validate_params
-from tmlab.result import ChatResult
+from tmlab.result import ChatResult, SessionLimit
 
 if TYPE_CHECKING:
     from tmlab._stream import Delta
     from tmlab.client import Client
 
 __all__ = ["Explorer", "StoppedByUser", "WhatIfPanel"]
+
+CHANGE_LIMIT = "set max_tokens here, or `%tmconfig max_tokens=N|off`, to change"
+"""How to change the session's default length limit from the Explorer."""
 
 AUTO_SEND_DELAY = 0.4
 """Seconds of quiet after the last change before auto-send sends (a burst is one request)."""
@@ -269,12 +275,23 @@ class Explorer(widgets.VBox):
     # -- what is sent -----------------------------------------------------------------------
 
     def params(self) -> dict[str, Any]:
-        """The parameters that would be sent: those set, checked against the table.
+        """The parameters set, checked against the table: what is sent, apart from the
+        session's default ``max_tokens`` (:meth:`sent_params`).
 
         Raises :class:`~tmlab.ParameterError` for a control whose text is invalid or for a
         combination the API rejects.
         """
         return validate_params({**self._fixed, **set_params(self.controls.values())})
+
+    def sent_params(self) -> tuple[dict[str, Any], int | None]:
+        """The parameters a Send sends, and the session's default ``max_tokens`` among them
+        (``None`` when a length limit is set, or the default is off: ``%tmconfig
+        max_tokens``)."""
+        params = self.params()
+        limit = session_limit(params)
+        if limit is not None:
+            params["max_tokens"] = limit
+        return params, limit
 
     def _model(self) -> str | None:
         value = self.model_widget.value
@@ -286,16 +303,25 @@ class Explorer(widgets.VBox):
             # here, on the line, rather than printed at every move of a slider
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ParameterWarning)
-                params = self.params()
+                params, limit = self.sent_params()
         except ParameterError as exc:
             self.call_line.value = f'<span style="color: #c62828">⚠ {html.escape(str(exc))}</span>'
             return
+        length = self.controls.get(LENGTH_LIMITS[0])
+        if length is not None:
+            length.refresh_status()  # "unset · session default: N", as %tmconfig has it now
         model, system = self._model(), self.system.value
         code = chat_call(params, self.prompt.value, system, model)
         flags = tmchat_line(params, system, model)
         notes = "".join(
             f'<div style="color: #b26a00">⚠ {html.escape(str(w.message))}</div>' for w in caught
         )
+        if limit is not None:
+            notes += (
+                '<div style="font-size: smaller; opacity: 0.75">'
+                f"max_tokens={limit} is the session's default, sent because max_tokens is "
+                f"unset ({html.escape(CHANGE_LIMIT)})</div>"
+            )
         self.call_line.value = (
             '<details open><summary style="font-size: smaller">the same request in code'
             f"</summary><pre>{html.escape(code)}\n{html.escape(flags)}</pre></details>{notes}"
@@ -326,7 +352,7 @@ class Explorer(widgets.VBox):
             if seed is not None:
                 seed.draw_seed()
             try:
-                params = self.params()
+                params, limit = self.sent_params()
                 prompt = self.prompt.value
                 if not prompt.strip():
                     raise ParameterError("prompt", "the prompt is empty", "write a prompt first")
@@ -340,6 +366,7 @@ class Explorer(widgets.VBox):
                 system=self.system.value or None,
                 model=self._model(),
                 params=params,
+                session_limit=limit,
             )
             job.thread = threading.Thread(
                 target=self._work, args=(job,), name="tmlab-explorer-request", daemon=True
@@ -435,6 +462,11 @@ class Explorer(widgets.VBox):
     def _finish(
         self, job: Job, res: ChatResult | None, problem: BaseException | None, stopped: bool
     ) -> None:
+        if res is not None:  # the usage line names the session's limit, and how to change it
+            if job.session_limit is not None:
+                res.session_limit = SessionLimit(job.session_limit, CHANGE_LIMIT)
+            elif res.session_limit is not None:  # a branch's, inherited or added
+                res.session_limit = dataclasses.replace(res.session_limit, change=CHANGE_LIMIT)
         with self._lock:
             if job is not self._job:
                 return  # superseded by a newer request: its views are the newer one's

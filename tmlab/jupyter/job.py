@@ -51,6 +51,7 @@ class Job:
     started: float = field(default_factory=time.perf_counter)
     thread: threading.Thread | None = None
     abort: Callable[[], object] | None = None  # cancels the request where it waits
+    session_limit: int | None = None  # the session's default max_tokens, added to params
 
     def cancel(self) -> None:
         """Stop the request now (also one not started yet: it then never starts)."""

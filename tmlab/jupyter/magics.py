@@ -281,13 +281,16 @@ class TmChat(Magics):
     @line_magic
     def tmconfig(self, line: str) -> Any:
         """%tmconfig [model=NAME] [base_url=URL] [key=env:VAR | key] [local] [history=off|PATH]
-        [prices=IN,OUT]
+        [prices=IN,OUT] [parallel=N] [max_tokens=N|off]
 
         Without arguments: the settings in force (the key only as "set (from VAR)" or "not
         set"). With arguments: change them for this session; tmlab.Client(), the widget and
         sweeps follow. ``key=env:VAR`` reads the key from the environment variable VAR; a bare
         ``key`` asks for it at a hidden prompt. A key is never typed into a cell. ``local``
-        (or ``local=off``) switches to (from) the embedded local model. ``reset`` forgets all.
+        (or ``local=off``) switches to (from) the embedded local model. ``max_tokens=N`` is
+        the length limit %%tmchat, the Explorer, sweeps and branches send when none is given
+        (512 by default; ``off`` or ``none``: no limit; ``max_tokens=`` back to the default
+        or TMLAB_MAX_TOKENS). ``reset`` forgets all.
         """
         from tmlab._settings import session
 
@@ -325,10 +328,13 @@ class TmChat(Magics):
                 self.prices = _prices(value)
             elif name == "parallel" and value is not None:
                 session.update(parallel=value or None)
+            elif name == "max_tokens" and value is not None:
+                session.update(max_tokens=value or None)
             else:
                 raise TmchatError(
                     f"%tmconfig: unknown setting {name!r}; use model=NAME, base_url=URL, "
-                    "key=env:VAR, key, local, history=off|PATH, prices=IN,OUT, parallel=N, reset"
+                    "key=env:VAR, key, local, history=off|PATH, prices=IN,OUT, parallel=N, "
+                    "max_tokens=N|off, reset"
                 )
         except TmchatError:
             raise

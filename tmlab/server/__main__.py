@@ -14,6 +14,8 @@ how :func:`tmlab.local.start` learns the port when it asked for port 0. With
 from __future__ import annotations
 
 import argparse
+import fcntl
+import json
 import math
 import os
 import socket
@@ -21,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from tmlab.local import READY_PREFIX
@@ -32,6 +35,7 @@ from tmlab.server.limits import (
     DEFAULT_MAX_REQUEST_TOKENS,
     Limits,
 )
+from tmlab.server.stats import Stats
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -110,6 +114,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "raw distribution (default) or the one each token was drawn from",
     )
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--idle-exit",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="exit after S seconds without a model request (the shared server: tmlab.local)",
+    )
+    # the shared server's state file and instance (written by tmlab.local's launcher)
+    p.add_argument("--state-file", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--instance", default=None, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress or access log")
     return p
 
@@ -225,7 +239,14 @@ def serve(args: argparse.Namespace) -> int:
         body_timeout=args.body_timeout,
     )
     log = None if args.quiet else _log_line
-    app = create_app(engine, api_key=api_key, close_engine=True, limits=limits, log=log)
+    app = create_app(
+        engine,
+        api_key=api_key,
+        close_engine=True,
+        limits=limits,
+        log=log,
+        instance=args.instance,
+    )
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -251,15 +272,79 @@ def serve(args: argparse.Namespace) -> int:
         ).start()
     shown = host if ":" not in host else f"[{host}]"
 
+    url = f"http://{shown}:{port}"
+    state = Path(args.state_file) if args.state_file else None
+
     def announce() -> None:
         while not server.started and not server.should_exit:
             time.sleep(0.02)
         if server.started:
-            print(f"{READY_PREFIX}http://{shown}:{port}", flush=True)
+            print(f"{READY_PREFIX}{url}", flush=True)
+            if state is not None:
+                _write_state(state, url, args.instance)
 
     threading.Thread(target=announce, daemon=True).start()
-    server.run(sockets=[sock])
+    if args.idle_exit is not None:
+        threading.Thread(
+            target=_exit_when_idle,
+            args=(app.stats, server, args.idle_exit, state, args.instance),
+            daemon=True,
+        ).start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if state is not None:
+            _forget_state(state, args.instance)
     return 0
+
+
+def _write_state(path: Path, url: str, instance: str | None) -> None:
+    """Record this server in the shared state file (atomically, readable by the user only)."""
+    record = {"url": url, "pid": os.getpid(), "instance": instance, "started": time.time()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)
+
+
+def _forget_state(path: Path, instance: str | None) -> None:
+    """Remove the state file if it still names this server (a newer one may have replaced it)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(record, dict) and record.get("instance") == instance:
+        path.unlink(missing_ok=True)
+
+
+def _exit_when_idle(
+    stats: Stats, server: Any, idle_s: float, state: Path | None, instance: str | None
+) -> None:
+    """Stop ``server`` once no model request has come for ``idle_s`` seconds.
+
+    With a state file, under its lock (a launcher holds it while it checks the server, so
+    none is handed this server's URL as it goes): the file is removed first, then the
+    server stops; the lock is held until the process ends.
+    """
+    lock = None
+    while True:
+        time.sleep(min(5.0, idle_s / 4))
+        if stats.idle_s() < idle_s:
+            continue
+        if state is not None:
+            lock = os.open(state.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a launcher is looking at this server right now
+                os.close(lock)
+                continue
+            if stats.idle_s() < idle_s:
+                os.close(lock)
+                continue
+            _forget_state(state, instance)
+        server.should_exit = True
+        return
 
 
 def _api_key(value: str | None) -> str | None:

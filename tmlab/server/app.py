@@ -89,8 +89,11 @@ def _error(exc: RequestError) -> Response:
 class _Server:
     """The state behind the routes: one engine, its worker, the limits and the optional key."""
 
-    def __init__(self, engine: Engine, api_key: str | None, limits: Limits) -> None:
+    def __init__(
+        self, engine: Engine, api_key: str | None, limits: Limits, instance: str | None
+    ) -> None:
         self.engine = engine
+        self.instance = instance
         self.parallel = engine.batch.parallel if engine.batch is not None else 1
         self.worker = Worker(threads=self.parallel)
         self.api_key = api_key
@@ -285,7 +288,19 @@ class _Server:
         )
 
     async def health(self, request: Request) -> Response:
-        return _JSON({"status": "ok", "model": self.engine.model_name})
+        """``GET /health``: ok, and which server this is (a launcher checks that a state
+        file's URL still reaches tmlab's server of that instance and model)."""
+        return _JSON(
+            {
+                "status": "ok",
+                "model": self.engine.model_name,
+                "server": "tmlab",
+                "version": VERSION,
+                "model_path": str(self.engine.model_path),
+                "parallel": self.parallel,
+                "instance": self.instance,
+            }
+        )
 
     async def version(self, request: Request) -> Response:
         try:
@@ -423,14 +438,16 @@ def create_app(
     close_engine: bool = False,
     limits: Limits | None = None,
     log: Callable[[str], None] | None = None,
+    instance: str | None = None,
 ) -> RequestLog:
     """The ASGI app serving ``engine``, holding each request to ``limits`` (default: the
     defaults of :class:`~tmlab.server.limits.Limits`); ``log`` gets one line per request
-    (:func:`~tmlab.server.stats.request_line`).
+    (:func:`~tmlab.server.stats.request_line`); ``instance`` names this server in
+    ``/health`` (the shared server's launcher checks it).
 
     At shutdown it stops its worker thread and, with ``close_engine``, then frees the model.
     """
-    s = _Server(engine, api_key, limits or Limits())
+    s = _Server(engine, api_key, limits or Limits(), instance)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

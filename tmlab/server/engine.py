@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tmlab._meta import MODEL_NAME
+from tmlab._meta import MODEL_FILE, MODEL_NAME
 from tmlab.server.sampler import (
     GREEDY_BELOW,
     LOGPROBS_MODES,
@@ -60,8 +60,6 @@ from tmlab.server.sampler import (
 
 if TYPE_CHECKING:
     from tmlab.server.batch import BatchEngine
-
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 __all__ = [
     "GREEDY_BELOW",

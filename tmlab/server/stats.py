@@ -1,7 +1,8 @@
 """What the server is doing, for a teacher watching a room: ``GET /v1/stats`` and the log.
 
-:class:`Stats` counts requests as they finish and measures the rate of generated tokens over
-the last :data:`WINDOW_S` seconds; :func:`request_line` is the one log line per request (time,
+:class:`Stats` counts requests as they finish, measures the rate of generated tokens over
+the last :data:`WINDOW_S` seconds and how long the model has been idle (the shared server's
+idle exit reads it); :func:`request_line` is the one log line per request (time,
 status, tokens, latency: never content, never the key), written by :class:`RequestLog`.
 """
 
@@ -34,6 +35,24 @@ class Stats:
         self.requests = 0
         self.by_status: collections.Counter[int] = collections.Counter()
         self._samples: collections.deque[tuple[float, int]] = collections.deque([(self.started, 0)])
+        self._active = 0
+        self._last_active = self.started
+
+    def entered(self) -> None:
+        """A model request began (it counts as activity until it ends)."""
+        with self._lock:
+            self._active += 1
+
+    def left(self) -> None:
+        """A model request ended."""
+        with self._lock:
+            self._active -= 1
+            self._last_active = time.monotonic()
+
+    def idle_s(self) -> float:
+        """Seconds since the last model request ended; 0 while one is under way."""
+        with self._lock:
+            return 0.0 if self._active else time.monotonic() - self._last_active
 
     def _sample(self) -> tuple[float, int]:
         now, total = time.monotonic(), self._generated()
@@ -102,6 +121,7 @@ class RequestLog:
         t0 = time.perf_counter()
         status = 500  # if the app fails before it answers
         chat = scope["path"].endswith("/chat/completions")
+        self.stats.entered()
 
         async def sending(message: dict[str, Any]) -> None:
             nonlocal status
@@ -114,6 +134,7 @@ class RequestLog:
         try:
             await self.app(scope, receive, sending)
         finally:
+            self.stats.left()
             timing = scope.get("state", {}).get("timing")
             tokens = int(getattr(timing, "tokens", 0) or 0)
             if chat:
