@@ -36,8 +36,11 @@ class Row:
 
     @property
     def passed(self) -> bool | None:
-        """True/False against the target; None when there is no target."""
-        if self.target is None or not self.op or math.isnan(self.value):
+        """True/False against the target; None when there is no target. A row that was not
+        measured (NaN: its benchmark crashed) misses, target or not."""
+        if math.isnan(self.value):
+            return False
+        if self.target is None or not self.op:
             return None
         if self.op == "in":
             assert isinstance(self.target, tuple)
@@ -55,6 +58,13 @@ class Medians(dict[str, float]):
     """Median per contender; ``rounds`` says how many rounds were run."""
 
     rounds: int = 0
+
+    @property
+    def samples(self) -> str:
+        """``median of N``, or a warning when one round gave the figure: not a median."""
+        if self.rounds == 1:
+            return "ONE sample only (not a median: the budget ran out)"
+        return f"median of {self.rounds}"
 
 
 def _interleave(
@@ -141,8 +151,6 @@ def _target(row: Row) -> str:
 
 
 def _mark(row: Row) -> str:
-    if math.isnan(row.value):
-        return "n/a"
     passed = row.passed
     return "info" if passed is None else ("pass" if passed else "MISS")
 

@@ -12,10 +12,10 @@ the same request always gives the same numbers). Sampling settings come with eac
 llama.cpp's server defaults (``top_k=40, top_p=0.95, min_p=0.05``) are not tmlab's, so a
 request that means "the full distribution" says ``top_k=0, top_p=1, min_p=0``.
 
-The server runs in threads of this process (``xllamacpp.Server``) and stops when the
-process ends: run it in a process of its own (:func:`llamacpp_server` does, unless
-``in_process``), so that the Python side that measures it does not share its cores' time
-differently from the tmlab server it is compared with.
+``xllamacpp.Server`` runs in threads of the process that starts it, until that process ends:
+:func:`llamacpp_server` starts it in a child process of its own (:func:`start_in_process`
+there), as tmlab's server runs in its own, so that the client measuring both shares the
+cores with each alike, and stopping it is stopping that process.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import IO
 
 import httpx
 
@@ -99,38 +100,39 @@ def llamacpp_server(
     if importlib.util.find_spec("xllamacpp") is None:
         raise ModuleNotFoundError("llama.cpp's server needs the 'xllamacpp' wheel (dev extra)")
     port = _free_port()
+    url = f"http://127.0.0.1:{port}"
     args = [str(port), str(parallel), str(n_ctx), str(threads or default_threads())]
     # its log goes to a file: a pipe nobody reads would fill up and block the server
-    log = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")
-    proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"llama.cpp's server exited: {log.read()[-2000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"llama.cpp's server did not answer within {timeout:g} s")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
+        proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), *args], stdout=log, stderr=log
+        )
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            _wait_healthy(proc, log, url, timeout)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], log: IO[str], url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"llama.cpp's server exited: {log.read()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"llama.cpp's server did not answer within {timeout:g} s")
+        time.sleep(0.1)
 
 
 def _serve(argv: list[str]) -> None:

@@ -8,7 +8,8 @@ log-softmax of the last logits in float64 with numpy, the top 5 and their text; 
 llama-cpp-python's own ``logprobs=``, which needs ``logits_all=True`` and Python-side work the
 server does not do). A third line compares the server with logprobs to its own generation loop
 (:class:`~tmlab.server.engine.Engine`) called in-process: the cost of HTTP, JSON and building
-the logprobs entries alone. One ratio per case; the target is ≥ 0.9.
+the logprobs entries alone. One ratio per case, for information: the
+headline server rows are against llama.cpp's own server (:mod:`llamacpp_server`).
 
 Both sides do the same work: the server evaluates every prompt in full (it never reuses its
 KV cache, so that the same request always gives the same numbers), so the direct peer is
@@ -145,8 +146,8 @@ def run(tokens: int = 32, repeats: int = 5) -> list[Row]:
                 Row(
                     f"embedded server tokens/s vs direct llama.cpp, {label}",
                     med["http"] / med["direct"],
-                    ">=",
-                    0.9,
+                    "",
+                    None,
                     f"server over HTTP {med['http']:.0f} / llama-cpp-python {what} in-process "
                     f"{med['direct']:.0f} tok/s; {setup}, median of {med.rounds}",
                 )
@@ -170,8 +171,8 @@ def run(tokens: int = 32, repeats: int = 5) -> list[Row]:
             Row(
                 "embedded server tokens/s vs its own loop in-process, with logprobs",
                 med["http"] / med["engine"],
-                ">=",
-                0.9,
+                "",
+                None,
                 f"server over HTTP {med['http']:.0f} / Engine.generate in-process "
                 f"{med['engine']:.0f} tok/s; {setup}, median of {med.rounds}",
             )

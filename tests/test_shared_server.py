@@ -127,7 +127,7 @@ def test_a_stale_or_foreign_state_file_is_never_handed_out(own_runtime: Path) ->
             state.path.write_text(json.dumps(record))
         server = tmlab.local.ensure_server(2)
         assert server.url != fake_url and server.running and server.shared
-        health = httpx.get(server.url + "/health").json()
+        health = httpx.get(server.url + "/health", timeout=60).json()
         assert health["server"] == "tmlab" and health["parallel"] == 2
         assert json.loads(state.path.read_text())["pid"] == server.pid
         # found again, from the file, by a process that does not know it yet
@@ -146,20 +146,21 @@ def test_an_idle_server_exits_and_the_next_request_starts_a_new_one(
     server = tmlab.local.ensure_server(2)
     with tmlab.local.shared_state(parallel=2) as state:
         assert state.path.exists()
-    # a request keeps it: the idle clock starts when the last request ends
-    time.sleep(2)
     body = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}]}
-    r = httpx.post(server.base_url + "/chat/completions", json={**body, "max_tokens": 2})
+    r = httpx.post(
+        server.base_url + "/chat/completions", json={**body, "max_tokens": 8}, timeout=120
+    )
     assert r.status_code == 200
-    time.sleep(2)
-    assert server.running
-    deadline = time.monotonic() + 30
+    answered = time.monotonic()
+    deadline = answered + 60
     while server.running and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert not server.running, "the idle server did not exit"
+    # the idle clock starts when the last request ends
+    assert time.monotonic() - answered >= 3.0
     assert not state.path.exists(), "it left its state file behind"
-    client = tmlab.Client()
-    assert client.chat("Hi", max_tokens=2).complete
+    with tmlab.Client() as client:
+        assert client.chat("Hi", max_tokens=2).complete
     assert tmlab.local._shared is not None and tmlab.local._shared.pid != server.pid
 
 

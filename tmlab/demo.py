@@ -207,7 +207,8 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _model_server(base_url: str | None) -> LocalServer | None:
-    """Point the pages' kernels at one model server; the one started here, if any."""
+    """Point the pages' kernels at one model server; the one started here to stop at the
+    end, if any (none: the shared local server outlives the app)."""
     from tmlab._settings import ENV_BASE_URL, resolve_settings
 
     if base_url is not None:
@@ -221,10 +222,12 @@ def _model_server(base_url: str | None) -> LocalServer | None:
         return None
     from tmlab import local
 
-    server = local.start()  # one calm progress line on stdout
-    os.environ[ENV_BASE_URL] = server.base_url
-    _say(f"every page shares the local model server at {server.base_url}")
-    return server
+    # The user's shared server (one calm progress line on stdout), loaded before the first
+    # page opens. The pages' kernels find it themselves, as every kernel does, and so also
+    # find its successor should it stop (idle in a long break, killed); it outlives the app.
+    server = local.ensure_server()
+    _say(f"every page shares the local model server at {server.base_url} (pid {server.pid})")
+    return None
 
 
 def _run_voila(argv: list[str]) -> int:

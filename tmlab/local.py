@@ -266,11 +266,7 @@ def _drain(stream: IO[str], tail: collections.deque[str]) -> None:
 
 
 def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2.0) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    return _health(url) is not None
 
 
 def _wait_ready(
@@ -539,15 +535,17 @@ class SharedState:
         server = LocalServer(
             None, url, api_key=None, parallel=self.identity["parallel"], pid=pid, shared=True
         )
-        if not server.running or not self.answers(url, instance):
+        # a live process gets time to answer: on a loaded machine /health can take seconds,
+        # and a server wrongly judged dead would be started twice
+        if not server.running or not self.answers(url, instance, timeout=15.0):
             self.path.unlink(missing_ok=True)
             return None
         return server
 
-    def answers(self, url: str, instance: str) -> bool:
+    def answers(self, url: str, instance: str, timeout: float = 2.0) -> bool:
         """Whether tmlab's server of this instance, serving the expected model, answers at
         ``url`` (not a dead port, nor whatever took the port since)."""
-        body = _health(url)
+        body = _health(url, timeout)
         return (
             body is not None
             and body.get("server") == "tmlab"
@@ -585,11 +583,14 @@ def shared_state(*, parallel: int) -> Iterator[SharedState]:
         os.close(fd)  # releases the lock
 
 
-def _health(url: str) -> dict[str, Any] | None:
+def _health(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
     """``GET /health``'s JSON body, or None if nothing (or something else) answers."""
     try:
-        with urllib.request.urlopen(url + "/health", timeout=2.0) as resp:
+        with urllib.request.urlopen(url + "/health", timeout=timeout) as resp:
             body = json.loads(resp.read(65536))
+    except urllib.error.HTTPError as exc:  # something answers, not with a health report
+        exc.close()
+        return None
     except (urllib.error.URLError, OSError, ValueError):
         return None
     return body if isinstance(body, dict) else None

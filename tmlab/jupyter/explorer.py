@@ -317,11 +317,11 @@ class Explorer(widgets.VBox):
             f'<div style="color: #b26a00">⚠ {html.escape(str(w.message))}</div>' for w in caught
         )
         if limit is not None:
-            notes += (
-                '<div style="font-size: smaller; opacity: 0.75">'
+            note = (
                 f"max_tokens={limit} is the session's default, sent because max_tokens is "
-                f"unset ({html.escape(CHANGE_LIMIT)})</div>"
+                f"unset ({CHANGE_LIMIT})"
             )
+            notes += f'<div style="font-size: smaller; opacity: 0.75">{html.escape(note)}</div>'
         self.call_line.value = (
             '<details open><summary style="font-size: smaller">the same request in code'
             f"</summary><pre>{html.escape(code)}\n{html.escape(flags)}</pre></details>{notes}"

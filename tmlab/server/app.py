@@ -74,6 +74,18 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, allow_nan=False)
 
 
+def _sse_line(item: Any) -> str:
+    """One ``data:`` event of a stream: a chunk, or an error raised while generating."""
+    if isinstance(item, Exception):
+        err = (
+            item.body()
+            if isinstance(item, RequestError)
+            else error_body(f"generation failed: {item}", "server_error")
+        )
+        return f"data: {_dumps(err)}\n\n"
+    return f"data: {_dumps(item)}\n\n"
+
+
 class _JSON(JSONResponse):
     def render(self, content: Any) -> bytes:
         return _dumps(content).encode("utf-8")
@@ -196,10 +208,11 @@ class _Server:
 
         # Headers go out when generation starts; a client that leaves while its request is
         # still queued behind others must not cost the model a generation.
-        first = await _unless_disconnected(request, anext(items))
-        if first is _GONE:
+        batch = await _unless_disconnected(request, anext(items))
+        if batch is _GONE:
             cancel.set()
             return Response(status_code=499)
+        first, rest = batch[0], batch[1:]
         if isinstance(first, RequestError):
             cancel.set()
             return _error(first)
@@ -208,20 +221,19 @@ class _Server:
             raise first if isinstance(first, Exception) else RuntimeError("stream ended")
 
         async def sse() -> AsyncIterator[str]:
+            # what the generation emitted since the last write goes out in one write
             try:
-                async for item in items:
-                    if item is DONE:
-                        break
-                    if isinstance(item, Exception):
-                        err = (
-                            item.body()
-                            if isinstance(item, RequestError)
-                            else error_body(f"generation failed: {item}", "server_error")
-                        )
-                        yield f"data: {_dumps(err)}\n\n"
-                        continue
-                    yield f"data: {_dumps(item)}\n\n"
-                yield "data: [DONE]\n\n"
+                batch = rest
+                while True:
+                    lines = [_sse_line(item) for item in batch if item is not DONE]
+                    end = bool(batch) and batch[-1] is DONE
+                    if end:
+                        lines.append("data: [DONE]\n\n")
+                    if lines:
+                        yield "".join(lines)
+                    if end:
+                        return
+                    batch = await anext(items)
             finally:
                 cancel.set()  # also when the client went away: stop generating
 

@@ -24,6 +24,7 @@ engine (:mod:`tmlab.server.batch`) drives many, one row of a batch's logits each
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "Step",
     "chains",
     "draw",
+    "load",
     "processed",
 ]
 
@@ -153,6 +155,11 @@ def draw(engine: Engine, filt: Any, pick: Any, cand: Any, ban: bool) -> tuple[in
     Returns ``(token, drawn)``: ``drawn`` is False when the picker's choice was overridden
     (a disallowed token from NaN probabilities). After it, the candidates array holds what
     the picker left: the truncated candidates, their logits divided by the temperature.
+
+    The usual step (nothing banned, biased away or refused: every logit finite) costs two
+    copies and one check over the vocabulary besides llama.cpp's own samplers; the work
+    that non-finite logits need (which tokens are allowed, NaN cleared for the picker) is
+    done only when there are some.
     """
     lib = engine._lib
     data = cand.candidates_data
@@ -161,23 +168,61 @@ def draw(engine: Engine, filt: Any, pick: Any, cand: Any, ban: bool) -> tuple[in
         data.logit[engine._eog] = -np.inf
     arr.selected = -1
     lib.llama_sampler_apply(filt.sampler, ctypes.byref(arr))
-    ids = np.array(data.id[: arr.size])
-    logits = np.array(data.logit[: arr.size])
+    size = arr.size
+    ids = np.array(data.id[:size])
+    logits = np.array(data.logit[:size])
     finite = np.isfinite(logits)
-    if not finite.any():
-        return None
-    allowed = np.zeros(engine.n_vocab, dtype=bool)
-    allowed[ids[finite]] = True
-    data.logit[: arr.size] = np.where(finite, logits, -np.inf)  # no NaN for the picker
+    every = bool(finite.all())
+    if not every:
+        if not finite.any():
+            return None
+        if np.isnan(logits).any() or np.isposinf(logits).any():
+            data.logit[:size] = np.where(finite, logits, -np.inf)  # no NaN for the picker
     lib.llama_sampler_apply(pick.sampler, ctypes.byref(arr))
     token = int(data.id[arr.selected]) if 0 <= arr.selected < arr.size else -1
-    drawn = True
-    if token < 0 or not allowed[token]:
+    # every candidate left is allowed when every logit was finite: the picker only
+    # truncates, reorders and rescales the candidates the filter left
+    drawn = token >= 0 and (every or _allowed(ids, finite, token))
+    if not drawn:
         token = int(ids[finite][np.argmax(logits[finite])])
-        drawn = False
     lib.llama_sampler_accept(filt.sampler, token)
     lib.llama_sampler_accept(pick.sampler, token)
     return token, drawn
+
+
+def _allowed(ids: np.ndarray, finite: np.ndarray, token: int) -> bool:
+    """Whether ``token`` had a finite logit among the candidates ``ids`` (``finite``)."""
+    if token < ids.shape[0] and ids[token] == token:  # the filter kept llama.cpp's id order
+        return bool(finite[token])
+    hit = np.flatnonzero(ids == token)
+    return bool(hit.size) and bool(finite[hit[0]])
+
+
+@functools.lru_cache(maxsize=4)
+def _fresh(n_vocab: int) -> np.ndarray:
+    """A candidates array as ``copy_logits`` leaves it, logits aside: ids 0..n-1, p 0.
+
+    Rows of (id, logit, p) as float32 triples (the ids' bits as they are), read-only.
+    """
+    rows = np.zeros((n_vocab, 3), dtype=np.float32)
+    rows[:, 0] = np.arange(n_vocab, dtype=np.intc).view(np.float32)
+    rows.flags.writeable = False
+    return rows
+
+
+def load(cand: Any, row: np.ndarray) -> None:
+    """Load a row of logits into ``cand`` as ``LlamaTokenDataArray.copy_logits`` does (ids in
+    order, the logits, p 0, unsorted, the whole vocabulary), in two copies instead of three."""
+    n = cand.n_vocab
+    data = cand.candidates_data
+    if data.dtype.itemsize != 12 or not data.flags.c_contiguous:  # pragma: no cover
+        cand.copy_logits(row)  # another layout of llama_token_data: the library's own way
+        return
+    view = np.ndarray((n, 3), dtype=np.float32, buffer=data)
+    np.copyto(view, _fresh(n))
+    view[:, 1] = row
+    cand.candidates.sorted = False
+    cand.candidates.size = n
 
 
 def processed(
@@ -256,7 +301,7 @@ class Decoder:
         top_logprobs = self.top_logprobs
         want_raw = top_logprobs is not None and not self.processed
         lp = _log_softmax(row) if want_raw else None
-        self.cand.copy_logits(row)
+        load(self.cand, row)
         ban = not self.grammar_on and (self.ignore_eos or self.count < self.min_tokens)
         picked = draw(engine, self.filt, self.pick, self.cand, ban)
         if picked is None:
