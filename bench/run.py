@@ -100,6 +100,12 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, float | tuple[float, float
             ("aggregate tokens/s at 8 concurrent, --parallel 8 vs --parallel 1", ">=", 1.7),
         ],
     ),
+    "shared": (
+        "two kernels on the shared local server vs a server each (three servers)",
+        [
+            ("two kernels at once, aggregate tokens/s ÷ one alone (one shared server)", ">=", 0.9),
+        ],
+    ),
     "display": (
         "%%tmchat display updates",
         [("%%tmchat live display updates/s at 1,000 tokens/s", "in", (5.0, 15.0))],
@@ -155,6 +161,7 @@ def main() -> None:
             "import": lambda: __import__("import_time").run(),
             "branch": lambda: __import__("branch_cost").run(),
             "parallel": lambda: __import__("parallel").run(),
+            "shared": lambda: __import__("shared_server").run(),
             "display": lambda: __import__("display_rate").run(loopback()),
         }
         for name in BENCHMARKS:

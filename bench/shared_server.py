@@ -11,6 +11,9 @@ every request is 128 tokens at temperature 0.8 with ``ignore_eos``, distinct pro
   servers), the same two requests at once, aggregate ÷ one alone on one of them: information
   (0.12–0.22 measured when the issue was filed).
 
+* memory: the resident size (``VmRSS``) of the shared server and of a one-slot server after
+  the same requests, for the README's memory trade-off (information).
+
 Rounds alternate between the two set-ups. Run alone: ``python bench/run.py --only shared``.
 """
 
@@ -60,6 +63,15 @@ def _ratio(alone_url: str, pair: tuple[str, str], tag: str) -> float:
     return together / alone
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` in MB (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
 def run() -> list[Row]:
     """The two rows: shared (target ≥ 0.9) and two servers (information)."""
     folder = tempfile.mkdtemp(prefix="tmlab-bench-runtime-")
@@ -77,6 +89,7 @@ def run() -> list[Row]:
             ratios["shared"].append(_ratio(shared.base_url, pair, f"s{i}"))
             pair = (first.base_url, second.base_url)
             ratios["two"].append(_ratio(first.base_url, pair, f"t{i}"))
+        memory = (rss_mb(shared.pid), rss_mb(first.process.pid if first.process else 0))
     finally:
         first.stop()
         second.stop()
@@ -85,6 +98,14 @@ def run() -> list[Row]:
     s, t = statistics.median(ratios["shared"]), statistics.median(ratios["two"])
     detail = f"median of {ROUNDS} rounds, {TOKENS} tokens each, {shared.parallel} slots"
     return [
+        Row(
+            "resident memory, shared server ÷ one-slot server",
+            memory[0] / memory[1],
+            ">=",
+            None,
+            f"information: {memory[0]:.0f} MB ({shared.parallel} slots) / {memory[1]:.0f} MB "
+            "(VmRSS after the same requests; 8,192-token context per slot)",
+        ),
         Row(
             "two kernels at once, aggregate tokens/s ÷ one alone (one shared server)",
             s,

@@ -108,3 +108,16 @@ def make() -> Iterator[Callable[..., Any]]:
         ex.stop()
         assert ex.wait(timeout=60), "an Explorer thread did not end"
         ex.close()
+
+
+@pytest.fixture(scope="session")
+def llamacpp_server() -> Iterator[str]:
+    """llama.cpp's own C++ server (``xllamacpp``) on the packaged GGUF, configured as a user
+    would (its defaults, prompt cache on, the GGUF's template, 2 slots); yields its base URL
+    ``http://127.0.0.1:PORT/v1`` and stops it at the end of the session."""
+    from _llamacpp import available, llamacpp_server
+
+    if not available():
+        pytest.skip("llama.cpp's server needs the 'xllamacpp' wheel (dev extra)")
+    with llamacpp_server() as base_url:
+        yield base_url

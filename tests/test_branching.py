@@ -17,7 +17,7 @@ import pytest
 from _fake_server import BASE, KEY, Script, completion
 
 import tmlab
-from tmlab import branching
+from tmlab import branching, capabilities
 from tmlab.branching import ContinuationError
 from tmlab.display import usage_line
 from tmlab.history import SCHEMA_VERSION, get_row
@@ -200,7 +200,7 @@ def _parent(script: Script) -> tuple[tmlab.Client, tmlab.ChatResult]:
 
 
 def _forget_checks() -> None:
-    branching._checked.clear()
+    capabilities.forget()
 
 
 def test_a_server_that_starts_a_new_turn_is_refused_once_and_nothing_is_a_branch(
@@ -248,6 +248,7 @@ def test_a_server_that_continues_gets_the_branch_as_text(history_db: str) -> Non
     _forget_checks()
     script = Script(
         httpx.Response(200, json=completion(" 5, 6")),  # the check: it goes on counting
+        httpx.Response(200, json=completion("Sure!")),  # without the fields: a new turn
         httpx.Response(
             200, json={"object": "list", "data": [{"id": "test-model", "owned_by": "vllm"}]}
         ),

@@ -56,7 +56,7 @@ def test_probe_of_the_embedded_server(local_server: Any) -> None:
     assert v["seed"] == "repeats"
     assert v["n > 1"] == "supported"
     assert v["echo with prompt logprobs"] == "supported"
-    assert v["continuation of a final assistant message"] == "supported"
+    assert v["continuation of a final assistant message"] == "continues"
     assert v["reasoning"] == "in message.reasoning"
     assert v["usage in streams"] == "supported"
 

@@ -15,6 +15,8 @@ from _e2e import MODEL
 from _fake_server import LiveServer, scripted_app
 
 import tmlab
+from tmlab.classification import _log_mass, _log_norm
+from tmlab.continuation import PROBE_MESSAGES
 from tmlab.scoring import SCORE_COLUMNS, ScoreError, ScoreResult
 from tmlab.server.engine import default_model_path
 
@@ -162,6 +164,8 @@ def _toy_handler(continues: bool) -> Any:
         cont = continues and req.get("continue_final_message")
         prefix = msgs[-1]["content"] if cont else ""
         prompt_tokens = 10 + len(msgs) * 3 - (4 if cont else 0)
+        if cont and prefix == PROBE_MESSAGES[-1]["content"]:  # the continuation check
+            return 200, {"content-type": "application/json"}, [_toy_body(" 5,")], False
         pos = len([t for i, t in enumerate(TOY) if len("".join(TOY[: i + 1])) <= len(prefix)])
         alts = [{"token": " dog", "logprob": -3.0}, {"token": " mat", "logprob": -3.5}]
         if pos < len(TOY) and pos != OUTSIDE:
@@ -188,6 +192,12 @@ def _toy_handler(continues: bool) -> Any:
     return handler
 
 
+def _toy_body(content: str) -> bytes:
+    choice = {"index": 0, "message": {"role": "assistant", "content": content}}
+    usage = {"prompt_tokens": 20, "completion_tokens": 2}
+    return json.dumps({"model": "toy", "choices": [choice], "usage": usage}).encode()
+
+
 def test_continuation_walk_on_a_server_without_echo() -> None:
     with LiveServer(scripted_app(_toy_handler(continues=True))) as server:
         c = tmlab.Client(base_url=server.base_url, model="toy")
@@ -209,3 +219,21 @@ def test_a_server_that_does_neither_is_a_clear_error() -> None:
             tmlab.score("the cat sat", client=c)
     message = str(info.value)
     assert "echo=True" in message and "continue_final_message" in message
+
+
+def test_classify_never_returns_a_silent_nan() -> None:
+    """A label with a token outside the returned alternatives has no probability: its rows
+    say so (the error), instead of a bare NaN in p_norm."""
+    with LiveServer(scripted_app(_toy_handler(continues=True))) as server:
+        c = tmlab.Client(base_url=server.base_url, model="toy")
+        with pytest.warns(UserWarning, match="overlap"):  # "the" begins "the cat sat"
+            df = tmlab.classify("Say it.", ["the", "the cat sat"], client=c, progress=False)
+    assert df["p_norm"].isna().all() and not df["is_top"].any()
+    assert df["error"].str.contains("'the cat sat'").all()
+    assert df.loc[0, "logprob"] == TRUE_LP[0]  # what is known is kept
+
+
+def test_p_norm_of_very_unlikely_labels_does_not_underflow() -> None:
+    lps = [-800.0, -800.0 - math.log(3)]
+    assert math.exp(_log_norm(lps[0], lps)) == pytest.approx(0.75)
+    assert math.exp(_log_mass(lps)) == 0.0  # the mass itself is below the smallest float

@@ -42,8 +42,8 @@ def _timed_chat(k: Kernel, run_id: str) -> Any:
     """Start a 128-token answer in ``k``; the cell prints its wall-clock start and end."""
     return k.start(
         f"_t0 = time.time()\n"
-        f"_r = tmlab.Client(timeout=600).chat('Write about the sea. {run_id}', max_tokens={TOKENS}, "
-        "ignore_eos=True, temperature=0.8, seed=1)\n"
+        f"_r = tmlab.Client(timeout=600).chat('Write about the sea. {run_id}', "
+        f"max_tokens={TOKENS}, ignore_eos=True, temperature=0.8, seed=1)\n"
         "print(repr((_t0, time.time(), _r.usage.completion_tokens, _r.complete)))"
     )
 

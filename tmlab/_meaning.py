@@ -6,8 +6,9 @@ processed ones (the distribution the token was drawn from, after penalties, temp
 truncation: vLLM ``--logprobs-mode processed_logprobs``, the embedded server's
 ``logprobs_mode``). :func:`meaning` answers for one response, in this order: the response
 says (``logprobs_mode``, at the top level or in a choice's ``logprobs``); else
-:func:`tmlab.probe` measured it for that server and model in this session (recorded here by
-:func:`record`); else unknown. Frames put the answer in their notes; the what-if refuses to
+:func:`tmlab.probe` measured it for that server and model in this session (recorded by
+:func:`record` in :mod:`tmlab.capabilities`, the one record of what a server does); else
+unknown. Frames put the answer in their notes; the what-if refuses to
 apply a temperature twice.
 """
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from tmlab import capabilities
 
 if TYPE_CHECKING:
     from tmlab.result import ChatResult
@@ -32,9 +35,6 @@ DESCRIPTIONS = {
 }
 UNKNOWN = "as returned by the server (meaning not probed)"
 
-# (base URL, model) -> RAW | PROCESSED | None (probed, no verdict), filled by tmlab.probe()
-_PROBED: dict[tuple[str | None, str | None], str | None] = {}
-
 
 @dataclass(frozen=True)
 class Meaning:
@@ -47,12 +47,8 @@ class Meaning:
 
 def record(base_url: str | None, model: str | None, mode: str | None) -> None:
     """Remember what :func:`tmlab.probe` found for a server and model (this session)."""
-    _PROBED[(base_url, model)] = mode
-
-
-def forget() -> None:
-    """Forget every probed meaning (tests; a new session)."""
-    _PROBED.clear()
+    caps = capabilities.of(base_url, model)
+    caps.logprobs_mode, caps.meaning_probed = mode, True
 
 
 def _from_response(raw: dict[str, Any]) -> str | None:
@@ -78,12 +74,13 @@ def meaning(res: ChatResult) -> Meaning:
         return Meaning(mode, "response", DESCRIPTIONS[mode] + " (as the response says)")
     model = res.model
     base = getattr(res, "base_url", None)
-    if (base, model) in _PROBED:
-        found = _PROBED[(base, model)]
+    caps = capabilities.find(base, model)
+    if caps is not None and caps.meaning_probed:
+        found = caps.logprobs_mode
     else:
         # the result may not know its server: a model probed on one server (or on several
         # that agree) still says what its numbers are
-        same = {v for (_, m), v in _PROBED.items() if m == model}
+        same = {c.logprobs_mode for c in capabilities.known_for_model(model) if c.meaning_probed}
         if not same:
             return Meaning(None, "unknown", UNKNOWN)
         found = same.pop() if len(same) == 1 else None

@@ -17,9 +17,12 @@ the text (``parent.exact`` is then ``False``).
 
 **Other servers.** A server that does not know ``continue_final_message`` would silently
 answer a new turn, which must never pass for a branch. So before the first branch (or
-prefill) to a server other than the embedded one, :func:`ensure_continues` asks it once per
-(base URL, model), with one tiny greedy request, to continue ``1, 2, 3, 4,``; unless it goes
-on with ``5`` it raises :class:`ContinuationError` and nothing is sent as a branch.
+prefill) to a server other than the embedded one, :func:`ensure_continues` consults the one
+continuation check (:mod:`tmlab.continuation`, asked once per (base URL, model)): unless the
+server goes on from ``1, 2, 3, 4,`` with ``5`` it raises :class:`ContinuationError` and
+nothing is sent as a branch. A server that always prefills (llama.cpp's) continues too; one
+that repeats the prefix in a non-streamed answer's ``content`` has it removed (the result's
+``notes`` say so).
 
 The history records a branch's row with ``parent_id``, ``branch_position`` and
 ``branch_token``; :func:`tmlab.tree` shows the tree.
@@ -29,14 +32,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tmlab import continuation
 from tmlab._settings import LENGTH_LIMITS
-from tmlab.errors import BadRequestError, ParameterError, TmlabError
+from tmlab.capabilities import Continuation
+from tmlab.continuation import CONTINUE, PROBE_MESSAGES, strip_prefix
+from tmlab.errors import ParameterError, TmlabError
 from tmlab.params import PARAMS
 
 if TYPE_CHECKING:
@@ -47,7 +52,6 @@ __all__ = [
     "CHANGE_LIMIT",
     "PROBE_MESSAGES",
     "BranchOrigin",
-    "Capability",
     "ContinuationError",
     "branch",
     "continue_final",
@@ -56,12 +60,6 @@ __all__ = [
     "remember",
     "result_of",
 ]
-
-PROBE_MESSAGES: tuple[dict[str, str], ...] = (
-    {"role": "user", "content": "Count from 1 to 10, separated by commas."},
-    {"role": "assistant", "content": "1, 2, 3, 4,"},
-)
-"""The capability check: a server that continues the final message goes on with ``5``."""
 
 # Parameters of the parent request that a branch does not take over: who/how (set anew),
 # the continuation's own fields, and what cannot apply to a continuation (several choices,
@@ -112,15 +110,6 @@ class BranchOrigin:
     exact: bool
     parent_result: ChatResult | None = field(default=None, repr=False, compare=False)
     """The parent answer itself (its tokens and alternatives), when it is in memory."""
-
-
-@dataclass(frozen=True)
-class Capability:
-    """What a server does with a final assistant message (from :func:`ensure_continues`)."""
-
-    continues: bool
-    token_ids: bool  # it honours continue_token_ids (a tmlab server)
-    reason: str = ""
 
 
 # -- results by history id (for `%%tmchat --branch ID:POS`) --------------------------------
@@ -184,14 +173,13 @@ def _stored(id: int) -> ChatResult | None:
             prefix_logprob=row["prefix_logprob"],
             exact=ids is not None,
         )
+    if request.get("continue_final_message") and messages:
+        strip_prefix(res, _content(messages[-1]), echoes=False)  # only where logprobs show it
     res.history_id = id
     return res
 
 
 # -- servers -----------------------------------------------------------------------------
-
-_checked: dict[tuple[str, str], Capability] = {}
-_checked_lock = threading.Lock()
 
 
 def _embedded_url() -> str | None:
@@ -210,60 +198,27 @@ def is_embedded(client: Client) -> bool:
     return url is not None and url.rstrip("/") == _embedded_url()
 
 
-def ensure_continues(client: Client, model: str) -> Capability:
-    """Check once per (base URL, model) that the server continues a final assistant message.
+EMBEDDED = Continuation(True, always_prefills=False, token_ids=True, came_back="tmlab's server")
+"""The embedded server continues, and takes the prefix's token ids."""
 
-    One greedy request of at most 3 tokens (:data:`PROBE_MESSAGES`), recorded in the
-    history like any other. Raises :class:`ContinuationError` naming what the server lacks;
-    the outcome is remembered for this process, so a refusal costs no second request.
+
+def ensure_continues(client: Client, model: str) -> Continuation:
+    """The continuation check's answer for (base URL, model); raises unless it continues.
+
+    Asked once per (base URL, model) (:func:`tmlab.continuation.check`: two tiny greedy
+    requests, recorded in the history like any other), none for the embedded server. Raises
+    :class:`ContinuationError` naming what the server lacks (remembered: a refusal costs no
+    second request), or the request's own error when the check could not be made (a
+    timeout, a 5xx: not remembered, the next use asks again).
     """
     if is_embedded(client):
-        return Capability(True, True)
-    key = (str(client.base_url), model)
-    with _checked_lock:
-        known = _checked.get(key)
-    if known is None:
-        known = _probe(client, model)
-        with _checked_lock:
-            _checked[key] = known
+        return EMBEDDED
+    known = continuation.check(client, model)
+    if known.continues is None and known.error is not None:
+        raise known.error
     if not known.continues:
         raise ContinuationError(known.reason)
     return known
-
-
-def _probe(client: Client, model: str) -> Capability:
-    where = f"the server at {client.base_url} (model {model!r})"
-    lacks = (
-        "; branching and prefill need a server that continues a final assistant message: "
-        "vLLM (continue_final_message), llama.cpp's server (assistant prefill) or tmlab's "
-        "embedded server. Nothing was sent as a branch."
-    )
-    try:
-        res = client.chat(
-            list(PROBE_MESSAGES),
-            model=model,
-            temperature=0,
-            max_tokens=3,
-            continue_final_message=True,
-            add_generation_prompt=False,
-        )
-    except BadRequestError as exc:
-        return Capability(False, False, f"{where} refused continue_final_message ({exc}){lacks}")
-    said = res.text
-    if not said.lstrip().startswith("5"):
-        return Capability(
-            False,
-            False,
-            f"{where} does not continue a final assistant message: asked to go on from "
-            f"{PROBE_MESSAGES[1]['content']!r} (greedy) it answered {said[:60]!r}, which "
-            f"reads as a new turn{lacks}",
-        )
-    try:
-        models = client.models()
-    except TmlabError:
-        models = []
-    tmlab_server = any(m.get("id") == model and m.get("owned_by") == "tmlab" for m in models)
-    return Capability(True, tmlab_server)
 
 
 def _client_for(res: ChatResult) -> Client:
@@ -442,14 +397,15 @@ def continue_final(
     if name is None:
         raise ParameterError("model", "no model to continue with", "a model name")
     capability = ensure_continues(client, name)
-    cont: dict[str, Any] = {"continue_final_message": True, "add_generation_prompt": False}
+    cont: dict[str, Any] = dict(CONTINUE)
     if token_ids is not None and capability.token_ids:
         cont["continue_token_ids"] = [int(t) for t in token_ids]
     extra = dict(params.pop("extra_body", None) or {})
     for key in [k for k in params if k not in PARAMS and k not in _CHAT_KWARGS]:
         extra[key] = params.pop(key)  # parameters this table does not know, sent as given
     sent = [dict(m) for m in messages] + [{"role": "assistant", "content": prefix}]
-    return client.chat(sent, model=name, extra_body=extra or None, **params, **cont)
+    res = client.chat(sent, model=name, extra_body=extra or None, **params, **cont)
+    return strip_prefix(res, prefix, echoes=capability.echoes_prefix)
 
 
 _CHAT_KWARGS = frozenset({"stream", "on_delta", "system"})

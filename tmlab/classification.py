@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from tmlab.errors import ParameterError
 from tmlab.scoring import METHODS, ScoreError, _score_echo, ascore
+from tmlab.sweeps import _one_line, _positive_int, _run_in_thread, _sweep_client
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,7 +58,8 @@ CLASSIFY_NOTES = (
     "settings). prob = exp(logprob). p_norm = prob / (sum of prob over the prompt's labels): "
     "sums to 1 per prompt. mass = that sum: the share of all possible answers that begin with "
     "one of the labels. is_top: the label with the highest p_norm. error: None, or why the "
-    "prompt's labels could not be scored (then the numbers are NaN)."
+    "prompt's labels could not be scored (then the numbers it names are NaN: a NaN always "
+    "comes with its error)."
 )
 
 
@@ -113,28 +115,58 @@ async def _classify_one(
         if any(s is None for s in scored):
             if method == "echo":
                 raise ScoreError("this server returned no prompt logprobs for echo=True")
-            scored = [
-                await ascore(label, context=prompt, client=ac, model=model, top_logprobs=5)
+            scored = [  # the echo was just tried: walk the label (the server's top 20)
+                await ascore(label, context=prompt, client=ac, model=model, method="continuation")
                 for label in labels
             ]
     except Exception as exc:  # a failed prompt is rows with the error, never lost
-        from tmlab.sweeps import _one_line
-
-        error = _one_line(exc, ac._key)
+        failed = _one_line(exc, ac._key)
         return [
-            _row(index, prompt, label, math.nan, math.nan, math.nan, None, None, error)
+            _row(index, prompt, label, math.nan, math.nan, math.nan, math.nan, None, None, failed)
             for label in labels
         ]
-    logprobs = [s.total_logprob for s in scored if s is not None]
-    probs = [math.exp(lp) for lp in logprobs]
-    mass = math.fsum(probs)
+    done = [s for s in scored if s is not None]
+    logprobs = [s.total_logprob for s in done]
+    unknown = [label for label, lp in zip(labels, logprobs, strict=True) if math.isnan(lp)]
+    error = None
+    if unknown:  # a NaN is never silent: say which label, and why the others lack p_norm
+        error = (
+            f"label(s) {', '.join(map(repr, unknown))}: a token was outside the alternatives "
+            "the server returned, so its probability is unknown (NaN); p_norm and mass need "
+            "every label's"
+        )
     rows = []
-    for label, s, p in zip(labels, scored, probs, strict=True):
-        assert s is not None
+    for label, s in zip(labels, done, strict=True):
         rows.append(
-            _row(index, prompt, label, s.total_logprob, p, mass, s.n_tokens, s.method, None)
+            _row(
+                index,
+                prompt,
+                label,
+                s.total_logprob,
+                math.exp(s.total_logprob),
+                _log_norm(s.total_logprob, logprobs),
+                _log_mass(logprobs),
+                s.n_tokens,
+                s.method,
+                error,
+            )
         )
     return rows
+
+
+def _log_mass(logprobs: list[float]) -> float:
+    """log of the labels' summed probability (log-sum-exp: no underflow); NaN if one is."""
+    if any(math.isnan(lp) for lp in logprobs):
+        return math.nan
+    top = max(logprobs)
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log(math.fsum(math.exp(lp - top) for lp in logprobs))
+
+
+def _log_norm(logprob: float, logprobs: list[float]) -> float:
+    """``logprob`` normalised over the labels, as a log; NaN when a label is unknown."""
+    return logprob - _log_mass(logprobs)
 
 
 def _row(
@@ -143,7 +175,8 @@ def _row(
     label: str,
     logprob: float,
     prob: float,
-    mass: float,
+    log_norm: float,
+    log_mass: float,
     n_tokens: int | None,
     method: str | None,
     error: str | None,
@@ -154,8 +187,8 @@ def _row(
         "label": label,
         "logprob": logprob,
         "prob": prob,
-        "p_norm": prob / mass if mass > 0 else math.nan,
-        "mass": mass,
+        "p_norm": math.exp(log_norm),  # from logs: labels far below 1e-308 still normalise
+        "mass": math.exp(log_mass),
         "n_tokens": n_tokens,
         "method": method,
         "error": error,
@@ -166,8 +199,6 @@ def _prepare(
     prompt: Any, labels: Any, prompts: Any, concurrency: Any, method: Any
 ) -> tuple[list[str], list[str], int]:
     """Check everything before anything is sent; warn about overlapping labels."""
-    from tmlab.sweeps import _positive_int
-
     label_list = _labels(labels)
     prompt_list = _prompts(prompt, prompts)
     concurrency = _positive_int("concurrency", concurrency)
@@ -228,8 +259,6 @@ async def aclassify(
     method: str = "auto",
 ) -> pd.DataFrame:
     """Async :func:`classify`."""
-    from tmlab.sweeps import _sweep_client
-
     labels_, prompts_, conc = _prepare(prompt, labels, prompts, concurrency, method)
     ac = _sweep_client(client)
     return await _run(ac, prompts_, labels_, model, conc, method, _bar(len(prompts_), progress))
@@ -274,8 +303,6 @@ def classify(
     ``client``: a :class:`~tmlab.Client` (None: the session's); ``method`` as for
     :func:`tmlab.score`.
     """
-    from tmlab.sweeps import _run_in_thread, _sweep_client
-
     labels_, prompts_, conc = _prepare(prompt, labels, prompts, concurrency, method)
     ac = _sweep_client(client)
     bar = _bar(len(prompts_), progress)  # created here, so a notebook shows it in this cell

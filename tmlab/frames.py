@@ -174,7 +174,7 @@ def _describe(df: pd.DataFrame, res: ChatResult, notes: str = LOGPROBS_NOTES) ->
     from tmlab._meaning import meaning
 
     m = meaning(res)
-    df.attrs["notes"] = notes.format(meaning=m.text)
+    df.attrs["notes"] = " ".join([notes.format(meaning=m.text), *res.notes])
     df.attrs["logprobs_mode"] = m.mode
     df.attrs["logprobs_meaning_source"] = m.source
 

@@ -320,6 +320,7 @@ def start(
     body_timeout: float | None = None,
     logprobs_mode: str | None = None,
     parallel: int = 1,
+    minimal: bool = False,
 ) -> LocalServer:
     """Start a local server in a subprocess and wait until ``/health`` answers.
 
@@ -329,7 +330,9 @@ def start(
     server's default);
     ``logprobs_mode`` the server's default for requests that do not say (``"raw_logprobs"``,
     the default, or ``"processed_logprobs"``); ``parallel=N`` decodes up to N requests together
-    (1, the default: one at a time, and the same request gives the same numbers). Raises
+    (1, the default: one at a time, and the same request gives the same numbers);
+    ``minimal`` serves as a server without the optional capabilities (no logprobs, echo or
+    continuation; ``n`` = 1), for trying what a notebook does elsewhere. Raises
     :class:`~tmlab.LocalServerError` (with the server's last stderr lines) if it exits or is
     not healthy within ``timeout`` seconds; an interrupt (Ctrl-C) while waiting stops the child
     before it propagates. Unless ``quiet``, shows one line of progress (stdout, or a display in
@@ -348,6 +351,8 @@ def start(
         extra += ["--logprobs-mode", str(logprobs_mode)]
     if parallel != 1:
         extra += ["--parallel", str(int(parallel))]
+    if minimal:
+        extra += ["--minimal"]
     return _start(
         host, port, model_path, api_key, timeout, n_ctx, None, None if quiet else 1.0, extra
     )

@@ -13,16 +13,22 @@ seed                      the same seeded request twice at temperature 1: the sa
 n > 1                     ``n=2``: two choices?
 echo with prompt          ``echo=True, logprobs=True``: the prompt's tokens with logprobs?
 logprobs
-continuation              ``continue_final_message=True, add_generation_prompt=False``: a
-                          shorter prompt than the same messages answered anew?
+continuation              the one continuation check (:mod:`tmlab.continuation`): greedy,
+                          go on from ``1, 2, 3, 4,`` with ``continue_final_message=True,
+                          add_generation_prompt=False`` (``5``?), then without them
+                          (``5`` again: it always prefills)
 reasoning                 ``reasoning_effort="low"``: in ``message.reasoning``,
                           ``message.reasoning_content``, ``<think>`` in the content, or none
 usage in streams          ``stream=True`` with ``stream_options.include_usage``: usage?
 ========================  ===================================================================
 
-The result is cached per (base URL, model) for the session (``refresh=True`` asks again), and
-the meaning of the logprobs is remembered, so that frames from this server say what their
-numbers are and the what-if never applies a temperature to numbers that already carry one.
+The result is kept per (base URL, model) for the session in :mod:`tmlab.capabilities`, the one
+record of what a server does (``refresh=True`` asks again): the meaning of the logprobs, so
+that frames from this server say what their numbers are and the what-if never applies a
+temperature to numbers that already carry one; the continuation verdict, which branch,
+``--prefill``, score and classify consult. A request that fails for a reason unrelated to the
+capability (a timeout, a 5xx, a connection error, a 429) gives the verdict ``unknown`` with
+the error, and such a table is not kept: the next use asks again.
 
 Module named ``probes`` (not ``probe``) so that ``tmlab.probe`` stays the function whatever
 was imported first.
@@ -35,14 +41,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
+from tmlab import capabilities, continuation
+from tmlab._base import _BaseClient
 from tmlab._meaning import PROCESSED, RAW, record
-from tmlab.errors import APIError, ParameterError
-from tmlab.scoring import CONTINUE
+from tmlab.client import Client
+from tmlab.errors import APIError, BadRequestError, ParameterError
+from tmlab.scoring import _prompt_entries
+from tmlab.sweeps import _client_kwargs
 
 if TYPE_CHECKING:
-    import pandas as pd
-
-    from tmlab.client import Client
     from tmlab.result import ChatResult
 
 __all__ = ["MAX_REQUESTS", "PROBE_COLUMNS", "PlannedRequest", "probe"]
@@ -55,7 +64,8 @@ SEED = 7
 # |Δ logprob| below which two answers count as the same numbers (servers round differently)
 SAME = 1e-4
 
-_CACHE: dict[tuple[str | None, str | None], pd.DataFrame] = {}
+UNKNOWN = "unknown"
+"""The verdict when a request failed for a reason unrelated to the capability."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +94,11 @@ PLAN: tuple[PlannedRequest, ...] = (
         "echo with prompt logprobs",
         {"echo": True, "logprobs": True, "max_tokens": 1, "temperature": 0},
     ),
-    PlannedRequest("continuation: a final assistant message answered anew", {"max_tokens": 1}),
-    PlannedRequest("continuation: the same, continued", {"max_tokens": 1, **CONTINUE}),
+    PlannedRequest(
+        "continuation: go on from '1, 2, 3, 4,' (greedy) with continue_final_message",
+        {**continuation.ASK, **continuation.CONTINUE},
+    ),
+    PlannedRequest("continuation: the same without it (always prefills?)", continuation.ASK),
     PlannedRequest(
         "reasoning: reasoning_effort='low'", {"reasoning_effort": "low", "max_tokens": 8}
     ),
@@ -97,16 +110,11 @@ PLAN: tuple[PlannedRequest, ...] = (
 
 
 def _sync_client(client: Any) -> Client:
-    from tmlab._base import _BaseClient
-    from tmlab.client import Client
-
     if client is None:
         return Client()
     if isinstance(client, Client):
         return client
     if isinstance(client, _BaseClient):
-        from tmlab.sweeps import _client_kwargs
-
         return Client(**_client_kwargs(client))
     raise ParameterError(
         "client", f"client={type(client).__name__} is not a tmlab client", "a tmlab.Client"
@@ -120,23 +128,39 @@ class _Prober:
         self.client = client
         self.model = model
         self.sent = 0
+        self.unsure = False  # a request failed for a reason unrelated to a capability
 
     def send(self, messages: Any, **params: Any) -> ChatResult:
         if self.sent >= MAX_REQUESTS:  # pragma: no cover - the plan stays within the limit
             raise RuntimeError("the probe would exceed its request budget")
         self.sent += 1
-        extra = {k: params.pop(k) for k in list(params) if k in CONTINUE}
+        extra = {k: params.pop(k) for k in list(params) if k in continuation.CONTINUE}
         stream = bool(params.pop("stream", False))
         return self.client.chat(
             messages, model=self.model, stream=stream, extra_body=extra or None, **params
         )
 
     def attempt(self, messages: Any, **params: Any) -> tuple[ChatResult | None, str | None]:
-        """(result, None) or (None, why it failed: the server's own words, one line)."""
+        """(result, None) or (None, why it failed: the server's own words, one line).
+
+        A refusal (400/422) answers the question; any other failure (timeout, 5xx, lost
+        connection, rate limit) does not: it marks the probe unsure (see :meth:`verdict`).
+        """
         try:
             return self.send(messages, **params), None
-        except APIError as exc:
+        except BadRequestError as exc:
             return None, _short(f"{type(exc).__name__}: {exc}")
+        except APIError as exc:
+            self.unsure = True
+            return None, _short(f"{UNSURE_MARK}{type(exc).__name__}: {exc}")
+
+
+UNSURE_MARK = "request failed, not an answer: "
+
+
+def _verdict(err: str | None, verdict: str) -> str:
+    """``verdict``, or :data:`UNKNOWN` when ``err`` is a failure unrelated to the capability."""
+    return UNKNOWN if err is not None and err.startswith(UNSURE_MARK) else verdict
 
 
 def _short(text: str, n: int = 160) -> str:
@@ -202,8 +226,6 @@ def probe(
     logprobs' meaning found (raw, processed, or unknown) is remembered: frames of this
     server's answers say it in their notes, and the what-if warns on processed numbers.
     """
-    import pandas as pd
-
     c = _sync_client(client)
     c._setup()  # the embedded server starts here, so that its URL is known
     if model is None:
@@ -217,9 +239,9 @@ def probe(
                     "probe(model=NAME) or Client(model=NAME)",
                 )
             model = served[0]
-    key = (c.base_url, model)
-    if key in _CACHE and not refresh:
-        return _CACHE[key].copy()
+    caps = capabilities.find(c.base_url, model)
+    if caps is not None and caps.probe is not None and not refresh:
+        return caps.probe.copy()
     if not quiet:
         out(_plan_text(c.base_url, model))
     p = _Prober(c, model)
@@ -229,22 +251,24 @@ def probe(
     # 1-3: logprobs, their meaning, the seed
     first, err = p.attempt(user, **PLAN[0].params)
     top = 20
-    if first is None:
+    if first is None and _verdict(err, "") != UNKNOWN:  # 20 refused: try 5
         top = 5
         first, err5 = p.attempt(user, **{**PLAN[0].params, "top_logprobs": 5})
         err = err5 or err
     alts = len(_first_alts(first))
+    mode: str | None = None
+    meaning_known = False
     if first is None or not first.choices or not first.choices[0].logprobs:
         rows.append(
             _row(
                 "logprobs",
                 "logprobs=True, top_logprobs=20, then 5",
                 err or "no logprobs in the answer",
-                "not supported",
+                _verdict(err, "not supported"),
             )
         )
-        mode = None
-        rows.append(_row("logprobs meaning", "temperature 1 vs 0.5", "(no logprobs)", "unknown"))
+        meaning_known = _verdict(err, "") != UNKNOWN
+        rows.append(_row("logprobs meaning", "temperature 1 vs 0.5", "(no logprobs)", UNKNOWN))
     else:
         rows.append(
             _row(
@@ -258,15 +282,17 @@ def probe(
         )
         half, err = p.attempt(user, **{**PLAN[1].params, "top_logprobs": top})
         mode, detail = _meaning_verdict(_first_alts(first), _first_alts(half))
+        meaning_known = _verdict(err, "") != UNKNOWN
         rows.append(
             _row(
                 "logprobs meaning",
                 "the same prompt and seed at temperature 1 and 0.5",
                 err or detail,
-                mode or "unknown",
+                _verdict(err, mode or UNKNOWN),
             )
         )
-    record(c.base_url, model, mode)
+    if meaning_known:
+        record(c.base_url, model, mode)
     again, err = p.attempt(user, **{**PLAN[2].params, "top_logprobs": top if first else 0})
     if first is None or again is None:
         rows.append(
@@ -274,7 +300,7 @@ def probe(
                 "seed",
                 "the same request twice, seed=7, temperature 1",
                 err or "(failed)",
-                "unknown",
+                UNKNOWN,
             )
         )
     else:
@@ -291,11 +317,14 @@ def probe(
     res, err = p.attempt(user, **PLAN[3].params)
     k = len(res.choices) if res is not None else 0
     rows.append(
-        _row("n > 1", "n=2", err or f"{k} choice(s)", "supported" if k == 2 else "not supported")
+        _row(
+            "n > 1",
+            "n=2",
+            err or f"{k} choice(s)",
+            _verdict(err, "supported" if k == 2 else "not supported"),
+        )
     )
     # 5: echo with prompt logprobs
-    from tmlab.scoring import _prompt_entries
-
     res, err = p.attempt(user, **PLAN[4].params)
     entries = _prompt_entries(res) if res is not None else []
     rows.append(
@@ -303,22 +332,23 @@ def probe(
             "echo with prompt logprobs",
             "echo=True, logprobs=True",
             err or f"{len(entries)} prompt token(s) with logprobs",
-            "supported" if entries else "not supported",
+            _verdict(err, "supported" if entries else "not supported"),
         )
     )
-    # 6-7: continuation of a final assistant message
-    turn = [*user, {"role": "assistant", "content": "The colour is"}]
-    plain, err1 = p.attempt(turn, **PLAN[5].params)
-    cont, err2 = p.attempt(turn, **PLAN[6].params)
-    a = plain.usage.prompt_tokens if plain is not None else None
-    b = cont.usage.prompt_tokens if cont is not None else None
-    ok = a is not None and b is not None and b < a
+    # 6-7: continuation of a final assistant message: the one check, asked anew
+    cont = continuation.check(c, model, refresh=True)
+    p.sent += cont.requests
+    if cont.continues is None:
+        p.unsure = True
+    came_back = cont.came_back
+    if cont.error is not None and cont.continues is None:
+        came_back = _short(UNSURE_MARK + came_back)
     rows.append(
         _row(
             "continuation of a final assistant message",
-            "continue_final_message=True, add_generation_prompt=False",
-            err1 or err2 or f"prompt tokens {a} answered anew, {b} continued",
-            "supported" if ok else "not supported",
+            "continue_final_message=True, add_generation_prompt=False; then without",
+            came_back,
+            cont.verdict,
         )
     )
     # 8: where reasoning arrives
@@ -328,7 +358,7 @@ def probe(
             "reasoning",
             "reasoning_effort='low'",
             err or _where_reasoning(res),
-            _reasoning_verdict(res),
+            _verdict(err, _reasoning_verdict(res)),
         )
     )
     # 9: usage in streams
@@ -339,18 +369,26 @@ def probe(
             "usage in streams",
             "stream=True, stream_options={'include_usage': True}",
             err or (f"usage: {res.usage.total_tokens} total tokens" if got and res else "no usage"),
-            "supported" if got else "not supported",
+            _verdict(err, "supported" if got else "not supported"),
         )
     )
     df = pd.DataFrame(rows, columns=PROBE_COLUMNS)
-    df.attrs["notes"] = (
+    notes = (
         f"tmlab.probe() of {c.base_url} ({model}): {p.sent} requests. logprobs meaning: "
         "raw = the model's distribution before sampling settings; processed = the distribution "
         "each token was drawn from; unknown = neither pattern (or no logprobs)."
     )
+    if p.unsure:
+        notes += (
+            " unknown also marks a request that failed for a reason unrelated to the "
+            "capability (timeout, 5xx, connection, rate limit): this table is not kept, the "
+            "next tmlab.probe() asks again."
+        )
+    df.attrs["notes"] = notes
     df.attrs["base_url"], df.attrs["model"], df.attrs["requests"] = c.base_url, model, p.sent
     df.attrs["logprobs_mode"] = mode
-    _CACHE[key] = df
+    if not p.unsure:
+        capabilities.of(c.base_url, model).probe = df
     return df.copy()
 
 
@@ -380,8 +418,5 @@ def _reasoning_verdict(res: ChatResult | None) -> str:
 
 
 def forget() -> None:
-    """Forget every cached probe (the next :func:`probe` asks again)."""
-    from tmlab import _meaning
-
-    _CACHE.clear()
-    _meaning.forget()
+    """Forget everything learned about every server (the next :func:`probe` asks again)."""
+    capabilities.forget()

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from tmlab import capabilities
 from tmlab.errors import ParameterError
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ def continuations(
     Each node is one of the ``width`` most likely tokens after its parent's path, with its
     probability and its exact path probability (the product along the path). One request of
     one token per expanded node (≤ ``1 + width + … + width**(depth-1)``, none repeated); on a
-    server other than the embedded one the continuation check costs one more
+    server other than the embedded one the continuation check costs one or two more, once
     (:func:`tmlab.branching.ensure_continues`). ``params`` go with every request (the prompt's
     settings; the probabilities returned do not depend on sampling settings on servers that
     return raw logprobs). ``df.attrs["requests"]`` is the number of requests made.
@@ -141,11 +142,10 @@ def continuations(
         requests += 1
         name = str(root.request.get("model") or model)
         if depth > 1 and not is_embedded(c):
-            from tmlab import branching
-
-            known = (str(c.base_url), name) in branching._checked
-            ensure_continues(c, name)
-            requests += 0 if known else 1
+            caps = capabilities.find(c.base_url, name)
+            known = caps is not None and caps.continuation is not None
+            checked = ensure_continues(c, name)
+            requests += 0 if known else checked.requests
         rows: list[dict[str, Any]] = []
         # (row index of the parent or -1, token ids or None, bytes, path logprob, answer)
         frontier: list[tuple[int, list[int] | None, bytes, float, Any]] = [(-1, [], b"", 0.0, root)]

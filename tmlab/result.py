@@ -247,6 +247,9 @@ class ChatResult:
         self.parent: BranchOrigin | None = None  # set on the result of a branch
         self.session_limit: SessionLimit | None = None
         """Set by a front end that sent the session's default ``max_tokens``."""
+        self.notes: list[str] = []
+        """What tmlab changed in the answer as received, and why (e.g. a repeated prefix
+        removed from a continuation's content); frames carry these in their notes."""
         choices = raw.get("choices") or []
         self.choices = sorted((Choice.from_raw(c) for c in choices), key=lambda c: c.index)
         self.usage = Usage.from_raw(raw.get("usage"))

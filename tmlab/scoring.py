@@ -18,7 +18,9 @@ model reading that exact turn. Two ways, chosen automatically (``method="auto"``
   same prompt around an empty answer (one more tiny request). Exact: the log-softmax of the
   model's raw logits at each position, the whole text in one evaluation.
 * ``"continuation"`` — for servers that continue a final assistant message (vLLM's
-  ``continue_final_message=True, add_generation_prompt=False``): one request per token, each
+  ``continue_final_message=True, add_generation_prompt=False``; llama.cpp's server, which
+  always prefills; decided by the one continuation check, :mod:`tmlab.continuation`): one
+  request per token, each
   continuing the text so far with ``temperature=1``; the next token is the returned
   alternative that the rest of the text starts with (the longest). A token outside the
   returned alternatives has no known log-probability: ``NaN``, with an upper bound (the
@@ -35,8 +37,11 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tmlab import capabilities
+from tmlab.continuation import CONTINUE, acheck
 from tmlab.errors import ParameterError, TmlabError
 from tmlab.result import ChatResult, TokenLogprob, TopLogprob
+from tmlab.sweeps import _run_in_thread, _sweep_client
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,9 +69,6 @@ SCORE_COLUMNS = [
     "top_tokens",
     "top_logprobs",
 ]
-
-CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}
-"""The request fields (vLLM's names) that make a server continue the final assistant turn."""
 
 
 class ScoreError(TmlabError):
@@ -325,11 +327,6 @@ async def _empty_prompt(ac: AsyncClient, context: str | None, model: str | None)
     return _prompt_entries(res)
 
 
-# (base URL, model) -> how many bytes of the echoed prompt follow the answer (the end of the
-# assistant turn and the next turn's opening): the same for every text with a given template
-_SUFFIX: dict[tuple[str | None, str | None], int] = {}
-
-
 def _span_from_suffix(entries: list[TokenLogprob], text: str, suffix: int) -> tuple[int, int, bool]:
     """The text's tokens when ``suffix`` bytes follow it; (0, 0, False) if they do not fit."""
     full = b"".join(bytes(t.bytes or t.token.encode()) for t in entries)
@@ -359,11 +356,13 @@ async def _score_echo(
     if not entries:
         return None
     requests = 1
-    key = (ac.base_url, model or ac.model)
+    # how many bytes of the echoed prompt follow the answer (the end of the assistant turn
+    # and the next turn's opening): the same for every text with a given template
+    caps = capabilities.of(ac.base_url, model or ac.model)
     a = b = 0
     straddle = False
-    if key in _SUFFIX:
-        a, b, straddle = _span_from_suffix(entries, text, _SUFFIX[key])
+    if caps.echo_suffix is not None:
+        a, b, straddle = _span_from_suffix(entries, text, caps.echo_suffix)
     if b <= a:
         empty = await _empty_prompt(ac, context, model)
         requests += 1
@@ -374,7 +373,7 @@ async def _score_echo(
                 "the server's chat template may rewrite the assistant turn"
             )
         full = sum(len(bytes(t.bytes or t.token.encode())) for t in entries)
-        _SUFFIX[key] = full - _text_end(entries, a, b, text)
+        caps.echo_suffix = full - _text_end(entries, a, b, text)
     notes = []
     if straddle:
         notes.append(
@@ -400,20 +399,6 @@ async def _score_echo(
 # --- continuation -------------------------------------------------------------------------
 
 
-async def continues_final_message(ac: AsyncClient, model: str | None) -> bool:
-    """Whether the server honours ``continue_final_message`` (two tiny requests).
-
-    Continuing leaves out the end of the assistant turn and the next turn's opening, so the
-    prompt is shorter than the same messages answered anew; a server that ignores the field
-    counts the same prompt both times.
-    """
-    msgs = messages_for("The sky is", "Describe the sky.")
-    plain = await ac.chat(msgs, model=model, max_tokens=1, temperature=0)
-    cont = await ac.chat(msgs, model=model, max_tokens=1, temperature=0, extra_body=CONTINUE)
-    a, b = plain.usage.prompt_tokens, cont.usage.prompt_tokens
-    return a is not None and b is not None and b < a
-
-
 def _next_token(rest: str, tok: TokenLogprob) -> TopLogprob | None:
     """The returned alternative that ``rest`` starts with (the longest), if any."""
     best: TopLogprob | None = None
@@ -422,6 +407,18 @@ def _next_token(rest: str, tok: TokenLogprob) -> TopLogprob | None:
         if piece and rest.startswith(piece) and (best is None or len(piece) > len(best.token)):
             best = TopLogprob(piece, alt.logprob, alt.bytes, alt.token_id)
     return best
+
+
+def _step(prefix: str, context: str | None) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The messages and extra fields of one step of the walk: continue ``prefix``.
+
+    The first token of an answer is that of a new turn: sent as one (an empty final
+    assistant message is not a prefix to every server: llama.cpp's renders it as a closed
+    turn).
+    """
+    if not prefix and context is not None:
+        return [{"role": "user", "content": context}], {}
+    return messages_for(prefix, context), {"extra_body": CONTINUE}
 
 
 async def _score_continuation(
@@ -435,14 +432,15 @@ async def _score_continuation(
     unknown = 0
     mode = None
     while done < len(text):
+        msgs, extra = _step(text[:done], context)
         res = await ac.chat(
-            messages_for(text[:done], context),
+            msgs,
             model=model,
             max_tokens=1,
             temperature=1.0,
             logprobs=True,
             top_logprobs=top,
-            extra_body=CONTINUE,
+            **extra,
         )
         requests += 1
         mode = mode or res.raw.get("logprobs_mode")
@@ -522,14 +520,20 @@ async def ascore(
                 "this server returned no prompt logprobs for echo=True with logprobs=True "
                 "(it does not echo the prompt's tokens); try method='continuation'"
             )
-    if not await continues_final_message(client, model):
+    name = model or client.model
+    caps = capabilities.find(client.base_url, name)
+    known = caps is not None and caps.continuation is not None
+    cont = await acheck(client, name)
+    if cont.continues is None and cont.error is not None:
+        raise cont.error  # the check could not be made (a timeout, a 5xx): not an answer
+    if not cont.continues:
         raise ScoreError(
             "this server cannot score a given text: it returns no prompt logprobs for "
             "echo=True with logprobs=True, and it does not continue a final assistant message "
-            "(continue_final_message=True, add_generation_prompt=False made no difference to "
-            "the prompt it counted)"
+            f"(continue_final_message=True, add_generation_prompt=False: {cont.came_back})"
         )
-    before = 3 if method == "auto" else 2  # the echo attempt, the two detection requests
+    # the echo attempt, the check (when it was asked now)
+    before = (1 if method == "auto" else 0) + (0 if known else cont.requests)
     return await _score_continuation(client, text, context, model, top_logprobs, before)
 
 
@@ -552,8 +556,6 @@ def score(
     the heatmap (its HTML display) and ``.plot()``. Raises :class:`ScoreError` when the
     server can do neither.
     """
-    from tmlab.sweeps import _run_in_thread, _sweep_client
-
     _check_text("text", text)
     _check_text("context", context, optional=True)
     ac = _sweep_client(client)

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from tmlab import capabilities
 from tmlab._base import Messages, _BaseClient, _messages
 from tmlab._settings import session_limit
 from tmlab.client import AsyncClient
@@ -242,14 +243,18 @@ DEFAULT_CONCURRENCY = 8
 
 async def _slots(ac: AsyncClient, model: str | None) -> int:
     """The sweep's default concurrency: the slots the server advertises for ``model`` in
-    ``/models`` (the embedded server: ``parallel``), else :data:`DEFAULT_CONCURRENCY`."""
+    ``/models`` now (the embedded server: ``parallel``; a restarted server may have changed
+    them), kept in :mod:`tmlab.capabilities`; when ``/models`` does not answer, the slots
+    known there; else :data:`DEFAULT_CONCURRENCY`."""
     try:
         served = await ac.models()
-    except Exception:  # a server without /models: the requests themselves will tell
-        return DEFAULT_CONCURRENCY
+    except Exception:  # no answer from /models: what was learned before, else the default
+        caps = capabilities.find(ac.base_url, model)
+        return caps.slots if caps is not None and caps.slots is not None else DEFAULT_CONCURRENCY
     for m in served:
         slots = m.get("parallel") if isinstance(m, dict) else None
         if (model is None or m.get("id") == model) and isinstance(slots, int) and slots >= 1:
+            capabilities.of(ac.base_url, model).slots = slots
             return slots
     return DEFAULT_CONCURRENCY
 

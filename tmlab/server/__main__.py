@@ -113,6 +113,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="what logprobs describe when a request does not say (logprobs_mode): the model's "
         "raw distribution (default) or the one each token was drawn from",
     )
+    p.add_argument(
+        "--minimal",
+        action="store_true",
+        help="serve as a server without the optional capabilities: logprobs, echo and the "
+        "extensions (continuing a final assistant message) ignored, n = 1 only (for testing "
+        "that notebooks say what such a server lacks)",
+    )
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--idle-exit",
@@ -246,6 +253,7 @@ def serve(args: argparse.Namespace) -> int:
         limits=limits,
         log=log,
         instance=args.instance,
+        minimal=args.minimal,
     )
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

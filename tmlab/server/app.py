@@ -54,6 +54,7 @@ from tmlab.server.protocol import (
     error_body,
     parse_chat_request,
     parse_json,
+    without_optional,
 )
 from tmlab.server.response import Timing
 from tmlab.server.stats import RequestLog, Stats
@@ -106,6 +107,8 @@ class _Server:
     ) -> None:
         self.engine = engine
         self.instance = instance
+        self.minimal = False
+        """Serve as a server without the optional capabilities (``--minimal``)."""
         self.parallel = engine.batch.parallel if engine.batch is not None else 1
         self.worker = Worker(threads=self.parallel)
         self.api_key = api_key
@@ -149,9 +152,8 @@ class _Server:
     def chat_request(self, body: Any) -> ChatRequest:
         """A decoded body validated as a chat request (in the preparing thread)."""
         engine = self.engine
-        return parse_chat_request(
-            body, [engine.model_name], engine.n_vocab, max_n=self.limits.max_n
-        )
+        req = parse_chat_request(body, [engine.model_name], engine.n_vocab, max_n=self.limits.max_n)
+        return without_optional(req) if self.minimal else req
 
     def chat_plan(self, body: Any) -> tuple[ChatRequest, Plan]:
         """A decoded body validated and planned (in the preparing thread)."""
@@ -451,15 +453,18 @@ def create_app(
     limits: Limits | None = None,
     log: Callable[[str], None] | None = None,
     instance: str | None = None,
+    minimal: bool = False,
 ) -> RequestLog:
     """The ASGI app serving ``engine``, holding each request to ``limits`` (default: the
     defaults of :class:`~tmlab.server.limits.Limits`); ``log`` gets one line per request
     (:func:`~tmlab.server.stats.request_line`); ``instance`` names this server in
-    ``/health`` (the shared server's launcher checks it).
+    ``/health`` (the shared server's launcher checks it); ``minimal`` serves it as a server
+    without the optional capabilities (:func:`~tmlab.server.protocol.without_optional`).
 
     At shutdown it stops its worker thread and, with ``close_engine``, then frees the model.
     """
     s = _Server(engine, api_key, limits or Limits(), instance)
+    s.minimal = minimal
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

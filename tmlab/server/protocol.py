@@ -7,9 +7,10 @@ checks reuse the one table, :data:`tmlab.params.PARAMS` / :func:`validate_params
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from tmlab.errors import ParameterError
 from tmlab.params import PARAMS, validate_params
@@ -287,3 +288,23 @@ def _check_continuation(
             f"continue_final_message=true cannot be combined with {clash} on this server",
             "continue_final_message",
         )
+
+
+OPTIONAL_OUTPUTS: Final = ("logprobs", "top_logprobs", "echo", "echo_last")
+"""What a server without the optional capabilities (``--minimal``) ignores besides the
+extensions group of the parameter table: logprobs and echo."""
+
+
+def without_optional(req: ChatRequest) -> ChatRequest:
+    """``req`` as a server without the optional capabilities serves it (``--minimal``).
+
+    Like many OpenAI-compatible servers: logprobs, echo and every extension (continuing a
+    final assistant message, token ids, logprobs modes) are ignored, not refused, so a final
+    assistant message starts a new turn and the answer has no logprobs; ``n`` above 1 is a
+    400.
+    """
+    if req.get("n", 1) > 1:
+        raise bad(f"n={req.get('n')}: this server generates one choice per request", "n")
+    dropped = set(OPTIONAL_OUTPUTS) | {p.name for p in PARAMS.values() if p.group == "extensions"}
+    params = {k: v for k, v in req.params.items() if k not in dropped}
+    return dataclasses.replace(req, params=params)

@@ -11,6 +11,9 @@ thread plans requests beside a running generation. Each job carries a cancel fla
 generation loop checks at every token; a job cancelled while still queued is skipped. The
 worker counts its jobs (queued or running, their client still there) and keeps a running mean
 of how long one takes, which the server's queue limit reads (:mod:`tmlab.server.limits`).
+A streaming job's chunks reach the event loop in batches (everything emitted since the loop
+last looked, with one wake-up each), so a loop that falls behind the tokens catches up in
+one write instead of one per token.
 """
 
 from __future__ import annotations
