@@ -85,7 +85,7 @@ class Contender:
     def __init__(self, url: str) -> None:
         self.url = url
         self.client = httpx.Client(base_url=url, timeout=600)
-        self.prompts: set[int] = set()
+        self.prompts: dict[int, int] = {}  # request index -> prompt tokens reported
         self._next = 0
 
     def one_stream(self) -> float:
@@ -93,7 +93,7 @@ class Contender:
         self._next += 1
         t0 = time.perf_counter()
         prompt, completion = _one(self.client, self._next)
-        self.prompts.add(prompt)
+        self.prompts[self._next] = prompt
         return completion / (time.perf_counter() - t0)
 
     def one_streamed(self) -> float:
@@ -109,7 +109,7 @@ class Contender:
         def one(i: int) -> int:
             with httpx.Client(base_url=self.url, timeout=600) as client:
                 prompt, completion = _one(client, i)
-            self.prompts.add(prompt)
+            self.prompts[i] = prompt
             return completion
 
         t0 = time.perf_counter()
@@ -154,9 +154,15 @@ def run(rounds: int = 5) -> list[Row]:
                 rounds,
                 budget=120,
             )
-            prompts = sorted(llama.prompts | tm8.prompts)
-            same = "same" if llama.prompts == tm8.prompts == tm1.prompts else "DIFFERENT"
-            note = f"; {setup}; prompts {prompts[0]}–{prompts[-1]} tokens ({same} on both)"
+            prompts = sorted({*llama.prompts.values(), *tm8.prompts.values()})
+            # the same request index is the same request on every server
+            same = all(
+                c.prompts[i] == llama.prompts[i]
+                for c in (tm8, tm1)
+                for i in c.prompts.keys() & llama.prompts.keys()
+            )
+            alike = "the same" if same else "DIFFERENT"
+            note = f"; {setup}; prompts {prompts[0]}–{prompts[-1]} tokens ({alike} on both)"
             rows.append(
                 Row(
                     "one stream tokens/s, tmlab --parallel 8 vs llama.cpp server",
