@@ -181,3 +181,22 @@ def test_to_dict_returns_copies_that_leave_the_result_unchanged() -> None:
     assert res.request["messages"][0]["content"] == "q"
     assert res.raw["choices"][0]["message"]["content"] == "42"
     assert res.to_dict()["timing"]["latency_s"] == 1.5
+
+
+def test_llamacpp_token_ids_are_read_from_id() -> None:
+    # llama.cpp's server names the token id "id" (vLLM and the embedded server "token_id")
+    item = {"id": 19556, "token": "Hello", "bytes": [72], "logprob": -0.5}
+    alt = {"id": 26843, "token": "Hi", "bytes": [72, 105], "logprob": -2.4}
+    raw = {
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "length",
+                "message": {"role": "assistant", "content": "Hello"},
+                "logprobs": {"content": [{**item, "top_logprobs": [item, alt]}]},
+            }
+        ]
+    }
+    (tok,) = ChatResult(raw).choices[0].logprobs or []
+    assert tok.token_id == 19556 and [a.token_id for a in tok.top] == [19556, 26843]
+    assert list(ChatResult(raw).logprobs_frame()["token_id"]) == [19556]

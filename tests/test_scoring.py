@@ -237,3 +237,26 @@ def test_p_norm_of_very_unlikely_labels_does_not_underflow() -> None:
     lps = [-800.0, -800.0 - math.log(3)]
     assert math.exp(_log_norm(lps[0], lps)) == pytest.approx(0.75)
     assert math.exp(_log_mass(lps)) == 0.0  # the mass itself is below the smallest float
+
+
+def test_perplexity_at_least_bounds_an_unknown_token_by_the_smallest_alternative() -> None:
+    from tmlab.result import TokenLogprob
+    from tmlab.scoring import ScoreResult
+
+    tokens = [TokenLogprob("The", -1.0), TokenLogprob("x", math.nan), TokenLogprob(" sea", -2.0)]
+    s = ScoreResult(
+        "Thex sea",
+        None,
+        None,
+        tokens,
+        "continuation",
+        "raw_logprobs",
+        5,
+        3,
+        bounds=[math.nan, -5.0, math.nan],
+    )
+    assert math.isnan(s.perplexity)  # unknown: not a number to show as one
+    # the unknown token is at most as likely as the smallest returned alternative (-5)
+    assert s.perplexity_at_least == pytest.approx(math.exp((1.0 + 5.0 + 2.0) / 3))
+    known = ScoreResult("The sea", None, None, [tokens[0], tokens[2]], "echo", "raw", 5, 1)
+    assert known.perplexity_at_least == pytest.approx(known.perplexity)

@@ -150,11 +150,20 @@ def _parse_legacy(lp: dict[str, Any]) -> list[TokenLogprob]:
     return out
 
 
+def _token_id(item: dict[str, Any]) -> int | None:
+    """The token id: ``token_id`` (vLLM, Fireworks, the embedded server) or ``id`` (llama.cpp's
+    server)."""
+    value = item.get("token_id")
+    if value is None:
+        value = item.get("id")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _parse_openai(content: list[dict[str, Any]]) -> list[TokenLogprob]:
     out = []
     for item in content:
         top = tuple(
-            TopLogprob(t.get("token", ""), float(t["logprob"]), t.get("bytes"), t.get("token_id"))
+            TopLogprob(t.get("token", ""), float(t["logprob"]), t.get("bytes"), _token_id(t))
             for t in item.get("top_logprobs") or []
             if t.get("logprob") is not None
         )
@@ -164,7 +173,7 @@ def _parse_openai(content: list[dict[str, Any]]) -> list[TokenLogprob]:
                 item.get("token", ""),
                 float(value) if value is not None else float("nan"),
                 item.get("bytes"),
-                item.get("token_id"),
+                _token_id(item),
                 top,
             )
         )

@@ -118,6 +118,21 @@ class ScoreResult:
         return math.exp(-self.mean_logprob)
 
     @property
+    def perplexity_at_least(self) -> float:
+        """A lower bound on :attr:`perplexity`: each token whose log-probability is unknown
+        (outside the returned alternatives, a continuation walk) taken at its upper bound, the
+        smallest returned alternative's. Equal to :attr:`perplexity` when every token is
+        known; NaN when an unknown token has no bound either."""
+        if not self.tokens:
+            return math.nan
+        bounds = self.bounds or [math.nan] * len(self.tokens)
+        known = [
+            t.logprob if not math.isnan(t.logprob) else b
+            for t, b in zip(self.tokens, bounds, strict=True)
+        ]
+        return math.exp(-math.fsum(known) / len(known))
+
+    @property
     def total_bits(self) -> float:
         """Total surprisal in bits: ``-total_logprob / ln 2``."""
         return -self.total_logprob / LN2
