@@ -53,9 +53,12 @@ def start_in_process(
     n_ctx: int = 8192,
     threads: int | None = None,
     model_path: str | None = None,
+    as_user: bool = False,
 ) -> object:
     """Start ``xllamacpp.Server`` on ``127.0.0.1:port`` in this process; return it (keep a
-    reference: the server stops when it is collected)."""
+    reference: the server stops when it is collected). ``as_user``: llama.cpp's own defaults
+    (its context size, prompt cache on) instead of tmlab's configuration: a foreign server
+    as a user runs it, for the tests."""
     import xllamacpp
 
     from tmlab.server.engine import default_model_path
@@ -66,6 +69,9 @@ def start_in_process(
     params.hostnames = ["127.0.0.1"]
     params.port = port
     params.n_parallel = parallel
+    params.use_jinja = True  # the GGUF's own chat template, as tmlab renders it
+    if as_user:
+        return xllamacpp.Server(params)
     params.n_ctx = n_ctx * parallel  # llama.cpp divides the context among the slots
     params.kv_unified = False  # one KV stream per slot, as tmlab's batch engine
     params.n_batch = 512  # llama-cpp-python's default, tmlab's prompt pieces
@@ -76,7 +82,6 @@ def start_in_process(
     params.cache_prompt = False  # tmlab evaluates every prompt in full
     params.cache_ram_mib = 0
     params.fit_params = False  # no device to fit: keep the context asked for
-    params.use_jinja = True  # the GGUF's own chat template, as tmlab renders it
     return xllamacpp.Server(params)
 
 
@@ -87,6 +92,7 @@ def llamacpp_server(
     n_ctx: int = 8192,
     threads: int | None = None,
     timeout: float = 120.0,
+    as_user: bool = False,
 ) -> Iterator[str]:
     """llama.cpp's server on the packaged GGUF in a child process; yields its base URL
     (``http://127.0.0.1:PORT``, without ``/v1``) once ``/health`` answers; stops it after.
@@ -102,6 +108,7 @@ def llamacpp_server(
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     args = [str(port), str(parallel), str(n_ctx), str(threads or default_threads())]
+    args.append("1" if as_user else "0")
     # its log goes to a file: a pipe nobody reads would fill up and block the server
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
         proc = subprocess.Popen(
@@ -136,8 +143,10 @@ def _wait_healthy(proc: subprocess.Popen[bytes], log: IO[str], url: str, timeout
 
 
 def _serve(argv: list[str]) -> None:
-    port, parallel, n_ctx, threads = (int(a) for a in argv)
-    server = start_in_process(port, parallel=parallel, n_ctx=n_ctx, threads=threads)
+    port, parallel, n_ctx, threads, as_user = (int(a) for a in argv)
+    server = start_in_process(
+        port, parallel=parallel, n_ctx=n_ctx, threads=threads, as_user=bool(as_user)
+    )
     print(READY + f"http://127.0.0.1:{port}", flush=True)
     try:
         while True:

@@ -17,11 +17,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def minimal() -> Iterator[httpx.Client]:
-    with (
-        tmlab.local.start(quiet=True, minimal=True, n_ctx=2048) as server,
-        httpx.Client(base_url=server.base_url, timeout=120) as http,
-    ):
+def minimal_url() -> Iterator[str]:
+    with tmlab.local.start(quiet=True, minimal=True, n_ctx=2048) as server:
+        yield server.base_url
+
+
+@pytest.fixture
+def minimal(minimal_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=minimal_url, timeout=120) as http:
         yield http
 
 
@@ -55,3 +58,27 @@ def test_a_final_assistant_message_starts_a_new_turn(minimal: httpx.Client) -> N
     # the flags change nothing: both answers are a new assistant turn after the prefix
     assert asked["choices"][0]["message"] == plain["choices"][0]["message"]
     assert asked["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"]
+
+
+def test_a_lesson_that_needs_logprobs_switches_to_the_local_model_and_says_so(
+    minimal_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tmlab._settings import session
+
+    monkeypatch.setenv("TENSORMESH_SERVERLESS_BASE_URL", minimal_url)
+    monkeypatch.delenv("TENSORMESH_INFERENCE_API_KEY", raising=False)
+    with tmlab.Client() as client:
+        table = tmlab.probe(client, quiet=True)
+    verdicts = dict(zip(table["capability"], table["verdict"], strict=True))
+    assert not verdicts["logprobs"].startswith("supported")
+    assert not verdicts["continuation of a final assistant message"].startswith("continues")
+    assert verdicts["n > 1"] != "supported"
+    assert tmlab.needs("n") is False  # n = 1 only here
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and "lacks n" in line and minimal_url in line
+    assert session.local
+    with tmlab.Client() as local:  # the session now talks to the embedded model
+        assert local.chat("Hi", max_tokens=2, logprobs=True).choices[0].logprobs
+    assert tmlab.needs("logprobs", "continuation") is True  # the local model has both
+    with pytest.raises(tmlab.ParameterError):
+        tmlab.needs("telepathy")

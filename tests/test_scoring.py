@@ -1,6 +1,6 @@
 """tmlab.score and tmlab.classify: on the embedded server against an independent llama.cpp
-computation, and the continuation path against small fake servers (the embedded server on
-this branch does not continue a final assistant message)."""
+computation (echo), and the continuation path against small fake servers that make the faults
+a real server cannot be made to produce (llama.cpp's real server: test_foreign_llamacpp.py)."""
 
 from __future__ import annotations
 

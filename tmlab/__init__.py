@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from tmlab.classification import classify
     from tmlab.frames import logprobs_frame, usage_frame
     from tmlab.jupyter.explorer import Explorer
-    from tmlab.probes import probe
+    from tmlab.probes import needs, probe
     from tmlab.probtree import continuations
     from tmlab.scoring import ScoreResult, score
     from tmlab.summary import plot_sweep, summarize
@@ -84,6 +84,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "ScoreResult": ("tmlab.scoring", "ScoreResult"),
     "classify": ("tmlab.classification", "classify"),
     "probe": ("tmlab.probes", "probe"),
+    "needs": ("tmlab.probes", "needs"),
     "tree": ("tmlab.branchtree", "tree"),
     "continuations": ("tmlab.probtree", "continuations"),
 }
@@ -155,6 +156,7 @@ __all__ = [
     "load_ipython_extension",
     "local",
     "logprobs_frame",
+    "needs",
     "params_table",
     "plot_sweep",
     "probe",

@@ -46,6 +46,7 @@ import pandas as pd
 from tmlab import capabilities, continuation
 from tmlab._base import _BaseClient
 from tmlab._meaning import PROCESSED, RAW, record
+from tmlab._settings import session
 from tmlab.client import Client
 from tmlab.errors import APIError, BadRequestError, ParameterError
 from tmlab.scoring import _prompt_entries
@@ -54,7 +55,7 @@ from tmlab.sweeps import _client_kwargs
 if TYPE_CHECKING:
     from tmlab.result import ChatResult
 
-__all__ = ["MAX_REQUESTS", "PROBE_COLUMNS", "PlannedRequest", "probe"]
+__all__ = ["MAX_REQUESTS", "NEEDS", "PROBE_COLUMNS", "PlannedRequest", "needs", "probe"]
 
 MAX_REQUESTS = 10
 PROBE_COLUMNS = ["capability", "asked", "came_back", "verdict"]
@@ -420,3 +421,46 @@ def _reasoning_verdict(res: ChatResult | None) -> str:
 def forget() -> None:
     """Forget everything learned about every server (the next :func:`probe` asks again)."""
     capabilities.forget()
+
+
+NEEDS: dict[str, tuple[str, str]] = {
+    "logprobs": ("logprobs", "supported"),
+    "echo": ("echo with prompt logprobs", "supported"),
+    "continuation": ("continuation of a final assistant message", "continues"),
+    "n": ("n > 1", "supported"),
+}
+"""What :func:`needs` can ask for: the probe row that says it, and how its verdict begins."""
+
+
+def needs(*what: str, client: Any = None, out: Callable[[str], Any] = print) -> bool:
+    """Make sure this session's server can do ``what`` (names of :data:`NEEDS`: ``"logprobs"``,
+    ``"echo"``, ``"continuation"``, ``"n"``), as the probe says; if it cannot, switch the session
+    to the embedded local model (``%tmconfig local``), saying so in one line. True when the
+    session's own server can; False when it switched.
+
+    For a lesson that cannot teach without a capability: on a server that lacks it, the lesson
+    runs on the local model, labelled, instead of failing cell by cell. A verdict the probe
+    could not reach (``unknown``: a timeout, a 5xx) is an error, not a switch.
+    """
+    unknown = [w for w in what if w not in NEEDS]
+    if unknown:
+        raise ParameterError("what", f"cannot check {unknown}", ", ".join(NEEDS))
+    table = probe(client, quiet=True)
+    verdicts = dict(zip(table["capability"], table["verdict"], strict=True))
+    missing = []
+    for name in what:
+        row, good = NEEDS[name]
+        verdict = str(verdicts.get(row, "unknown"))
+        if verdict.startswith("unknown"):
+            raise APIError(f"could not tell whether the server does {name}: {verdict}")
+        if not verdict.startswith(good):
+            missing.append(f"{name} ({verdict})")
+    if not missing:
+        return True
+    where = _sync_client(client).base_url or "this server"
+    out(
+        f"tmlab: {where} lacks {', '.join(missing)}: this session now uses the embedded "
+        "local model (%tmconfig local), where every number below is computed"
+    )
+    session.update(local=True)
+    return False
