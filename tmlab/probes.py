@@ -228,6 +228,22 @@ def probe(
     server's answers say it in their notes, and the what-if warns on processed numbers.
     """
     c = _sync_client(client)
+    try:
+        return _probe(c, model, refresh=refresh, quiet=quiet, out=out)
+    finally:
+        if c is not client:  # made here: its connections are closed here
+            c.close()
+
+
+def _probe(
+    c: Client,
+    model: str | None = None,
+    *,
+    refresh: bool = False,
+    quiet: bool = False,
+    out: Callable[[str], Any] = print,
+) -> pd.DataFrame:
+    """:func:`probe` on ``c``."""
     c._setup()  # the embedded server starts here, so that its URL is known
     if model is None:
         model = c.model
@@ -445,7 +461,13 @@ def needs(*what: str, client: Any = None, out: Callable[[str], Any] = print) -> 
     unknown = [w for w in what if w not in NEEDS]
     if unknown:
         raise ParameterError("what", f"cannot check {unknown}", ", ".join(NEEDS))
-    table = probe(client, quiet=True)
+    c = _sync_client(client)
+    try:
+        table = probe(c, quiet=True)
+        where = c.base_url or "this server"
+    finally:
+        if c is not client:
+            c.close()
     verdicts = dict(zip(table["capability"], table["verdict"], strict=True))
     missing = []
     for name in what:
@@ -457,7 +479,6 @@ def needs(*what: str, client: Any = None, out: Callable[[str], Any] = print) -> 
             missing.append(f"{name} ({verdict})")
     if not missing:
         return True
-    where = _sync_client(client).base_url or "this server"
     out(
         f"tmlab: {where} lacks {', '.join(missing)}: this session now uses the embedded "
         "local model (%tmconfig local), where every number below is computed"
