@@ -286,10 +286,15 @@ def test_streams_abandoned_while_queued_leave_no_pending_task(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_startup_notice_is_one_line_on_stdout_not_stderr() -> None:
-    script = "import tmlab.local as L; L.ensure_server(); print('after', flush=True)"
+def test_startup_notice_is_one_line_on_stdout_not_stderr(tmp_path: Path) -> None:
+    # a state folder of its own: the process starts the shared server, then stops it
+    script = (
+        "import tmlab.local as L; L.ensure_server(); print('after', flush=True); "
+        "L.stop_shared()"
+    )
+    env = {**os.environ, "TMLAB_RUNTIME_DIR": str(tmp_path / "runtime")}
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # JupyterLab shows stderr in pink, like an error
@@ -301,13 +306,20 @@ def test_startup_notice_is_one_line_on_stdout_not_stderr() -> None:
 
 
 @pytest.mark.slow
-def test_startup_notice_in_a_kernel_is_a_display_updated_once_ready() -> None:
+def test_startup_notice_in_a_kernel_is_a_display_updated_once_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
+    # a state folder of its own (the kernel inherits it): the kernel starts the shared server
+    monkeypatch.setenv("TMLAB_RUNTIME_DIR", str(tmp_path / "runtime"))
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("import tmlab.local\ntmlab.local.ensure_server();")]
-    nbclient.NotebookClient(nb, timeout=180, kernel_name="python3").execute()
+    try:
+        nbclient.NotebookClient(nb, timeout=180, kernel_name="python3").execute()
+    finally:
+        tmlab.local.stop_shared()
     outputs = nb.cells[0].outputs
     assert not [o for o in outputs if o.get("name") == "stderr"], outputs
     shown = [o["data"]["text/plain"] for o in outputs if o["output_type"] == "display_data"]

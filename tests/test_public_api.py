@@ -49,6 +49,7 @@ EXPECTED = {
     "logprobs_frame",
     "params_table",
     "plot_sweep",
+    "needs",
     "probe",
     "rerun",
     "sampling",
