@@ -289,8 +289,7 @@ def test_streams_abandoned_while_queued_leave_no_pending_task(tmp_path: Path) ->
 def test_startup_notice_is_one_line_on_stdout_not_stderr(tmp_path: Path) -> None:
     # a state folder of its own: the process starts the shared server, then stops it
     script = (
-        "import tmlab.local as L; L.ensure_server(); print('after', flush=True); "
-        "L.stop_shared()"
+        "import tmlab.local as L; L.ensure_server(); print('after', flush=True); L.stop_shared()"
     )
     env = {**os.environ, "TMLAB_RUNTIME_DIR": str(tmp_path / "runtime")}
     done = subprocess.run(
