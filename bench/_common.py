@@ -186,20 +186,25 @@ README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
 
 
-def write_readme(path: str, block: str) -> None:
-    """Put ``block`` between the README's bench markers, replacing what was there.
+def write_readme(
+    path: str, block: str, markers: tuple[str, str] = (README_START, README_END)
+) -> None:
+    """Put ``block`` between the README's ``markers`` (the bench's by default), replacing what
+    was there.
 
     ``make bench`` writes its table into the README itself, so that the README shows the table
-    as measured. Raises ``ValueError`` when the markers are not there exactly once, in order.
+    as measured (``bench/probe_tables.py`` does the same for the probe's tables). Raises
+    ``ValueError`` when the markers are not there exactly once, in order.
     """
+    first, last = markers
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    if text.count(README_START) != 1 or text.count(README_END) != 1:
-        raise ValueError(f"{path} must hold {README_START} and {README_END} once each")
-    start = text.index(README_START) + len(README_START)
-    end = text.index(README_END)
+    if text.count(first) != 1 or text.count(last) != 1:
+        raise ValueError(f"{path} must hold {first} and {last} once each")
+    start = text.index(first) + len(first)
+    end = text.index(last)
     if end < start:
-        raise ValueError(f"{README_END} comes before {README_START} in {path}")
+        raise ValueError(f"{last} comes before {first} in {path}")
     new = text[:start] + "\n" + block.strip("\n") + "\n" + text[end:]
     with open(path, "w", encoding="utf-8") as f:
         f.write(new)
