@@ -26,6 +26,15 @@ WEATHER = {
 }
 
 
+def dead_url() -> str:
+    """The URL of a loopback port where nothing listens (connection refused at once; the port
+    was free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
 def post_raw(url: str, body: dict[str, Any]) -> socket.socket:
     """POST ``body`` to ``/v1/chat/completions`` on a bare socket (the caller closes it).
 

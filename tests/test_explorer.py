@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import itertools
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import ipywidgets as widgets
 import pytest
+from _e2e import dead_url
 from _fake_server import USAGE, chunk, sse, sse_response
 
 import tmlab
@@ -39,18 +39,10 @@ def history_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def _dead_url() -> str:
-    """The URL of a loopback port where nothing listens (connection refused at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
-
-
 @pytest.fixture
 def dead() -> tmlab.Client:
     """A client of a server that is not there (no retries: the failure is immediate)."""
-    return tmlab.Client(base_url=_dead_url(), model="some-model", max_retries=0)
+    return tmlab.Client(base_url=dead_url(), model="some-model", max_retries=0)
 
 
 @pytest.fixture

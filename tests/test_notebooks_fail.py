@@ -9,11 +9,11 @@ fails.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import nbformat
 import pytest
+from _e2e import dead_url
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -39,14 +39,6 @@ SENDS = (
 )
 
 
-def _dead_url() -> str:
-    """A loopback URL where nothing listens (the port was free a moment ago)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
-
-
 def test_every_notebook_is_here() -> None:
     assert len(NOTEBOOKS) >= 7, NOTEBOOKS
 
@@ -56,7 +48,7 @@ def test_a_failed_request_fails_the_cell_that_sent_it(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(ENV_API_KEY, raising=False)
-    monkeypatch.setenv(ENV_BASE_URL, _dead_url())
+    monkeypatch.setenv(ENV_BASE_URL, dead_url())
     monkeypatch.setenv(ENV_MODEL, "SmolLM2-135M-Instruct")
     monkeypatch.setenv("TMLAB_HISTORY", str(tmp_path / "history.sqlite3"))
     nb = nbformat.read(path, as_version=4)

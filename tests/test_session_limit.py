@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import html
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from _e2e import dead_url
 from _fake_server import completion
 from IPython.core.interactiveshell import InteractiveShell
 from test_magics import ip, last_row, markdown_shown, run
@@ -45,13 +45,6 @@ def history_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TMLAB_HISTORY", str(path))
     monkeypatch.delenv(ENV_MAX_TOKENS, raising=False)
     return path
-
-
-def _dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
 
 
 class Recorder:
@@ -361,7 +354,7 @@ def test_the_magic_stops_at_the_session_limit_and_says_so(ip: InteractiveShell) 
 
 
 def test_tmconfig_off_sends_no_limit(ip: InteractiveShell) -> None:
-    run(ip, f"%tmconfig base_url={_dead_url()} max_tokens=off")
+    run(ip, f"%tmconfig base_url={dead_url()} max_tokens=off")
     result, _ = run(ip, f"%%tmchat --model m\n{STORY}")  # no server: fails at once
     assert not result.success
     assert "max_tokens" not in last_row()["params"]
