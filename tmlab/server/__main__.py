@@ -335,7 +335,6 @@ def _exit_when_idle(
     none is handed this server's URL as it goes): the file is removed first, then the
     server stops; the lock is held until the process ends.
     """
-    lock = None
     while True:
         time.sleep(min(5.0, idle_s / 4))
         if stats.idle_s() < idle_s:
@@ -351,6 +350,8 @@ def _exit_when_idle(
                 os.close(lock)
                 continue
             _forget_state(state, instance)
+            # ``lock`` stays open, so held, until this process ends: a launcher waiting for
+            # it then finds no state file and starts the next server
         server.should_exit = True
         return
 
