@@ -22,7 +22,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,10 +195,33 @@ class Session:
         return [e for e in self.errors if re.search(r"widget|tmlab|backbone", e, re.I)]
 
 
-@pytest.fixture
-def session(browser: Browser, lab: JupyterLab, request: pytest.FixtureRequest) -> Iterator[Session]:
-    """A fresh page (own context) and an empty output folder for this test."""
-    out = ARTIFACTS / request.node.name
+@pytest.fixture(scope="module")
+def foreign_lab(
+    tmp_path_factory: pytest.TempPathFactory, llamacpp_server: str
+) -> Iterator[JupyterLab]:
+    """A second JupyterLab whose kernels talk to llama.cpp's own server, as a user points
+    tmlab at a server that is not its own (``TENSORMESH_SERVERLESS_BASE_URL``, no key)."""
+    _require_browser()
+    base = tmp_path_factory.mktemp("jupyterlab-llamacpp")
+    root, state = base / "root", base / "state"
+    root.mkdir()
+    state.mkdir()
+    env = {
+        "TMLAB_HISTORY": str(base / "history.sqlite3"),
+        "TENSORMESH_SERVERLESS_BASE_URL": llamacpp_server,
+    }
+    server = JupyterLab(root, state, env=env)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def _session(browser: Browser, lab: JupyterLab, name: str) -> Iterator[Session]:
+    """A fresh page (own context) on ``lab`` and an empty output folder named ``name``."""
+    out = ARTIFACTS / name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     context = browser.new_context(viewport={"width": 1500, "height": 1600})
@@ -208,6 +231,13 @@ def session(browser: Browser, lab: JupyterLab, request: pytest.FixtureRequest) -
         yield Session(page, lab, out)
     finally:
         context.close()
+
+
+@pytest.fixture
+def session(browser: Browser, lab: JupyterLab, request: pytest.FixtureRequest) -> Iterator[Session]:
+    """A fresh page on the JupyterLab whose kernels use the embedded server."""
+    with _session(browser, lab, request.node.name) as s:
+        yield s
 
 
 # -- tests ------------------------------------------------------------------------------------
@@ -501,6 +531,84 @@ def test_clicking_an_alternative_branches_and_the_tree_shows_both(
     session.shot("04-root-shown-again")
     assert not session.widget_errors(), session.widget_errors()
     print(f"branch browser test: screenshots in {session.out}")
+
+
+def test_explorer_on_llamacpp_server_shows_alternatives_and_branches(
+    browser: Browser, foreign_lab: JupyterLab, llamacpp_server: str
+) -> None:
+    """The Explorer in a kernel pointed at llama.cpp's own server: Send answers, the token
+    view lists each token's alternatives with their probabilities, and a click on one branches
+    (llama.cpp's server always prefills a final assistant message)."""
+    name = "test_explorer_on_llamacpp_server_shows_alternatives_and_branches"
+    history_file = foreign_lab.root.parent / "history.sqlite3"
+    with _session(browser, foreign_lab, name) as session:
+        page = session.page
+        session.open_notebook(
+            "foreign.ipynb",
+            [
+                "import tmlab\n"
+                "ex = tmlab.Explorer(prompt='Name three colours.', temperature=0.0,\n"
+                "                    max_tokens=12, logprobs=True, top_logprobs=3)\n"
+                "ex"
+            ],
+        )
+        cell = session.run_first_cell()
+        explorer = cell.locator(".tmlab-explorer")
+        session.wait(explorer, "the Explorer panel to render", CELL_TIMEOUT)
+        explorer.locator("button.tmlab-send").click()
+        session.wait(
+            explorer.locator("button.tmlab-pin:enabled"), "the answer to finish", ANSWER_TIMEOUT
+        )
+        error = explorer.locator(".tmlab-error")
+        if error.is_visible() and error.inner_text().strip():
+            session.fail(f"the Explorer shows an error: {error.inner_text()!r}")
+        rows = [r for r in _explorer_rows(history_file) if r["base_url"] == llamacpp_server]
+        if len(rows) != 1:
+            session.fail(f"expected one request to {llamacpp_server} in the history: {rows}")
+        answer = rows[0]["text"]
+        session.shot("01-answer")
+
+        explorer.locator(".tmlab-tabs .lm-TabBar-tab", has_text="Tokens").click()
+        tokens = explorer.locator(".tmlab-tokenview .tmlab-tv-tok")
+        session.wait(tokens.first, "the token view", 15_000)
+        if tokens.count() < 4:
+            session.fail(f"the answer is too short to branch at position 2: {tokens.count()}")
+        tokens.nth(2).hover()
+        popup = page.locator(".tmlab-tv-alts")
+        session.wait(popup, "the alternatives popup on hover", 10_000)
+        alts = popup.locator(".tmlab-tv-alt")
+        if alts.count() != 3:
+            session.fail(f"the popup lists {alts.count()} alternatives, not 3")
+        if not re.search(r"p = [01]\.\d{4}", alts.first.inner_text()):
+            session.fail(f"the alternative shows no probability: {alts.first.inner_text()!r}")
+        session.shot("02-alternatives")
+
+        choice = popup.locator(".tmlab-tv-alt:not(.tmlab-tv-taken)").first
+        choice.click()
+        session.wait(
+            explorer.locator(".tmlab-tokenview .tmlab-tv-inherited").first,
+            "the branch's prefix in the token view",
+            60_000,
+        )
+        session.wait(
+            explorer.locator("button.tmlab-pin:enabled"), "the branch to finish", ANSWER_TIMEOUT
+        )
+        if error.is_visible() and error.inner_text().strip():
+            session.fail(f"branching on llama.cpp's server failed: {error.inner_text()!r}")
+        session.shot("03-branched")
+        rows = [r for r in _explorer_rows(history_file) if r["base_url"] == llamacpp_server]
+        if len(rows) != 2:
+            session.fail(f"expected the branch as a second request: {rows}")
+        root, branch = rows
+        assert branch["parent_id"] == root["id"] and branch["branch_position"] == 2, branch
+        prefix = json.loads(branch["messages"])[-1]["content"]
+        assert answer.startswith(prefix[: len(prefix) - len(branch["branch_token"])]), prefix
+        # the branch's text is only what the server added: llama.cpp's echo of the prefix in a
+        # non-streamed answer is not shown twice
+        shown = explorer.locator(".tmlab-answer").inner_text()
+        if not shown.startswith(prefix) or shown.count(prefix) != 1:
+            session.fail(f"the answer shown should start with {prefix!r} once: {shown!r}")
+        assert not session.widget_errors(), session.widget_errors()
 
 
 def _drag(page: Page, handle: Locator, track: Locator, fraction: float) -> None:

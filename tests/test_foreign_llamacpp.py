@@ -113,6 +113,19 @@ def test_branch_continues_the_prefix(client: tmlab.Client, history_db: str) -> N
     assert streamed.text == b.text and not streamed.notes  # deltas hold the new text only
 
 
+def test_the_continuation_check_is_recorded_as_tmlabs_own_requests(
+    client: tmlab.Client, history_db: str
+) -> None:
+    """The check's requests are in the history as ``probe``, not as the user's questions."""
+    from tmlab import continuation
+
+    verdict = continuation.check(client, client.model, refresh=True)
+    assert verdict.continues and verdict.always_prefills and verdict.echoes_prefix, verdict
+    rows = tmlab.history()
+    assert len(rows) == verdict.requests == 2 and set(rows["source"]) == {"probe"}, rows
+    assert tmlab.history(source="client").empty
+
+
 def test_score(client: tmlab.Client) -> None:
     s = tmlab.score("Yes.", context=QUESTION, client=client)
     assert s.method == "continuation"

@@ -82,3 +82,23 @@ def test_a_lesson_that_needs_logprobs_switches_to_the_local_model_and_says_so(
     assert tmlab.needs("logprobs", "continuation") is True  # the local model has both
     with pytest.raises(tmlab.ParameterError):
         tmlab.needs("telepathy")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_asked_and_not_returned_say_so(minimal_url: str, stream: bool) -> None:
+    """An answer without the logprobs it asked for says so everywhere its numbers show: the
+    result's notes, the frame's notes, the usage line; never an empty table alone."""
+    from tmlab.display import usage_line
+    from tmlab.result import NO_LOGPROBS_NOTE
+
+    with tmlab.Client(base_url=minimal_url, timeout=120) as c:
+        res = c.chat("Say hi", max_tokens=4, logprobs=True, top_logprobs=3, stream=stream)
+        plain = c.chat("Say hi", max_tokens=4, stream=stream)
+    assert res.text and res.logprobs_missing and res.notes == [NO_LOGPROBS_NOTE]
+    df = res.logprobs_frame()
+    assert df.empty and NO_LOGPROBS_NOTE in df.attrs["notes"]
+    assert "no logprobs came back" in usage_line(res)
+    assert res.sequence_logprob is None
+    # not asked, nothing to say
+    assert not plain.logprobs_missing and not plain.notes
+    assert "logprobs" not in usage_line(plain)

@@ -26,11 +26,13 @@ asks again.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from tmlab import capabilities
 from tmlab.capabilities import Continuation
 from tmlab.errors import APIError, BadRequestError, TmlabError
+from tmlab.history import request_source
 
 if TYPE_CHECKING:
     from tmlab.client import AsyncClient, Client
@@ -149,16 +151,20 @@ def _known(base_url: str | None, model: str | None, refresh: bool) -> Continuati
     return caps.continuation if caps is not None else None
 
 
-def check(client: Client, model: str | None, *, refresh: bool = False) -> Continuation:
-    """The continuation check on ``client``'s server (1–2 tiny chat requests and a
-    ``/models``, or none when known; ``refresh=True`` asks again)."""
-    url = client.base_url
-    known = _known(url, model, refresh)
-    if known is not None:
-        return known
+@dataclasses.dataclass(frozen=True)
+class _Ask:
+    """One request of the check: a chat with ``params``, or ``GET /models`` (no messages)."""
+
+    messages: list[dict[str, str]] | None
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _plan(url: str | None, model: str | None) -> Generator[_Ask, Any, Continuation]:
+    """The check without I/O: yields the requests to send, receives their results (or their
+    errors, thrown in), returns the verdict. :func:`check` and :func:`acheck` drive it."""
     messages = list(PROBE_MESSAGES)
     try:
-        first = client.chat(messages, model=model, **ASK, **CONTINUE)
+        first = yield _Ask(messages, {**ASK, **CONTINUE})
     except BadRequestError as exc:
         return _keep(url, model, _refused(url, model, exc))
     except APIError as exc:
@@ -168,42 +174,73 @@ def check(client: Client, model: str | None, *, refresh: bool = False) -> Contin
     plain: ChatResult | None = None
     plain_error: APIError | None = None
     try:
-        plain = client.chat(messages, model=model, **ASK)
+        plain = yield _Ask(messages, dict(ASK))
     except APIError as exc:
         plain_error = exc
     try:
-        models = client.models()
+        models = yield _Ask(None)
     except TmlabError:
         models = []
     return _finish(url, model, first, plain, plain_error, models)
+
+
+def _step(
+    plan: Generator[_Ask, Any, Continuation], got: Any = None, exc: TmlabError | None = None
+) -> tuple[_Ask | None, Continuation | None]:
+    """Give ``plan`` the last request's result (or error): (the next request, None) or
+    (None, the verdict)."""
+    try:
+        return (plan.throw(exc) if exc is not None else plan.send(got)), None
+    except StopIteration as stop:
+        return None, stop.value
+
+
+def check(client: Client, model: str | None, *, refresh: bool = False) -> Continuation:
+    """The continuation check on ``client``'s server (1–2 tiny chat requests and a
+    ``/models``, or none when known; ``refresh=True`` asks again). Its requests are in the
+    history with ``source='probe'``."""
+    known = _known(client.base_url, model, refresh)
+    if known is not None:
+        return known
+    plan = _plan(client.base_url, model)
+    ask, verdict = _step(plan)
+    with request_source("probe"):
+        while ask is not None:
+            try:
+                got = (
+                    client.models()
+                    if ask.messages is None
+                    else client.chat(ask.messages, model=model, **ask.params)
+                )
+            except TmlabError as exc:
+                ask, verdict = _step(plan, exc=exc)
+            else:
+                ask, verdict = _step(plan, got)
+    assert verdict is not None
+    return verdict
 
 
 async def acheck(ac: AsyncClient, model: str | None, *, refresh: bool = False) -> Continuation:
     """:func:`check` on an :class:`~tmlab.AsyncClient`."""
-    url = ac.base_url
-    known = _known(url, model, refresh)
+    known = _known(ac.base_url, model, refresh)
     if known is not None:
         return known
-    messages = list(PROBE_MESSAGES)
-    try:
-        first = await ac.chat(messages, model=model, **ASK, **CONTINUE)
-    except BadRequestError as exc:
-        return _keep(url, model, _refused(url, model, exc))
-    except APIError as exc:
-        return _unknown(url, model, exc, 1)
-    if not _goes_on(first.text)[0]:
-        return _keep(url, model, _new_turn(url, model, first.text))
-    plain: ChatResult | None = None
-    plain_error: APIError | None = None
-    try:
-        plain = await ac.chat(messages, model=model, **ASK)
-    except APIError as exc:
-        plain_error = exc
-    try:
-        models = await ac.models()
-    except TmlabError:
-        models = []
-    return _finish(url, model, first, plain, plain_error, models)
+    plan = _plan(ac.base_url, model)
+    ask, verdict = _step(plan)
+    with request_source("probe"):
+        while ask is not None:
+            try:
+                got = await (
+                    ac.models()
+                    if ask.messages is None
+                    else ac.chat(ask.messages, model=model, **ask.params)
+                )
+            except TmlabError as exc:
+                ask, verdict = _step(plan, exc=exc)
+            else:
+                ask, verdict = _step(plan, got)
+    assert verdict is not None
+    return verdict
 
 
 def _finish(

@@ -62,7 +62,7 @@ def usage_line(res: ChatResult) -> str:
 def finish_notes(res: ChatResult) -> list[str]:
     """Why the answer ended, for the usage line: the finish reason; the session's default
     length limit when a front end sent it (and that the answer stopped there); a repetition
-    loop the answer ends in (:mod:`tmlab.repetition`)."""
+    loop the answer ends in (:mod:`tmlab.repetition`); logprobs asked for and not returned."""
     notes = []
     limit = res.session_limit
     if res.finish_reason:
@@ -75,6 +75,8 @@ def finish_notes(res: ChatResult) -> list[str]:
     loop = res.loop
     if loop is not None:
         notes.append(f"looping: {loop.describe()}")
+    if res.logprobs_missing:
+        notes.append("no logprobs came back (the server lacks them)")
     return notes
 
 

@@ -84,7 +84,9 @@ COLUMNS: Final = (
     "prefix_logprob",
 )
 
-SOURCES: Final = ("client", "magic", "explorer", "sweep")
+SOURCES: Final = ("client", "magic", "explorer", "sweep", "probe")
+"""Who sent a request. ``probe``: tmlab itself, finding out what a server can do
+(:func:`tmlab.probe` and the continuation check), not the user's question."""
 
 # The request body's fields that are not "parameters": who/what was asked and how the answer
 # was transported (stream_options is added by the client to every stream).

@@ -49,6 +49,7 @@ from tmlab._meaning import PROCESSED, RAW, record
 from tmlab._settings import session
 from tmlab.client import Client
 from tmlab.errors import APIError, BadRequestError, ParameterError
+from tmlab.history import request_source
 from tmlab.scoring import _prompt_entries
 from tmlab.sweeps import _client_kwargs
 
@@ -137,9 +138,10 @@ class _Prober:
         self.sent += 1
         extra = {k: params.pop(k) for k in list(params) if k in continuation.CONTINUE}
         stream = bool(params.pop("stream", False))
-        return self.client.chat(
-            messages, model=self.model, stream=stream, extra_body=extra or None, **params
-        )
+        with request_source("probe"):
+            return self.client.chat(
+                messages, model=self.model, stream=stream, extra_body=extra or None, **params
+            )
 
     def attempt(self, messages: Any, **params: Any) -> tuple[ChatResult | None, str | None]:
         """(result, None) or (None, why it failed: the server's own words, one line).

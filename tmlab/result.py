@@ -231,6 +231,13 @@ class Choice:
         )
 
 
+NO_LOGPROBS_NOTE = (
+    "logprobs were asked for but the server returned none (it lacks them, or ignored the "
+    "field): the logprob columns are empty and sequence_logprob is None; tmlab.probe() says "
+    "what this server returns, tmlab.needs('logprobs') switches to the embedded model."
+)
+
+
 class ChatResult:
     """One chat-completions response.
 
@@ -262,6 +269,19 @@ class ChatResult:
         choices = raw.get("choices") or []
         self.choices = sorted((Choice.from_raw(c) for c in choices), key=lambda c: c.index)
         self.usage = Usage.from_raw(raw.get("usage"))
+        if self.logprobs_missing:
+            self.notes.append(NO_LOGPROBS_NOTE)
+
+    @property
+    def logprobs_missing(self) -> bool:
+        """Logprobs were asked for and the server returned none (it lacks them, or ignored
+        the field): every logprob number of this answer is unknown, not zero."""
+        return (
+            bool(self.request.get("logprobs"))
+            and self.complete
+            and bool(self.choices)
+            and all(c.logprobs is None for c in self.choices)
+        )
 
     @property
     def history_id(self) -> int | None:
