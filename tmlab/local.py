@@ -321,6 +321,7 @@ def start(
     logprobs_mode: str | None = None,
     parallel: int = 1,
     minimal: bool = False,
+    kv_unified: bool = False,
 ) -> LocalServer:
     """Start a local server in a subprocess and wait until ``/health`` answers.
 
@@ -332,7 +333,9 @@ def start(
     the default, or ``"processed_logprobs"``); ``parallel=N`` decodes up to N requests together
     (1, the default: one at a time, and the same request gives the same numbers);
     ``minimal`` serves as a server without the optional capabilities (no logprobs, echo or
-    continuation; ``n`` = 1), for trying what a notebook does elsewhere. Raises
+    continuation; ``n`` = 1), for trying what a notebook does elsewhere; ``kv_unified`` shares
+    one KV cache among the slots (llama.cpp's ``--kv-unified``: answers then depend on the
+    batch, and the server says so). Raises
     :class:`~tmlab.LocalServerError` (with the server's last stderr lines) if it exits or is
     not healthy within ``timeout`` seconds; an interrupt (Ctrl-C) while waiting stops the child
     before it propagates. Unless ``quiet``, shows one line of progress (stdout, or a display in
@@ -353,6 +356,8 @@ def start(
         extra += ["--parallel", str(int(parallel))]
     if minimal:
         extra += ["--minimal"]
+    if kv_unified:
+        extra += ["--kv-unified"]
     return _start(
         host, port, model_path, api_key, timeout, n_ctx, None, None if quiet else 1.0, extra
     )

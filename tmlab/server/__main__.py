@@ -60,8 +60,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=1,
         metavar="N",
         help="decode up to N requests together in one batch (continuous batching; default 1: "
-        "one at a time). Each slot keeps its own KV cache of --n-ctx tokens; on a CPU build an "
-        "answer's numbers are the same as with one slot (/v1/models says batch_invariant)",
+        "one at a time). Each slot keeps its own KV cache of --n-ctx tokens. Whether an "
+        "answer's numbers are the same as with one slot is measured on the loaded model at "
+        "start (/v1/models says batch_invariant and what was compared)",
+    )
+    p.add_argument(
+        "--kv-unified",
+        action="store_true",
+        help="with --parallel: one KV cache shared by the slots (llama.cpp's --kv-unified). "
+        "An answer's numbers then depend on what else is decoded with it; the start-up "
+        "self-test shows it and the server says so",
     )
     p.add_argument("--n-ctx", type=int, default=8192, help="context size in tokens")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp")
@@ -229,8 +237,13 @@ def serve(args: argparse.Namespace) -> int:
     engine.logprobs_mode = args.logprobs_mode
     if args.parallel > 1:
         from tmlab.server.batch import BatchEngine
+        from tmlab.server.selftest import measure
 
-        engine.batch = BatchEngine(engine, args.parallel)
+        batch = BatchEngine(engine, args.parallel, unified=args.kv_unified)
+        batch.invariance = measure(engine, batch)
+        engine.batch = batch
+        if not args.quiet:
+            print(f"batching: {batch.invariance.describe()}", file=sys.stderr, flush=True)
     if not args.quiet:
         print(
             f"loaded {engine.model_name} ({engine.model_path.name}) in "

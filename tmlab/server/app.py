@@ -268,14 +268,16 @@ class _Server:
         invariant = batch is None or batch.batch_invariant
         info: dict[str, Any] = {"parallel": self.parallel, "batch_invariant": invariant}
         if batch is not None:
+            measured = batch.invariance
+            info["batch_self_test"] = measured.as_json() if measured is not None else None
+            said = measured.describe() if measured is not None else "not measured"
             info["notice"] = (
                 f"up to {self.parallel} requests are decoded together, each in its own KV "
-                "cache: an answer's numbers are those it gets alone (tested bit for bit on "
-                "this CPU build)"
+                f"cache: an answer's numbers are those it gets alone ({said})"
                 if invariant
-                else f"up to {self.parallel} requests are decoded together in one batch: an "
-                "answer's numbers (and so a seeded or greedy answer) may depend on what else "
-                "the server is doing at the time"
+                else f"up to {self.parallel} requests are decoded together: an answer's "
+                "numbers (and so a seeded or greedy answer) may depend on what else the "
+                f"server is doing at the time ({said})"
             )
         return info
 

@@ -20,7 +20,9 @@ each row of the other matrix products on its own. So a sequence's numbers do not
 what else is in the batch: measured here (SmolLM2 Q4_1, AVX2), up to 8 sequences arriving at
 random moments give the same tokens and logprobs, bit for bit, as the one-slot server
 (``tests/test_parallel.py`` holds it to that). It is a property of these kernels, not a promise
-of llama.cpp (other backends may round the rows of a batch together), and each piece of it
+of llama.cpp (other backends, quantisations or builds may round the rows of a batch together),
+so the server measures it on the model it loaded before it serves
+(:mod:`tmlab.server.selftest`) and claims it only where it holds. Each piece of it
 matters: with ``unified=True`` the sequences share one KV cache, interleaved, and each one's
 attention sums over cells in an order set by its neighbours (measured: up to ~0.2 nats, and
 greedy answers flip at near-ties: ``bench/parallel.py`` prints it); a prompt token evaluated
@@ -49,12 +51,15 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tmlab.server.engine import Engine
 from tmlab.server.sampler import Decoder, Step
+
+if TYPE_CHECKING:
+    from tmlab.server.selftest import Invariance
 
 __all__ = ["BatchEngine", "SlotState"]
 
@@ -125,6 +130,8 @@ class BatchEngine:
             n_tokens=n_batch, embd=0, n_seq_max=parallel, verbose=False
         )
         self._mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self.invariance: Invariance | None = None
+        """The batching self-test's result (:func:`tmlab.server.selftest.measure`), once run."""
         self.prompt_tokens_shared = 0
         """Prompt tokens not evaluated again: copied from a sequence with the same prompt."""
         self._waiting: deque[_Seq] = deque()
@@ -140,10 +147,10 @@ class BatchEngine:
 
     @property
     def batch_invariant(self) -> bool:
-        """Whether a sequence's numbers are those it would get alone (see the module): one
-        KV stream per slot, and a build whose kernels all run on the CPU (a GPU backend may
-        take other kernels for other batch sizes)."""
-        return not self.unified and not self._lib.llama_supports_gpu_offload()
+        """Whether a sequence's numbers are those it would get alone (see the module), as
+        measured on the loaded model by :mod:`tmlab.server.selftest` (``invariance``); False
+        until measured."""
+        return self.invariance is not None and self.invariance.equal
 
     # --- the request side --------------------------------------------------------------
 

@@ -1,0 +1,150 @@
+"""Is batching exact on the loaded model? A short self-test when batching starts.
+
+Whether a sequence's numbers are those it gets alone is a property of llama.cpp's kernels for
+this model file, quantisation, instruction set and build (see :mod:`tmlab.server.batch`), not a
+promise of llama.cpp: it was measured for one GGUF on one build, and ``--model-path`` takes
+any. So the server measures it on the model it loaded before it serves, and claims invariance
+only if the measurement shows it.
+
+:func:`measure` decodes a few fixed sequences (seeded sampling at temperature 1, the sampled
+token's and the top alternatives' raw logprobs, end-of-generation ignored) first each alone on
+the one-slot path, then in the batch engine, arriving at three different moments: one alone,
+two together while it generates, and a fourth with the second's prompt later. It compares
+the tokens and every logprob bit for bit. About a second on 2 cores.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from tmlab.server.sampler import Sampling
+
+if TYPE_CHECKING:
+    from tmlab.server.batch import BatchEngine
+    from tmlab.server.engine import Engine
+
+__all__ = ["PROMPTS", "Invariance", "measure"]
+
+PROMPTS: tuple[str, ...] = (
+    "Name three colours.",
+    "Write one sentence about the sea, please.",
+    "What is two plus two? Answer in a few words, then explain why it is so.",
+)
+"""The self-test's user messages: three prompt lengths; the second is sent twice."""
+
+TOKENS = 12
+TOP = 5
+SEED = 1234
+
+# (prompt index, when it arrives: after how many tokens of the first sequence)
+_ARRIVALS: tuple[tuple[int, int], ...] = ((0, 0), (1, 3), (2, 3), (1, 7))
+
+Trace = list[tuple[int, float | None, list[tuple[int, float]]]]
+
+
+@dataclass(frozen=True)
+class Invariance:
+    """What the self-test compared and found.
+
+    ``equal``: every token and logprob of the batched sequences equals the one-slot path's,
+    bit for bit. ``compared``: what was compared, in words. ``difference``: the first
+    difference found, in words (None when equal). ``seconds``: how long it took.
+    """
+
+    equal: bool
+    compared: str
+    difference: str | None
+    seconds: float
+
+    def describe(self) -> str:
+        """One line: what was measured and what it showed."""
+        if self.equal:
+            return f"measured at start: {self.compared}: equal bit for bit"
+        return f"measured at start: {self.compared}: they differ ({self.difference})"
+
+    def as_json(self) -> dict[str, Any]:
+        """For ``/v1/models`` and ``/v1/stats``."""
+        return {**asdict(self), "seconds": round(self.seconds, 2)}
+
+
+def _first_difference(alone: list[Trace], batched: list[Trace]) -> str | None:
+    for i, (a, b) in enumerate(zip(alone, batched, strict=True)):
+        if len(a) != len(b):
+            return f"sequence {i}: {len(b)} tokens batched, {len(a)} alone"
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x[0] != y[0]:
+                return f"sequence {i}, token {k}: token {y[0]} batched, {x[0]} alone"
+            if x[1] != y[1]:
+                return f"sequence {i}, token {k}: logprob {y[1]!r} batched, {x[1]!r} alone"
+            if x[2] != y[2]:
+                return f"sequence {i}, token {k}: its top {TOP} alternatives differ"
+    return None
+
+
+def measure(engine: Engine, batch: BatchEngine) -> Invariance:
+    """Decode the self-test's sequences alone and in ``batch``; compare them bit for bit.
+
+    Call it before the server takes requests: it uses ``engine``'s one-slot path and
+    ``batch``, and leaves ``engine.batch`` as it found it.
+    """
+    started = time.perf_counter()
+    prompts = [engine.tokenize(engine.render([{"role": "user", "content": p}])) for p in PROMPTS]
+    saved = engine.batch
+
+    def run(k: int, on_token: Callable[[int], None] | None = None) -> Trace:
+        index = _ARRIVALS[k][0]
+        steps = engine.generate(
+            prompts[index],
+            Sampling(temperature=1.0, seed=SEED + index),
+            max_tokens=TOKENS,
+            top_logprobs=TOP,
+            ignore_eos=True,
+        )
+        out: Trace = []
+        for step in steps:
+            out.append((step.token_id, step.logprob, list(step.top or [])))
+            if on_token is not None:
+                on_token(len(out))
+        return out
+
+    try:
+        engine.batch = None
+        alone = [run(k) for k in range(len(_ARRIVALS))]
+        engine.batch = batch
+        batched: list[Trace] = [[] for _ in _ARRIVALS]
+        errors: list[BaseException] = []
+        threads: list[threading.Thread] = []
+
+        def later(k: int) -> None:
+            try:
+                batched[k] = run(k)
+            except BaseException as exc:  # reported below, never lost in a thread
+                errors.append(exc)
+
+        def arrive(generated: int) -> None:
+            for k, (_, after) in enumerate(_ARRIVALS):
+                if k and after == generated:
+                    t = threading.Thread(target=later, args=(k,), name="tmlab-selftest")
+                    t.start()
+                    threads.append(t)
+
+        batched[0] = run(0, arrive)
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+    finally:
+        engine.batch = saved
+    moments = len({after for _, after in _ARRIVALS})
+    compared = (
+        f"{len(_ARRIVALS)} sequences ({len(PROMPTS)} prompts of "
+        f"{min(map(len, prompts))}–{max(map(len, prompts))} tokens, {TOKENS} sampled tokens "
+        f"each, seeded, their logprobs and top {TOP}) arriving at {moments} moments in "
+        f"{batch.parallel} slots, against each alone on the one-slot path"
+    )
+    difference = _first_difference(alone, batched)
+    return Invariance(difference is None, compared, difference, time.perf_counter() - started)
