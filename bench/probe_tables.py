@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from contextlib import ExitStack
 
 import pandas as pd
-from _common import say, write_readme
+from _common import commit, say, write_readme
 from _llamacpp import llamacpp_server
 
 import tmlab
@@ -84,6 +85,10 @@ def main() -> None:
             "`tmlab serve --minimal`: verdict (came back)",
         ],
     )
+    when = (
+        f"Measured by `bench/probe_tables.py` on {time.strftime('%Y-%m-%d')} at commit {commit()}."
+    )
+    own, other = f"{when}\n\n{own}", f"{when}\n\n{other}"
     print(own, other, sep="\n\n")
     sys.stdout.flush()
     if not args.no_readme:

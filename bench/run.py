@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from contextlib import ExitStack
 
-from _common import Row, machine, say, table, write_readme
+from _common import Row, commit, machine, say, table, write_readme
 
 README = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "README.md")
 
@@ -179,7 +179,8 @@ def main() -> None:
     lines = [
         f"Machine: {machine()}",
         "",
-        f"One run of `make bench` on {time.strftime('%Y-%m-%d')}, {elapsed:.0f} s, peers "
+        f"One run of `make bench` on {time.strftime('%Y-%m-%d')} at commit {commit()}, "
+        f"{elapsed:.0f} s, peers "
         f"measured side by side; load average {load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after (other processes share the cores: absolute times vary "
         "with it more than ratios do).",

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import README_END, README_START, Row, table, write_readme  # noqa: E402
+from _common import README_END, README_START, Row, commit, table, write_readme  # noqa: E402
 
 
 def test_write_readme_replaces_only_what_is_between_the_markers(tmp_path: Path) -> None:
@@ -52,3 +52,18 @@ def test_the_readme_has_one_bench_block() -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert text.count(README_START) == 1 and text.count(README_END) == 1
     assert text.index(README_START) < text.index(README_END)
+
+
+def test_the_table_names_the_commit_it_measured() -> None:
+    """The README's tables say which commit they were measured on (and whether the working
+    tree differed from it), so a stale table can be told from a fresh one."""
+    import subprocess
+
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    said = commit()
+    assert said in (head, f"{head} + uncommitted changes"), said
