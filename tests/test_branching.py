@@ -18,9 +18,9 @@ from _fake_server import BASE, KEY, Script, completion
 
 import tmlab
 from tmlab import branching, capabilities
-from tmlab.branching import ContinuationError
 from tmlab.display import usage_line
-from tmlab.history import SCHEMA_VERSION, get_row
+from tmlab.errors import ContinuationError
+from tmlab.history import SCHEMA_VERSION, forget_results, get_row
 from tmlab.local import LocalServer
 
 PROMPT = "Write one sentence about the sea."
@@ -344,7 +344,7 @@ def test_a_branch_by_history_id_works_in_a_later_session(
     live = root.branch(3, max_tokens=6)
     deeper_live = live.branch(1, max_tokens=3)
     plain = client.chat(PROMPT, max_tokens=4)
-    branching._results.clear()  # a new kernel: nothing of the earlier one is in memory
+    forget_results()  # a new kernel: nothing of the earlier one is in memory
 
     stored = branching.result_of(root.history_id)  # type: ignore[arg-type]
     assert stored is not root and stored.history_id == root.history_id
@@ -357,7 +357,7 @@ def test_a_branch_by_history_id_works_in_a_later_session(
     assert again.full_text == live.full_text and _ids(again) == _ids(live)
 
     # a branch of a branch: the stored branch knows its own prefix (ids and log-probability)
-    branching._results.clear()
+    forget_results()
     child = branching.result_of(live.history_id)  # type: ignore[arg-type]
     assert child.parent is not None and child.parent.exact
     assert child.parent.prefix_token_ids == live.parent.prefix_token_ids

@@ -86,9 +86,9 @@ def test_branch_continues_a_result_of_this_session(ip: InteractiveShell) -> None
     (shown,) = markdown_shown(cap)
     assert f"branch of history row {parent.history_id} at position 2" in shown
     # after a restart (nothing in memory) the history's stored tokens give the same branch
-    from tmlab import branching
+    from tmlab.history import forget_results
 
-    branching._results.clear()
+    forget_results()
     ip.user_ns.pop("parent", None)
     again, cap = run(ip, f"%tmchat --branch {parent.history_id}:2 --max-tokens 4")
     assert again.success, cap.stdout

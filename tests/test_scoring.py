@@ -17,7 +17,8 @@ from _fake_server import LiveServer, scripted_app
 import tmlab
 from tmlab.classification import _log_mass, _log_norm
 from tmlab.continuation import PROBE_MESSAGES
-from tmlab.scoring import SCORE_COLUMNS, ScoreError, ScoreResult
+from tmlab.errors import ScoreError
+from tmlab.scoring import SCORE_COLUMNS, ScoreResult
 from tmlab.server.engine import default_model_path
 
 TEXT = "The capital of France is Paris."

@@ -42,6 +42,7 @@ from tmlab.errors import (
     status_error_from_response,
 )
 from tmlab.history import record as _record_row
+from tmlab.history import remember
 from tmlab.params import validate_params
 from tmlab.result import ChatResult
 
@@ -406,6 +407,7 @@ class _BaseClient:
         if result is not None:
             result.base_url = self._base_url
             result.history_id = row_id
+            remember(result)  # so that `%%tmchat --branch ID:POS` finds this session's results
         if exc is not None:
             with contextlib.suppress(AttributeError):  # a few builtins refuse attributes
                 exc.history_id = row_id  # type: ignore[attr-defined]

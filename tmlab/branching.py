@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,7 +40,8 @@ from tmlab import continuation
 from tmlab._settings import LENGTH_LIMITS
 from tmlab.capabilities import Continuation
 from tmlab.continuation import CONTINUE, PROBE_MESSAGES, strip_prefix
-from tmlab.errors import ParameterError, TmlabError
+from tmlab.errors import ContinuationError, ParameterError
+from tmlab.history import recalled, remember, stored_answer
 from tmlab.params import PARAMS
 
 if TYPE_CHECKING:
@@ -82,10 +82,6 @@ _NOT_INHERITED = frozenset(
 )
 
 
-class ContinuationError(TmlabError):
-    """The server does not continue a final assistant message, so it cannot branch."""
-
-
 @dataclass(frozen=True)
 class BranchOrigin:
     """Where a branch came from: its parent answer, the position and the token chosen there.
@@ -114,15 +110,6 @@ class BranchOrigin:
 
 # -- results by history id (for `%%tmchat --branch ID:POS`) --------------------------------
 
-_results: weakref.WeakValueDictionary[int, ChatResult] = weakref.WeakValueDictionary()
-
-
-def remember(res: ChatResult) -> None:
-    """Keep a weak reference to ``res`` under its history id (called when it is recorded)."""
-    if res.history_id is not None:
-        _results[res.history_id] = res
-
-
 def result_of(id: int) -> ChatResult:
     """The result of history row ``id``: this session's, while it is in memory (a variable,
     ``Out[n]``, the Explorer), else rebuilt from the response the history stored with it.
@@ -130,7 +117,7 @@ def result_of(id: int) -> ChatResult:
     A branch needs the answer's tokens and alternatives; the history stores them for answers
     asked with logprobs (since schema version 3), not for others.
     """
-    res = _results.get(int(id))
+    res = recalled(int(id))
     if res is None:
         res = _stored(int(id))
     if res is None:
@@ -146,7 +133,6 @@ def result_of(id: int) -> ChatResult:
 
 def _stored(id: int) -> ChatResult | None:
     """History row ``id`` as a result, when the history stored its response."""
-    from tmlab.history import stored_answer
     from tmlab.result import ChatResult
 
     row = stored_answer(id)
@@ -176,6 +162,7 @@ def _stored(id: int) -> ChatResult | None:
     if request.get("continue_final_message") and messages:
         strip_prefix(res, _content(messages[-1]), echoes=False)  # only where logprobs show it
     res.history_id = id
+    remember(res)
     return res
 
 

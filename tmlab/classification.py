@@ -27,8 +27,8 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tmlab.errors import ParameterError
-from tmlab.scoring import METHODS, ScoreError, _score_echo, ascore
+from tmlab.errors import ParameterError, ScoreError
+from tmlab.scoring import METHODS, _score_echo, ascore
 from tmlab.sweeps import _one_line, _positive_int, _run_in_thread, _sweep_client
 
 if TYPE_CHECKING:

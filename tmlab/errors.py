@@ -16,6 +16,10 @@
     │   │   └── APITimeoutError
     │   └── StreamError                   a stream broke off, malformed or in-band error;
     │                                     ``.partial`` holds the ChatResult so far
+    ├── ContinuationError                 the server does not continue a final assistant
+    │                                     message, so it cannot branch
+    ├── ScoreError                        the server can neither echo prompt logprobs nor
+    │                                     continue, so it cannot score a given text
     └── LocalServerError                  the embedded server could not start
 
 No message or repr ever contains the API key: messages come from the server's body or from
@@ -39,11 +43,13 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ContinuationError",
     "LocalServerError",
     "NotFoundError",
     "ParameterError",
     "PermissionDeniedError",
     "RateLimitError",
+    "ScoreError",
     "ServerError",
     "StreamError",
     "TmlabError",
@@ -101,6 +107,14 @@ class ParameterError(TmlabError, ValueError):
 
 class LocalServerError(TmlabError):
     """The embedded local server could not be started or did not become healthy."""
+
+
+class ContinuationError(TmlabError):
+    """The server does not continue a final assistant message, so it cannot branch."""
+
+
+class ScoreError(TmlabError):
+    """The server cannot score a given text: it offers neither prompt logprobs nor continuation."""
 
 
 class APIError(TmlabError):

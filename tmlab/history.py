@@ -25,6 +25,7 @@ import json
 import sqlite3
 import threading
 import warnings
+import weakref
 import zlib
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -435,6 +436,29 @@ def stored_answer(id: int) -> dict[str, Any] | None:
     row = rows[0]
     row["raw"] = json.loads(zlib.decompress(row.pop("answer")))
     return row
+
+
+# -- this session's results, by history id (a branch of `%%tmchat --branch ID:POS`) ---------
+
+_results: weakref.WeakValueDictionary[int, ChatResult] = weakref.WeakValueDictionary()
+
+
+def remember(res: ChatResult) -> None:
+    """Keep a weak reference to ``res`` under its history id (the client calls it when it
+    records a request)."""
+    if res.history_id is not None:
+        _results[res.history_id] = res
+
+
+def forget_results() -> None:
+    """Forget this session's results, as a new kernel would (rows are kept)."""
+    _results.clear()
+
+
+def recalled(id: int) -> ChatResult | None:
+    """This session's result of row ``id``, while it is still in memory (a variable,
+    ``Out[n]``, the Explorer), else None."""
+    return _results.get(int(id))
 
 
 def tree_rows(id: int) -> list[dict[str, Any]]:

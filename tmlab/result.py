@@ -258,7 +258,8 @@ class ChatResult:
         self.request = request or {}
         self.timing = timing or Timing()
         self.complete = complete
-        self._history_id: int | None = None
+        self.history_id: int | None = None
+        """The row in :func:`tmlab.history`, once recorded (``None``: history off)."""
         self.base_url: str | None = None  # the server that answered, set by the client
         self.parent: BranchOrigin | None = None  # set on the result of a branch
         self.session_limit: SessionLimit | None = None
@@ -282,18 +283,6 @@ class ChatResult:
             and bool(self.choices)
             and all(c.logprobs is None for c in self.choices)
         )
-
-    @property
-    def history_id(self) -> int | None:
-        """The row in :func:`tmlab.history`, once recorded (``None``: history off)."""
-        return self._history_id
-
-    @history_id.setter
-    def history_id(self, value: int | None) -> None:
-        from tmlab.branching import remember
-
-        self._history_id = value
-        remember(self)  # so that `%%tmchat --branch ID:POS` finds this session's results
 
     @property
     def _first(self) -> Choice | None:

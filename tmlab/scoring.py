@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from tmlab import capabilities
 from tmlab.continuation import CONTINUE, acheck
-from tmlab.errors import ParameterError, TmlabError
+from tmlab.errors import ParameterError, ScoreError
 from tmlab.result import ChatResult, TokenLogprob, TopLogprob
 from tmlab.sweeps import _run_in_thread, _sweep_client
 
@@ -69,10 +69,6 @@ SCORE_COLUMNS = [
     "top_tokens",
     "top_logprobs",
 ]
-
-
-class ScoreError(TmlabError):
-    """The server cannot score a given text: it offers neither prompt logprobs nor continuation."""
 
 
 @dataclass
