@@ -53,7 +53,15 @@ from tmlab.params import (
     validate_params,
 )
 from tmlab.reruns import rerun
-from tmlab.result import ChatResult, Choice, Timing, TokenLogprob, TopLogprob, Usage
+from tmlab.result import (
+    ChatResult,
+    Choice,
+    Timing,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    provide_branching,
+)
 
 if TYPE_CHECKING:
     from tmlab import local, sampling
@@ -116,6 +124,15 @@ def load_ipython_extension(ipython: Any) -> None:
 
     load(ipython)
 
+
+def _branch(res: ChatResult, position: int, token: str | int | None = None, **kw: Any) -> Any:
+    """``res.branch(...)``: :func:`tmlab.branching.branch`, imported when first used."""
+    from tmlab.branching import branch
+
+    return branch(res, position, token, **kw)
+
+
+provide_branching(_branch)
 
 __all__ = [
     "NOT_GIVEN",

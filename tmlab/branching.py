@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tmlab import continuation
@@ -43,6 +42,7 @@ from tmlab.continuation import CONTINUE, PROBE_MESSAGES, strip_prefix
 from tmlab.errors import ContinuationError, ParameterError
 from tmlab.history import recalled, remember, stored_answer
 from tmlab.params import PARAMS
+from tmlab.result import BranchOrigin
 
 if TYPE_CHECKING:
     from tmlab.client import Client
@@ -82,33 +82,8 @@ _NOT_INHERITED = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class BranchOrigin:
-    """Where a branch came from: its parent answer, the position and the token chosen there.
-
-    ``prefix_text`` is the answer before the branch's new text (the parent's own prefix, its
-    tokens before ``position``, then ``token``); ``prefix_token_ids`` the same as token ids
-    when known. ``prefix_logprob`` is the log-probability of that prefix by the parent's
-    numbers (``None`` when unknown, e.g. after a text prefill); ``prefix_logprob +
-    sequence_logprob`` is then the whole answer's. ``exact``: the server was sent the token
-    ids (the embedded server), not just the text. ``parent_result``: the parent answer.
-    """
-
-    parent_id: int | None
-    position: int
-    token: str
-    token_id: int | None
-    token_logprob: float | None
-    prefix_text: str
-    prefix_bytes: bytes
-    prefix_token_ids: tuple[int, ...] | None
-    prefix_logprob: float | None
-    exact: bool
-    parent_result: ChatResult | None = field(default=None, repr=False, compare=False)
-    """The parent answer itself (its tokens and alternatives), when it is in memory."""
-
-
 # -- results by history id (for `%%tmchat --branch ID:POS`) --------------------------------
+
 
 def result_of(id: int) -> ChatResult:
     """The result of history row ``id``: this session's, while it is in memory (a variable,

@@ -253,9 +253,7 @@ def usage_frame(
     ``mean_logprob`` and ``perplexity`` are over the first choice's generated tokens with
     logprobs, as returned by the server (NaN without logprobs; see :mod:`tmlab.likelihood`).
     """
-    from tmlab.result import ChatResult
-
-    items = [results] if isinstance(results, ChatResult) else list(results)
+    items = list(results) if isinstance(results, Iterable) else [results]
     records = []
     for r in items:
         u, t = r.usage, r.timing

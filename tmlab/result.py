@@ -8,17 +8,18 @@ legacy ``{tokens, token_logprobs, top_logprobs}`` shape; reasoning from ``messag
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tmlab.branching import BranchOrigin
     from tmlab.client import Client
     from tmlab.repetition import Loop
 
 __all__ = [
+    "BranchOrigin",
     "ChatResult",
     "Choice",
     "SessionLimit",
@@ -231,11 +232,48 @@ class Choice:
         )
 
 
+@dataclass(frozen=True)
+class BranchOrigin:
+    """Where a branch came from: its parent answer, the position and the token chosen there.
+
+    ``prefix_text`` is the answer before the branch's new text (the parent's own prefix, its
+    tokens before ``position``, then ``token``); ``prefix_token_ids`` the same as token ids
+    when known. ``prefix_logprob`` is the log-probability of that prefix by the parent's
+    numbers (``None`` when unknown, e.g. after a text prefill); ``prefix_logprob +
+    sequence_logprob`` is then the whole answer's. ``exact``: the server was sent the token
+    ids (the embedded server), not just the text. ``parent_result``: the parent answer.
+    """
+
+    parent_id: int | None
+    position: int
+    token: str
+    token_id: int | None
+    token_logprob: float | None
+    prefix_text: str
+    prefix_bytes: bytes
+    prefix_token_ids: tuple[int, ...] | None
+    prefix_logprob: float | None
+    exact: bool
+    parent_result: ChatResult | None = field(default=None, repr=False, compare=False)
+    """The parent answer itself (its tokens and alternatives), when it is in memory."""
+
+
 NO_LOGPROBS_NOTE = (
     "logprobs were asked for but the server returned none (it lacks them, or ignored the "
     "field): the logprob columns are empty and sequence_logprob is None; tmlab.probe() says "
     "what this server returns, tmlab.needs('logprobs') switches to the embedded model."
 )
+
+
+_sends_branches: Callable[..., ChatResult] | None = None
+
+
+def provide_branching(branch: Callable[..., ChatResult]) -> None:
+    """Give :meth:`ChatResult.branch` the function that sends a branch. The package
+    (``tmlab/__init__``, above every layer) calls it on import, so that this module, at the
+    bottom, does not import the analyses that use it."""
+    global _sends_branches
+    _sends_branches = branch
 
 
 class ChatResult:
@@ -391,12 +429,13 @@ class ChatResult:
 
         Same as :func:`tmlab.branching.branch`: the answer up to ``position``, then ``token``
         (an alternative's text or id; default: the most likely alternative not generated),
-        then the model goes on. ``overrides`` change parameters (``stream=True`` and
-        ``on_delta`` stream the new text).
+        then the model goes on. (A result is data; sending a branch belongs to the analyses
+        above it, which the package hands in: :func:`provide_branching`.) ``overrides``
+        change parameters (``stream=True`` and ``on_delta`` stream the new text).
         """
-        from tmlab.branching import branch
-
-        return branch(self, position, token, client=client, **overrides)
+        if _sends_branches is None:  # pragma: no cover - tmlab/__init__ sets it on import
+            raise RuntimeError("import tmlab first: it provides the branch function")
+        return _sends_branches(self, position, token, client=client, **overrides)
 
     def logprobs_frame(self, long: bool = False) -> pd.DataFrame:
         """Same as :func:`tmlab.logprobs_frame`."""
