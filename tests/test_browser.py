@@ -696,3 +696,148 @@ def test_tmchat_logprobs_alternatives_fit_the_cell(browser: Browser, lab: Jupyte
         assert not session.widget_errors(), session.widget_errors()
     finally:
         context.close()
+
+
+STOP_BOUND_S = 5.0
+"""Click on Stop to the panel idle (Stop disabled again), in the browser: 0.3 s was measured by
+hand with the request queued; bounded generously for a loaded machine (the figures print)."""
+
+# In the page: when the user's click on Stop happened, and when the button went disabled
+# (the kernel's answer to it: the panel is idle), both on the page's own clock.
+_STOP_TIMER = """btn => {
+  const t = {click: null, idle: null};
+  window.__tmlabStop = t;
+  const clicked = () => { t.click = performance.now(); };
+  btn.addEventListener('click', clicked, {capture: true, once: true});
+  const obs = new MutationObserver(() => {
+    if (btn.disabled && t.click !== null) { t.idle = performance.now(); obs.disconnect(); }
+  });
+  obs.observe(btn, {attributes: true, attributeFilter: ['disabled']});
+}"""
+
+
+def _click_stop(session: Session, explorer: Locator) -> tuple[float, float]:
+    """Click Stop in the browser; (seconds from the click to the panel idle on the page's
+    clock, the same seen from here)."""
+    stop = explorer.locator("button.tmlab-stop")
+    stop.evaluate(_STOP_TIMER)
+    t0 = time.monotonic()
+    stop.click()
+    session.wait(explorer.locator("button.tmlab-stop:disabled"), "the panel to be idle", 60_000)
+    outside = time.monotonic() - t0
+    timer = session.page.evaluate("window.__tmlabStop")
+    if timer["click"] is None or timer["idle"] is None:
+        session.fail(f"the click or the idle state was not seen on the page: {timer}")
+    return (timer["idle"] - timer["click"]) / 1000, outside
+
+
+def test_stop_in_the_browser_while_queued_and_while_streaming(
+    session: Session, history_file: Path
+) -> None:
+    """A user clicks Stop in Chromium (a) while the request waits behind others that fill
+    every slot of the server, and (b) while it streams. Each time the panel is idle within
+    :data:`STOP_BOUND_S` of the click (the figures print); the server drops the queued request;
+    the streamed one keeps its partial answer on screen and in the history ('interrupted')."""
+    import httpx
+    from _e2e import MODEL, post_raw
+    from playwright.sync_api import expect
+
+    import tmlab.local
+
+    server = tmlab.local.ensure_server()  # the shared server the notebook's kernel finds
+    stats_url = server.url + "/v1/stats"
+
+    def stats() -> dict[str, Any]:
+        return dict(httpx.get(stats_url, timeout=30).json())
+
+    def until(check: Callable[[dict[str, Any]], bool], what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not check(s := stats()):
+            if time.monotonic() > deadline:
+                session.fail(f"timed out after {timeout:g} s waiting for {what}: {s}")
+            time.sleep(0.05)
+
+    session.open_notebook(
+        "stop.ipynb",
+        [
+            "import tmlab\n"
+            "ex = tmlab.Explorer(prompt='Write a very long story about the sea.',\n"
+            "                    max_tokens=2000, ignore_eos=True)\n"
+            "ex"
+        ],
+    )
+    cell = session.run_first_cell()
+    explorer = cell.locator(".tmlab-explorer")
+    session.wait(explorer, "the Explorer panel to render", CELL_TIMEOUT)
+    before = len(_explorer_rows(history_file)) if history_file.exists() else 0
+    answer = explorer.locator(".tmlab-answer")
+
+    # -- (a) queued: every slot busy with someone else's long answer -------------------------
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell a very long story."}],
+        "max_tokens": 2000,
+        "ignore_eos": True,
+    }
+    blockers = [post_raw(server.url, body) for _ in range(server.parallel)]
+    try:
+        until(
+            lambda s: all(x["state"] == "generating" for x in s["slots"]),
+            "the other requests to fill every slot",
+            120,
+        )
+        explorer.locator("button.tmlab-send").click()
+        session.wait(explorer.locator("button.tmlab-stop:enabled"), "Stop to be enabled", 30_000)
+        until(lambda s: s["queued"] >= 1, "the Explorer's request to wait in the queue", 30)
+        session.expect(
+            lambda: expect(answer).to_contain_text("waiting for the model"),
+            "the panel does not say it is waiting",
+        )
+        session.shot("01-queued")
+        queued_s, queued_outside = _click_stop(session, explorer)
+        # dropped by the server while the others still generate: no token for it
+        until(lambda s: s["queued"] == 0, "the server to drop the stopped request", 10)
+        assert all(x["state"] == "generating" for x in stats()["slots"])
+        session.shot("02-queued-stopped")
+    finally:
+        for sock in blockers:
+            sock.close()
+    until(lambda s: s["running"] == 0, "the others' slots to be freed", 60)
+
+    # -- (b) streaming ------------------------------------------------------------------------
+    explorer.locator("button.tmlab-send").click()
+    session.expect(
+        lambda: expect(answer).to_contain_text(re.compile(r"\w[\s\S]{60,}▌"), timeout=60_000),
+        "the answer did not stream in",
+    )
+    streaming_s, streaming_outside = _click_stop(session, explorer)
+    session.expect(
+        lambda: expect(answer).to_contain_text("partial answer"),
+        "the stopped answer is not marked partial",
+    )
+    session.expect(
+        lambda: expect(explorer.locator(".tmlab-status-line")).to_contain_text("stopped"),
+        "the status line does not say stopped",
+    )
+    session.shot("03-streaming-stopped")
+    until(lambda s: s["running"] == 0, "the server to stop generating", 10)
+
+    print(
+        f"\nStop clicked in Chromium -> panel idle: queued {queued_s:.3f} s, streaming "
+        f"{streaming_s:.3f} s (page clock); {queued_outside:.3f} s / {streaming_outside:.3f} s "
+        f"seen from Playwright; {server.parallel} slots filled for the queued case"
+    )
+    rows = _explorer_rows(history_file)[before:]
+    if len(rows) != 2:
+        session.fail(f"expected two explorer requests in the history, got {rows}")
+    queued_row, streamed_row = rows
+    for row in rows:
+        assert row["error"] == "interrupted" and row["complete"] == 0, row
+        assert row["base_url"] == server.base_url, row["base_url"]
+    assert queued_row["text"] is None, queued_row  # nothing arrived: no answer text
+    kept = streamed_row["text"] or ""
+    shown = answer.inner_text()
+    if len(kept) < 20 or kept.strip() not in shown:
+        session.fail(f"the partial answer kept ({kept!r}) is not the one shown: {shown!r}")
+    assert queued_s < STOP_BOUND_S and streaming_s < STOP_BOUND_S, (queued_s, streaming_s)
+    assert not session.widget_errors(), session.widget_errors()

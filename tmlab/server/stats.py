@@ -1,9 +1,10 @@
 """What the server is doing, for a teacher watching a room: ``GET /v1/stats`` and the log.
 
 :class:`Stats` counts requests as they finish, measures the rate of generated tokens over
-the last :data:`WINDOW_S` seconds and how long the model has been idle (the shared server's
-idle exit reads it); :func:`request_line` is the one log line per request (time,
-status, tokens, latency: never content, never the key), written by :class:`RequestLog`.
+the last :data:`WINDOW_S` seconds, how long the model has been idle (the shared server's
+idle exit reads it) and, with ``--parallel N``, the most sequences decoded together in one
+step; :func:`request_line` is the one log line per request (time, status, tokens, latency:
+never content, never the key), written by :class:`RequestLog`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class Stats:
         self._samples: collections.deque[tuple[float, int]] = collections.deque([(self.started, 0)])
         self._active = 0
         self._last_active = self.started
+        self.peak_decoded_together: int | None = None
+        """The most sequences whose next tokens one step decoded in one llama.cpp call, since
+        start (reported by the batch loop through :meth:`decoded_together`; None until then,
+        and on a one-slot server, which never decodes two at once)."""
 
     def entered(self) -> None:
         """A model request began (it counts as activity until it ends)."""
@@ -53,6 +58,12 @@ class Stats:
         """Seconds since the last model request ended; 0 while one is under way."""
         with self._lock:
             return 0.0 if self._active else time.monotonic() - self._last_active
+
+    def decoded_together(self, n: int) -> None:
+        """A step of the batch loop decoded the next tokens of ``n`` sequences together."""
+        with self._lock:
+            if self.peak_decoded_together is None or n > self.peak_decoded_together:
+                self.peak_decoded_together = n
 
     def _sample(self) -> tuple[float, int]:
         now, total = time.monotonic(), self._generated()
@@ -76,14 +87,17 @@ class Stats:
         return (total - n0) / max(now - t0, 1e-9)
 
     def snapshot(self) -> dict[str, Any]:
-        """Totals since the server started."""
+        """Totals since the server started (``peak_decoded_together`` once reported)."""
         with self._lock:
-            return {
+            out: dict[str, Any] = {
                 "requests": self.requests,
                 "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
                 "tokens": self._generated(),
                 "uptime_s": round(time.monotonic() - self.started, 1),
             }
+            if self.peak_decoded_together is not None:
+                out["peak_decoded_together"] = self.peak_decoded_together
+            return out
 
 
 def request_line(method: str, path: str, status: int, tokens: int, latency_s: float) -> str:
