@@ -115,6 +115,8 @@ class _Server:
         self.limits = limits
         self.admission = Admission(limits.max_queue, self.worker.pending, self.parallel)
         self.counters = Stats(lambda: engine.tokens_generated)
+        if engine.batch is not None:  # how many sequences each step decodes together
+            engine.batch.on_step = self.counters.decoded_together
         self.preparer = ThreadPoolExecutor(1, thread_name_prefix="tmlab-prepare")
         self._preparing = threading.Lock()  # held while the preparer uses the vocabulary
         self.created = int(time.time())

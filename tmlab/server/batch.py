@@ -31,8 +31,11 @@ takes another kernel than one evaluated with others (~0.01 nats).
 
 Shared prompts. A sequence admitted while another with the same prompt is still evaluating
 it waits, and when that evaluation ends it gets a copy of the other's KV stream
-(``llama_memory_seq_cp``) and samples from the same logits row: the ``n`` choices of one
-request, or a class sending a preset prompt at once, evaluate it once. The copy holds the
+(``llama_memory_seq_cp``) and samples from the same logits row. The ``n`` choices of one
+request are admitted together (a :class:`Group`), so they evaluate it once; separate requests
+with the same prompt share it only when one arrives while another still evaluates it (a
+class sending a preset with a short prompt rarely does: that takes milliseconds). The copy
+holds the
 same bits that evaluating the prompt again would, so the numbers are unchanged.
 
 Cost: llama.cpp splits one call into a forward pass per run of consecutive slot numbers
@@ -61,7 +64,7 @@ from tmlab.server.sampler import Decoder, Step
 if TYPE_CHECKING:
     from tmlab.server.selftest import Invariance
 
-__all__ = ["BatchEngine", "SlotState"]
+__all__ = ["BatchEngine", "Group", "SlotState"]
 
 _END = object()
 
@@ -74,6 +77,24 @@ class SlotState:
     state: str  # "idle" | "prompt" | "generating"
     prompt_tokens: int = 0
     generated: int = 0
+
+
+@dataclass
+class Group:
+    """Sequences sent together (the ``n`` choices of a request): none is admitted before all
+    have arrived (or ``wait_s`` passed), so that the first evaluates the prompt and the others
+    copy it (:meth:`BatchEngine._follow`) instead of racing it. Measured before: with a short
+    prompt the last choices often arrived after its evaluation had started, and evaluated it
+    again."""
+
+    size: int
+    wait_s: float = 2.0
+    arrived: int = 0
+    since: float = field(default_factory=time.monotonic)
+
+    def ready(self) -> bool:
+        """Whether its sequences may be admitted now."""
+        return self.arrived >= self.size or time.monotonic() - self.since >= self.wait_s
 
 
 @dataclass
@@ -91,6 +112,7 @@ class _Seq:
     left: bool = False  # the consumer stopped iterating
     leader: _Seq | None = None  # evaluating the same prompt: this one waits and copies it
     followers: list[_Seq] = field(default_factory=list)
+    group: Group | None = None
 
 
 class BatchEngine:
@@ -130,6 +152,8 @@ class BatchEngine:
             n_tokens=n_batch, embd=0, n_seq_max=parallel, verbose=False
         )
         self._mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self.on_step: Callable[[int], None] | None = None
+        """Called with the number of sequences each step decodes together (``/v1/stats``)."""
         self.invariance: Invariance | None = None
         """The batching self-test's result (:func:`tmlab.server.selftest.measure`), once run."""
         self.prompt_tokens_shared = 0
@@ -159,12 +183,13 @@ class BatchEngine:
         prompt: Sequence[int],
         make_decoder: Callable[[], Decoder],
         cancel: threading.Event | None = None,
+        group: Group | None = None,
     ) -> Iterator[Step]:
         """Generate after ``prompt`` in a slot; one :class:`Step` per token (see the module).
 
         ``make_decoder`` builds the sequence's decoder (it runs in the scheduler thread).
         Stops when the decoder is done, when ``cancel`` is set, or when the caller stops
-        iterating; the slot is freed then.
+        iterating; the slot is freed then. ``group``: sent together with others (:class:`Group`).
         """
         if not prompt:
             raise ValueError("empty prompt")
@@ -172,10 +197,12 @@ class BatchEngine:
             raise ValueError(
                 f"prompt of {len(prompt)} tokens leaves no room in {self.engine.n_ctx}"
             )
-        seq = _Seq(list(prompt), make_decoder, cancel or threading.Event())
+        seq = _Seq(list(prompt), make_decoder, cancel or threading.Event(), group=group)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batch engine is closed")
+            if group is not None:
+                group.arrived += 1
             self._waiting.append(seq)
             self._cond.notify()
         try:
@@ -247,8 +274,10 @@ class BatchEngine:
             if seq.left or seq.cancel.is_set():
                 self._waiting.remove(seq)
                 self._finish(seq)
-        while self._waiting and None in self._slots:
-            seq = self._waiting.popleft()
+        for seq in [s for s in self._waiting if s.group is None or s.group.ready()]:
+            if None not in self._slots:
+                break
+            self._waiting.remove(seq)
             seq.slot = self._slots.index(None)
             self._slots[seq.slot] = seq
             try:
@@ -264,7 +293,8 @@ class BatchEngine:
     def _follow(self, seq: _Seq) -> None:
         """Let ``seq`` share the evaluation of its prompt with a sequence that has the same
         prompt and has not finished evaluating it (lock held): the ``n`` choices of a
-        request, or a class sending the same prompt at once."""
+        request (admitted together), or a request that arrives while another with the same
+        prompt is still evaluating it."""
         for other in self._slots:
             if (
                 other is not None
@@ -281,8 +311,10 @@ class BatchEngine:
         while True:
             with self._cond:
                 self._admit()
-                while not self._closed and not any(self._slots) and not self._waiting:
-                    self._cond.wait()
+                while not self._closed and not any(self._slots):
+                    # nothing to decode: sleep until a request comes (or, while a group is
+                    # held back, until the rest of it comes or it may go)
+                    self._cond.wait(0.01 if self._waiting else None)
                     self._admit()
                 if self._closed:
                     for seq in [s for s in self._slots if s is not None]:
@@ -306,6 +338,8 @@ class BatchEngine:
         up to ``n_batch`` tokens of prompts, one call per piece (see :meth:`_prompt_chunk`)."""
         generating = [(s, [s.next_token]) for s in active if s.next_token is not None]
         if generating:
+            if self.on_step is not None:
+                self.on_step(len(generating))
             # in slot order: llama.cpp puts a run of consecutive sequence ids in one ubatch
             self._decode(generating)
         budget = self.n_batch

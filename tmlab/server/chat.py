@@ -32,6 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from tmlab.server.batch import Group
 from tmlab.server.engine import Engine, Sampling
 from tmlab.server.prompting import ANSWER_PREFIX, REASONING_PREFIX, TOOL_CALL_OPEN, Plan
 from tmlab.server.protocol import ChatRequest
@@ -116,6 +117,9 @@ class ChatRun:
             elif req.get("echo_last"):
                 self.echo_tokens = min(n, int(req.get("echo_last")))
         self._echo_entries: list[dict[str, Any]] | None = None
+        n = int(req.get("n", 1))
+        # the n choices reach the batch engine together: their prompt is evaluated once
+        self.group = Group(n) if engine.batch is not None and n > 1 else None
 
     def logprobs_meta(self) -> dict[str, Any]:
         """What a choice's logprobs describe: ``logprobs_mode`` (and ``echo_tokens``)."""
@@ -201,6 +205,7 @@ class ChatRun:
             max_tokens=budget[1],
             min_tokens=budget[0],
             cancel=self.cancel,
+            group=self.group,
         ):
             self._first_token()
             ids.append(step.token_id)
@@ -277,6 +282,7 @@ class ChatRun:
             lazy_trigger=marker,
             ignore_eos=bool(req.get("ignore_eos")),
             cancel=self.cancel,
+            group=self.group if plan.reasoning is None else None,  # after reasoning: apart
         ):
             self._first_token()
             token_ids.append(step.token_id)

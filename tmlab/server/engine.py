@@ -59,7 +59,7 @@ from tmlab.server.sampler import (
 )
 
 if TYPE_CHECKING:
-    from tmlab.server.batch import BatchEngine
+    from tmlab.server.batch import BatchEngine, Group
 
 __all__ = [
     "GREEDY_BELOW",
@@ -362,6 +362,7 @@ class Engine:
         ignore_eos: bool = False,
         min_tokens: int = 0,
         cancel: threading.Event | None = None,
+        group: Group | None = None,
     ) -> Iterator[Step]:
         """Generate up to ``max_tokens`` tokens after ``prompt``, one :class:`Step` each.
 
@@ -372,7 +373,8 @@ class Engine:
         ``ignore_eos`` always; neither while a grammar is active. ``lazy_trigger`` applies
         ``grammar`` only from that text on. Stops at an end-of-generation token (yielded,
         ``eog=True``), at ``max_tokens``, when no token is allowed, when ``cancel`` is set,
-        or when the caller stops iterating.
+        or when the caller stops iterating. ``group``: with ``--parallel``, sent together with
+        other sequences (:class:`~tmlab.server.batch.Group`); one slot ignores it.
         """
         if not prompt:
             raise ValueError("empty prompt")
@@ -396,7 +398,7 @@ class Engine:
             )
 
         if self.batch is not None:  # --parallel N: decoded beside other sequences
-            yield from self.batch.generate(prompt, decoder, cancel)
+            yield from self.batch.generate(prompt, decoder, cancel, group)
             return
         ctx = self.llm._ctx
         if self._prefilled != list(prompt) and self.prefill(prompt, cancel=cancel) is None:
