@@ -101,6 +101,7 @@ def test_stats_line_says_what_the_numbers_are() -> None:
         "2 running · 3 queued · 41 tokens/s · 4 slots (answers may depend on load) · "
         "9 requests served"
     )
+    assert stats_line({**stats, "requests": 1}).endswith(" · 1 request served")
     invariant = {**stats, "batch_invariant": True}
     assert "4 slots (decoded together, each answer as if alone)" in stats_line(invariant)
     shared = stats_line({**invariant, "prompt_tokens_shared": 1234})

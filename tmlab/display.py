@@ -55,7 +55,7 @@ def usage_line(res: ChatResult) -> str:
     if seq is not None and ppl is not None:
         parts.append(f"sequence logprob {seq:.3f} (perplexity {ppl:.2f})")
     if not res.complete:
-        parts.append("INCOMPLETE (stream broke off)")
+        parts.append("INCOMPLETE: a partial answer (stopped, or the stream broke off)")
     return " · ".join(parts)
 
 
@@ -494,7 +494,7 @@ def stats_line(stats: dict[str, Any]) -> str:
         parts.append(f"{slots} slot{'s' if slots != 1 else ''} ({exact})")
     total = stats.get("requests")
     if isinstance(total, int):
-        parts.append(f"{total} requests served")
+        parts.append(f"{total} request{'s' if total != 1 else ''} served")
     shared = stats.get("prompt_tokens_shared")
     if isinstance(shared, int) and shared > 0:
         parts.append(f"{shared:,} prompt tokens evaluated once for several requests")
