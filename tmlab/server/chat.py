@@ -24,6 +24,7 @@ text as content), the end-of-generation step with the chunk that carries ``finis
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import hashlib
 import secrets
 import threading
@@ -64,25 +65,11 @@ def choice_seed(seed: int, index: int) -> int:
 
 
 def sampling_of(req: ChatRequest, choice_index: int = 0) -> Sampling:
-    """The llama.cpp sampling settings of a request (choice ``i``: :func:`choice_seed`)."""
-    seed = req.get("seed")
-    top_k = req.get("top_k", 0)
-    return Sampling(
-        temperature=float(req.get("temperature", 1.0)),
-        top_k=max(0, int(top_k)),
-        top_p=float(req.get("top_p", 1.0)),
-        min_p=float(req.get("min_p", 0.0)),
-        typical_p=float(req.get("typical_p", 1.0)),
-        repetition_penalty=float(req.get("repetition_penalty", 1.0)),
-        presence_penalty=float(req.get("presence_penalty", 0.0)),
-        frequency_penalty=float(req.get("frequency_penalty", 0.0)),
-        mirostat_target=(
-            float(req.get("mirostat_target")) if req.get("mirostat_target") is not None else None
-        ),
-        mirostat_lr=float(req.get("mirostat_lr", 0.1)),
-        seed=None if seed is None else choice_seed(int(seed), choice_index),
-        logit_bias={int(k): float(v) for k, v in (req.get("logit_bias") or {}).items()},
-    )
+    """The sampler's settings of choice ``choice_index`` (its seed: :func:`choice_seed`)."""
+    base = req.sampling
+    if base.seed is None:
+        return base
+    return dataclasses.replace(base, seed=choice_seed(base.seed, choice_index))
 
 
 class ChatRun:

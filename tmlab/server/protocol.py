@@ -8,12 +8,14 @@ checks reuse the one table, :data:`tmlab.params.PARAMS` / :func:`validate_params
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tmlab.errors import ParameterError
 from tmlab.params import PARAMS, validate_params
+from tmlab.server.sampler import Sampling
 
 __all__ = ["ChatRequest", "RequestError", "error_body", "parse_chat_request", "parse_json"]
 
@@ -61,6 +63,21 @@ def bad(message: str, param: str | None = None, code: str | None = None) -> Requ
     return RequestError(400, message, param=param, code=code)
 
 
+_FLOATS: Final = (
+    "temperature",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "mirostat_target",
+    "mirostat_lr",
+)
+"""The sampler's settings that are numbers as sent (``top_k``, ``seed`` and ``logit_bias``
+are converted too; see :attr:`ChatRequest.sampling`)."""
+
+
 @dataclass
 class ChatRequest:
     """A validated chat-completions request: messages, model and the known parameters."""
@@ -74,6 +91,21 @@ class ChatRequest:
         """A parameter's value, ``default`` when absent or null."""
         value = self.params.get(name)
         return default if value is None else value
+
+    @functools.cached_property
+    def sampling(self) -> Sampling:
+        """The sampler's settings, read from the parameters once, here; what the request does
+        not set keeps :class:`~tmlab.server.sampler.Sampling`'s defaults (the one place they
+        are). ``seed`` is the request's: each choice draws with its own (``choice_seed``)."""
+        given: dict[str, Any] = {
+            k: float(self.params[k]) for k in _FLOATS if self.params.get(k) is not None
+        }
+        if self.params.get("top_k") is not None:
+            given["top_k"] = max(0, int(self.params["top_k"]))
+        if self.params.get("seed") is not None:
+            given["seed"] = int(self.params["seed"])
+        bias = self.params.get("logit_bias") or {}
+        return Sampling(**given, logit_bias={int(k): float(v) for k, v in bias.items()})
 
 
 def parse_json(raw: bytes) -> Any:
