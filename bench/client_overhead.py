@@ -182,7 +182,7 @@ def sse(rounds: int = 10, n: int = STREAM_CHUNKS) -> list[Row]:
     """SSE decode + ``json.loads``, same bytes in memory: the openai SDK's time ÷ tmlab's."""
     from openai._streaming import SSEDecoder as OpenAIDecoder
 
-    from tmlab._sse import DONE, SSEDecoder
+    from tmlab.client.sse import DONE, SSEDecoder
 
     events = sse_events(n)
     whole = b"".join(events)

@@ -49,7 +49,7 @@ def _shell() -> tuple[Any, list[tuple[float, bool]]]:
 
 def synthetic(published: list[tuple[float, bool]]) -> Row:
     """LiveAnswer fed one-token deltas at RATE per second for SECONDS."""
-    from tmlab._stream import Delta
+    from tmlab.client.stream import Delta
     from tmlab.jupyter.live import LiveAnswer
 
     live = LiveAnswer()

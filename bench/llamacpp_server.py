@@ -29,11 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import tmlab.local
 from _common import Row, interleaved_values, say
 from _llamacpp import default_threads, llamacpp_server
 
-import tmlab.local
-from tmlab.server.engine import MODEL_NAME
+from tmlab.meta import MODEL_NAME
 
 N_CTX = 2048
 TOKENS = 96

@@ -29,10 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import tmlab.local
 from _common import Row, fmt_time, interleaved, interleaved_values, say
 
-import tmlab.local
-from tmlab.server.engine import MODEL_NAME
+from tmlab.meta import MODEL_NAME
 
 N_CTX = 2048
 TOKENS = 64
@@ -67,8 +67,9 @@ def aggregate_rate(url: str, c: int) -> float:
 
 def sweep_once(url: str) -> None:
     """A 64-request sweep at concurrency 8."""
-    import tmlab
     from tmlab.sweeps import sweep
+
+    import tmlab
 
     df = sweep(
         "Invent a short poem about the sea.",
@@ -127,7 +128,8 @@ def _max_delta(a: list[list[tuple[Any, float]]], b: list[list[tuple[Any, float]]
 def unified_delta(n: int = 8) -> str:
     """The same measurement in-process, with one KV cache shared by the slots."""
     from tmlab.server.batch import BatchEngine
-    from tmlab.server.engine import Engine, Sampling
+    from tmlab.server.engine import Engine
+    from tmlab.server.sampler import Sampling
 
     engine = Engine(n_ctx=N_CTX)
     try:

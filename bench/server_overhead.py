@@ -28,10 +28,12 @@ from functools import partial
 from typing import Any
 
 import httpx
+import tmlab.local
 from _common import Row, interleaved_values
 
-import tmlab.local
-from tmlab.server.engine import MODEL_NAME, Engine, Sampling, default_model_path
+from tmlab.meta import MODEL_NAME
+from tmlab.server.engine import Engine, default_model_path
+from tmlab.server.sampler import Sampling
 
 PROMPT = "Tell me a long story about a dragon who learns to paint."
 

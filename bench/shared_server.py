@@ -27,10 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import tmlab.local
 from _common import Row, say
 
-import tmlab.local
-from tmlab._meta import MODEL_NAME
+from tmlab.meta import MODEL_NAME
 
 TOKENS = 128
 ROUNDS = 3

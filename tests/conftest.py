@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
 import tmlab.local
 from tmlab.local import LocalServer
 
@@ -67,7 +66,7 @@ def history_db(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture(autouse=True)
 def _fresh_session() -> Iterator[None]:
     """Each test starts and ends with no ``%tmconfig`` settings."""
-    from tmlab._settings import session
+    from tmlab.client.settings import session
 
     session.reset()
     yield

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
 import tmlab.local
-from tmlab._meta import MODEL_NAME
 from tmlab.local import LocalServer
+
+from tmlab.meta import MODEL_NAME
 from tmlab.server import selftest
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from _e2e import MODEL
 
-from tmlab.local import READY_PREFIX
+from tmlab.meta import READY_PREFIX
 
 KEY_VAR = "TMLAB_TEST_CLASSROOM_KEY"
 KEY = "class-key-7f3a9c1e2b"

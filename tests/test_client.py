@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import traceback
 import types
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +12,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import tmlab.local
 from _fake_server import (
     BASE,
     KEY,
@@ -197,16 +197,14 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.fixture
 def fake_local(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Replace tmlab.local with a fake whose ensure_server serves from a mock transport."""
+    """Replace tmlab.local.ensure_server with a fake that serves from a mock transport."""
     calls: list[int] = []
 
     def ensure_server(parallel: int | None = None, *, recheck: bool = False) -> Any:
         calls.append(1)
         return types.SimpleNamespace(base_url="http://127.0.0.1:5999/v1")
 
-    module = types.ModuleType("tmlab.local")
-    module.ensure_server = ensure_server  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "tmlab.local", module)
+    monkeypatch.setattr(tmlab.local, "ensure_server", ensure_server)
     yield calls
 
 

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tmlab.local
 from _e2e import MODEL, STORY, post_raw, read_until
 from _fake_server import USAGE, chunk, sse
 
-import tmlab.local
-from tmlab._meta import MODEL_NAME, VERSION
 from tmlab.client import AsyncClient, Client
+from tmlab.meta import MODEL_NAME, VERSION
 from tmlab.server.__main__ import _watch_parent, parent_gone
 
 # -- 1. the server watches the process that started it, even when that is PID 1 ----------
@@ -338,7 +338,7 @@ def test_notice_outside_a_kernel_is_a_stdout_line(capsys: pytest.CaptureFixture[
 
 def test_client_side_does_not_import_the_server() -> None:
     script = (
-        "import sys, tmlab, tmlab.client, tmlab.local, tmlab._settings\n"
+        "import sys, tmlab, tmlab.client, tmlab.local, tmlab.client.settings\n"
         "print(sorted(m for m in sys.modules if m.startswith('tmlab.server')))"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

@@ -13,8 +13,8 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import RichOutput, capture_output
 
-from tmlab._stream import Delta
 from tmlab.client import Client
+from tmlab.client.stream import Delta
 from tmlab.jupyter.live import LiveAnswer, Throttle, answer_markdown, reasoning_html
 
 

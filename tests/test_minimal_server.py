@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-
 import tmlab.local
-from tmlab._meta import MODEL_NAME
+
+from tmlab.meta import MODEL_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def test_a_final_assistant_message_starts_a_new_turn(minimal: httpx.Client) -> N
 def test_a_lesson_that_needs_logprobs_switches_to_the_local_model_and_says_so(
     minimal_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tmlab._settings import session
+    from tmlab.client.settings import session
 
     monkeypatch.setenv("TENSORMESH_SERVERLESS_BASE_URL", minimal_url)
     monkeypatch.delenv("TENSORMESH_INFERENCE_API_KEY", raising=False)

@@ -17,7 +17,7 @@ from _e2e import dead_url
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from tmlab._settings import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL
+from tmlab.client.settings import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL
 
 pytestmark = pytest.mark.slow
 

@@ -88,7 +88,7 @@ def test_import_tmlab_stays_light() -> None:
     from tmlab.frames import logprobs_frame
 
     assert tmlab.logprobs_frame is logprobs_frame
-    assert callable(tmlab.history) and tmlab.history.__module__ == "tmlab.history"
+    assert callable(tmlab.history) and tmlab.history.__module__ == "tmlab.client.history"
 
 
 def test_function_names_stay_functions_whatever_was_imported_first() -> None:

@@ -7,7 +7,7 @@ import email.utils
 import httpx
 import pytest
 
-from tmlab._retry import backoff_delay, is_retryable_status, parse_retry_after
+from tmlab.client.retry import backoff_delay, is_retryable_status, parse_retry_after
 
 NOW = 1_700_000_000.0
 

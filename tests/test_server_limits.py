@@ -26,11 +26,10 @@ from typing import Any
 
 import httpx
 import pytest
+import tmlab.local
 from _e2e import MODEL, STORY, post_raw, read_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import tmlab.local
 from tmlab.local import LocalServer
 
 pytestmark = pytest.mark.slow
@@ -590,8 +589,8 @@ def test_an_unset_max_tokens_shares_the_budget(engine: Any) -> None:
 def test_planning_beside_a_generation_changes_nothing(engine: Any) -> None:
     # The preparing thread tokenises, renders and checks grammars while the worker
     # generates: the numbers must be those of a generation alone, and nothing may crash.
-    from tmlab.server.engine import Sampling
     from tmlab.server.prompting import JSON_GBNF
+    from tmlab.server.sampler import Sampling
 
     prompt = engine.tokenize(engine.render(STORY))
 

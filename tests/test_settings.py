@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 import tmlab
-from tmlab._settings import DEFAULT_BASE_URL, resolve_settings, session
+from tmlab.client.settings import DEFAULT_BASE_URL, resolve_settings, session
 
 KEY = "tm-sk-SETTINGSSECRET-987654321"
 

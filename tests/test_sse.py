@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tmlab
-from tmlab._reader import StreamReader
-from tmlab._sse import DONE, SSEDecodeError, SSEDecoder
+from tmlab.client.reader import StreamReader
+from tmlab.client.sse import DONE, SSEDecodeError, SSEDecoder
 
 
 def decode(*chunks: bytes) -> list[tuple[str | None, str]]:

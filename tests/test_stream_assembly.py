@@ -7,8 +7,8 @@ from _fake_server import USAGE, chunk, sse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tmlab._reader import StreamReader
-from tmlab._stream import Delta, StreamAccumulator
+from tmlab.client.reader import StreamReader
+from tmlab.client.stream import Delta, StreamAccumulator
 from tmlab.errors import StreamError
 from tmlab.result import ChatResult, split_think
 
@@ -306,7 +306,7 @@ def test_reader_ignores_bytes_after_done() -> None:
 
 
 def test_timing_formulas() -> None:
-    from tmlab._reader import make_timing
+    from tmlab.client.reader import make_timing
 
     streamed = make_timing(10.0, 10.5, 12.5, 9)  # first token at +0.5 s, 8 more in 2 s
     assert (streamed.latency_s, streamed.ttft_s, streamed.tokens_per_s) == (2.5, 0.5, 4.0)

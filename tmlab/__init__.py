@@ -17,11 +17,19 @@ that needs them is first used (module ``__getattr__``), not at import.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from typing import TYPE_CHECKING, Any
 
-from tmlab._settings import session
-from tmlab._stream import Delta
 from tmlab.client import AsyncClient, Client
+
+# The function, not the module: ``tmlab.history()`` (import the module's names with
+# ``from tmlab.client.history import ...``).
+from tmlab.client.history import HistoryWarning, history
+from tmlab.client.reruns import rerun
+from tmlab.client.settings import session
+from tmlab.client.stream import Delta
 from tmlab.errors import (
     APIConnectionError,
     APIError,
@@ -40,10 +48,6 @@ from tmlab.errors import (
     StreamError,
     TmlabError,
 )
-
-# The function, not the module: ``tmlab.history()`` (import the module's names with
-# ``from tmlab.history import ...``).
-from tmlab.history import HistoryWarning, history
 from tmlab.params import (
     NOT_GIVEN,
     PARAMS,
@@ -52,7 +56,6 @@ from tmlab.params import (
     params_table,
     validate_params,
 )
-from tmlab.reruns import rerun
 from tmlab.result import (
     ChatResult,
     Choice,
@@ -63,46 +66,98 @@ from tmlab.result import (
     provide_branching,
 )
 
+# -- where modules used to be -----------------------------------------------------------------
+# The package is laid out in layers (tmlab.client, tmlab.analysis, tmlab.jupyter, README,
+# "Architecture"). The modules' earlier paths keep working, as the same module objects:
+# ``import tmlab.local``, ``from tmlab.sweeps import sweep``, ``tmlab.sampling.whatif(...)``.
+MOVED: dict[str, str] = {
+    "tmlab.history": "tmlab.client.history",
+    "tmlab.reruns": "tmlab.client.reruns",
+    "tmlab.local": "tmlab.client.local",
+    "tmlab.sampling": "tmlab.analysis.whatif",
+    "tmlab.sweeps": "tmlab.analysis.sweeps",
+    "tmlab.summary": "tmlab.analysis.summary",
+    "tmlab.audits": "tmlab.analysis.audits",
+    "tmlab.align": "tmlab.analysis.align",
+    "tmlab.branching": "tmlab.analysis.branching",
+    "tmlab.branchtree": "tmlab.analysis.branch_tree",
+    "tmlab.probtree": "tmlab.analysis.continuations",
+    "tmlab.continuation": "tmlab.analysis.continuation_check",
+    "tmlab.probes": "tmlab.analysis.probes",
+    "tmlab.scoring": "tmlab.analysis.scoring",
+    "tmlab.classification": "tmlab.analysis.classification",
+    "tmlab.plots": "tmlab.analysis.plots",
+    "tmlab.demo": "tmlab.jupyter.demo",
+    "tmlab.explain": "tmlab.jupyter.explain",
+}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports an earlier path (``tmlab.sweeps``) as the module at its new one."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec: Any) -> Any:
+        module = importlib.import_module(MOVED[spec.name])
+        spec.loader_state = module.__spec__  # the import system replaces it: see exec_module
+        return module
+
+    def exec_module(self, module: Any) -> None:
+        """Nothing to run (the module is imported at its new path); the import system gave it
+        the earlier path's spec: give it back its own."""
+        module.__spec__ = module.__spec__.loader_state
+
+
+if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
+    sys.meta_path.insert(0, _MovedModules())
+# tmlab.history is the function; its module is already imported: register the earlier path
+# so that ``from tmlab.history import ...`` finds it without replacing the function.
+sys.modules.setdefault("tmlab.history", sys.modules["tmlab.client.history"])
+
 if TYPE_CHECKING:
-    from tmlab import local, sampling
-    from tmlab.align import diff
-    from tmlab.audits import audit
-    from tmlab.branchtree import tree
-    from tmlab.classification import classify
+    from tmlab.analysis import whatif as sampling
+    from tmlab.analysis.align import diff
+    from tmlab.analysis.audits import audit
+    from tmlab.analysis.branch_tree import tree
+    from tmlab.analysis.classification import classify
+    from tmlab.analysis.continuations import continuations
+    from tmlab.analysis.probes import needs, probe
+    from tmlab.analysis.scoring import ScoreResult, score
+    from tmlab.analysis.summary import plot_sweep, summarize
+    from tmlab.analysis.sweeps import asweep, sweep
+    from tmlab.client import local
     from tmlab.frames import logprobs_frame, usage_frame
     from tmlab.jupyter.explorer import Explorer
-    from tmlab.probes import needs, probe
-    from tmlab.probtree import continuations
-    from tmlab.scoring import ScoreResult, score
-    from tmlab.summary import plot_sweep, summarize
-    from tmlab.sweeps import asweep, sweep
 
 # name -> (module, attribute or None for the module itself); imported on first use.
 _LAZY: dict[str, tuple[str, str | None]] = {
     "logprobs_frame": ("tmlab.frames", "logprobs_frame"),
     "usage_frame": ("tmlab.frames", "usage_frame"),
-    "sweep": ("tmlab.sweeps", "sweep"),
-    "asweep": ("tmlab.sweeps", "asweep"),
-    "summarize": ("tmlab.summary", "summarize"),
-    "plot_sweep": ("tmlab.summary", "plot_sweep"),
-    "audit": ("tmlab.audits", "audit"),
-    "diff": ("tmlab.align", "diff"),
+    "sweep": ("tmlab.analysis.sweeps", "sweep"),
+    "asweep": ("tmlab.analysis.sweeps", "asweep"),
+    "summarize": ("tmlab.analysis.summary", "summarize"),
+    "plot_sweep": ("tmlab.analysis.summary", "plot_sweep"),
+    "audit": ("tmlab.analysis.audits", "audit"),
+    "diff": ("tmlab.analysis.align", "diff"),
     "Explorer": ("tmlab.jupyter.explorer", "Explorer"),
-    "sampling": ("tmlab.sampling", None),
-    "local": ("tmlab.local", None),
-    "score": ("tmlab.scoring", "score"),
-    "ScoreResult": ("tmlab.scoring", "ScoreResult"),
-    "classify": ("tmlab.classification", "classify"),
-    "probe": ("tmlab.probes", "probe"),
-    "needs": ("tmlab.probes", "needs"),
-    "tree": ("tmlab.branchtree", "tree"),
-    "continuations": ("tmlab.probtree", "continuations"),
+    "sampling": ("tmlab.analysis.whatif", None),
+    "local": ("tmlab.client.local", None),
+    "score": ("tmlab.analysis.scoring", "score"),
+    "ScoreResult": ("tmlab.analysis.scoring", "ScoreResult"),
+    "classify": ("tmlab.analysis.classification", "classify"),
+    "probe": ("tmlab.analysis.probes", "probe"),
+    "needs": ("tmlab.analysis.probes", "needs"),
+    "tree": ("tmlab.analysis.branch_tree", "tree"),
+    "continuations": ("tmlab.analysis.continuations", "continuations"),
 }
 
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":  # importlib.metadata is slow to import: read it on first use
-        from tmlab._meta import version
+        from tmlab.meta import version
 
         return version()
     target = _LAZY.get(name)
@@ -126,8 +181,8 @@ def load_ipython_extension(ipython: Any) -> None:
 
 
 def _branch(res: ChatResult, position: int, token: str | int | None = None, **kw: Any) -> Any:
-    """``res.branch(...)``: :func:`tmlab.branching.branch`, imported when first used."""
-    from tmlab.branching import branch
+    """``res.branch(...)``: :func:`tmlab.analysis.branching.branch`, imported when first used."""
+    from tmlab.analysis.branching import branch
 
     return branch(res, position, token, **kw)
 

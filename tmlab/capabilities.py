@@ -6,10 +6,10 @@ about one is kept here, and only here, as a :class:`Capabilities` record:
 
 ============================  ==============================================================
 ``probe``                     :func:`tmlab.probe`'s table (its cache)
-``logprobs_mode``             what the logprobs are (:mod:`tmlab._meaning` reads it), once
+``logprobs_mode``             what the logprobs are (:mod:`tmlab.meaning` reads it), once
                               ``meaning_probed``
-``continuation``              the one continuation check (:mod:`tmlab.continuation`), used by
-                              branch, ``--prefill``, continuations, score and classify
+``continuation``              the one continuation check (:mod:`tmlab.analysis.continuation_check`),
+                              used by branch, ``--prefill``, continuations, score and classify
 ``echo_suffix``               bytes of the chat template after an answer in an echoed prompt
                               (:func:`tmlab.score`'s echo method)
 ``slots``                     requests the server decodes at once (the sweep's default

@@ -11,7 +11,7 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tmlab`` command; returns the exit status."""
-    from tmlab.demo import build_parser as build_demo_parser
+    from tmlab.jupyter.demo import build_parser as build_demo_parser
     from tmlab.server.__main__ import build_parser, serve
 
     parser = argparse.ArgumentParser(prog="tmlab", description="tmlab command-line tools.")
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return serve(args)
     if args.command == "demo":
-        from tmlab.demo import demo
+        from tmlab.jupyter.demo import demo
 
         return demo(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover

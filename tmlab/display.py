@@ -264,7 +264,7 @@ _HOVER_CSS = (
 )
 
 
-def _colour(p: float) -> str:
+def prob_colour(p: float) -> str:
     if math.isnan(p):
         return _UNKNOWN_COLOUR
     for low, high, colour in PROB_BINS:
@@ -273,7 +273,7 @@ def _colour(p: float) -> str:
     return PROB_BINS[-1][2]
 
 
-def _show(text: str) -> str:
+def token_shown(text: str) -> str:
     """One-line readable form of a token for tooltips: whitespace as markers, quoted."""
     out = []
     for ch in text:
@@ -286,7 +286,7 @@ def _show(text: str) -> str:
     return "\u201c" + "".join(out) + "\u201d"
 
 
-def _visible_html(text: str) -> str:
+def visible_html(text: str) -> str:
     """HTML of a token's text with whitespace markers; a newline also breaks the line."""
     out = []
     for ch in text:
@@ -360,11 +360,11 @@ def _tooltip(piece: _Piece) -> str:
     if len(piece.tokens) > 1:
         joint = math.exp(sum(t.logprob for t in piece.tokens))
         lines.append(
-            f"{len(piece.tokens)} tokens make up {_show(piece.text)} (UTF-8 bytes split across "
-            f"tokens); joint p = {joint:.4f}"
+            f"{len(piece.tokens)} tokens make up {token_shown(piece.text)} (UTF-8 bytes split "
+            f"across tokens); joint p = {joint:.4f}"
         )
     for pos, tok in zip(piece.positions, piece.tokens, strict=True):
-        shown = _show(_piece_text(tok.token, tok.bytes))
+        shown = token_shown(_piece_text(tok.token, tok.bytes))
         lp = tok.logprob
         head = f"position {pos}: {shown}"
         if tok.bytes is not None and len(piece.tokens) > 1:
@@ -386,7 +386,7 @@ def _tooltip(piece: _Piece) -> str:
                 )
                 if same:
                     mark = "  \u2190 generated"
-                text = _show(_piece_text(alt.token, alt.bytes))
+                text = token_shown(_piece_text(alt.token, alt.bytes))
                 lines.append(f"  {i:>2}. {text}  {math.exp(alt.logprob):.4f}{mark}")
             other = max(0.0, 1.0 - sum(math.exp(a.logprob) for a in alts))
             lines.append(f"  other (not returned): {other:.4f}")
@@ -462,13 +462,13 @@ def token_heatmap_html(
     spans = []
     for piece in _pieces(tokens):
         lp = sum(t.logprob for t in piece.tokens)
-        style = f"{_TOKEN_STYLE}; background: {_colour(math.exp(lp))}"
+        style = f"{_TOKEN_STYLE}; background: {prob_colour(math.exp(lp))}"
         if piece.escaped:
             style += "; font-style: italic"
         spans.append(
             f'<span class="tmlab-tok" data-position="{piece.positions[0]}" '
             f'title="{html.escape(_tooltip(piece), quote=True)}" style="{style}">'
-            f"{_visible_html(piece.text)}</span><wbr>"
+            f"{visible_html(piece.text)}</span><wbr>"
         )
     top = f'<div style="font-size: 12px; opacity: 0.85">{html.escape(head)}</div>' if head else ""
     return HTMLText(

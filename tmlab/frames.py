@@ -171,7 +171,7 @@ def logprobs_frame(res: ChatResult, long: bool = False) -> pd.DataFrame:
 
 def _describe(df: pd.DataFrame, res: ChatResult, notes: str = LOGPROBS_NOTES) -> None:
     """Notes saying which distribution the numbers describe (response, probe, or unknown)."""
-    from tmlab._meaning import meaning
+    from tmlab.meaning import meaning
 
     m = meaning(res)
     df.attrs["notes"] = " ".join([notes.format(meaning=m.text), *res.notes])
@@ -220,7 +220,7 @@ def _long_frame(rows: list[tuple[int, int, Any]], res: ChatResult) -> pd.DataFra
     return df
 
 
-def _price(prices: Mapping[str, Any] | None, model: str | None) -> Mapping[str, float] | None:
+def price_of(prices: Mapping[str, Any] | None, model: str | None) -> Mapping[str, float] | None:
     if not prices:
         return None
     if "input" in prices or "output" in prices:
@@ -288,7 +288,7 @@ def usage_frame(
     if prices:
         costs: list[float | None] = []
         for r in items:
-            price = _price(prices, r.model)
+            price = price_of(prices, r.model)
             u = r.usage
             if price is None or u.prompt_tokens is None or u.completion_tokens is None:
                 costs.append(None)

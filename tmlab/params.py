@@ -268,7 +268,7 @@ PARAMS: Final[Mapping[str, Param]] = {p.name: p for p in _TABLE}
 RESERVED: Final = frozenset({"model", "messages", "stream"})
 
 
-def _check_one(p: Param, value: Any) -> Any:
+def check_param(p: Param, value: Any) -> Any:
     """Check one value; return it as sent (numbers as plain Python ``int``/``float``)."""
     if value is None:  # explicit null: the API accepts null for every parameter
         return None
@@ -352,7 +352,7 @@ def validate_params(params: Mapping[str, Any], *, warn: bool = True) -> dict[str
                 f"unknown parameter {name!r}{hint}",
                 "a parameter of tmlab.PARAMS, or pass it in extra_body={...}",
             )
-        out[name] = _check_one(p, value)
+        out[name] = check_param(p, value)
     _check_combinations(out)
     if warn and out.get("max_tokens") is not None and out.get("max_completion_tokens") is not None:
         warnings.warn(

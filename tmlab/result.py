@@ -297,7 +297,7 @@ class ChatResult:
         self.timing = timing or Timing()
         self.complete = complete
         self.history_id: int | None = None
-        """The row in :func:`tmlab.history`, once recorded (``None``: history off)."""
+        """The row in :func:`tmlab.client.history`, once recorded (``None``: history off)."""
         self.base_url: str | None = None  # the server that answered, set by the client
         self.parent: BranchOrigin | None = None  # set on the result of a branch
         self.session_limit: SessionLimit | None = None
@@ -427,8 +427,8 @@ class ChatResult:
     ) -> ChatResult:
         """Continue this answer from ``position`` with ``token`` instead of what was said.
 
-        Same as :func:`tmlab.branching.branch`: the answer up to ``position``, then ``token``
-        (an alternative's text or id; default: the most likely alternative not generated),
+        Same as :func:`tmlab.analysis.branching.branch`: the answer up to ``position``, then
+        ``token`` (an alternative's text or id; default: the most likely alternative not generated),
         then the model goes on. (A result is data; sending a branch belongs to the analyses
         above it, which the package hands in: :func:`provide_branching`.) ``overrides``
         change parameters (``stream=True`` and ``on_delta`` stream the new text).

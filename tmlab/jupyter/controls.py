@@ -48,7 +48,7 @@ from typing import Any, Final
 import ipywidgets as widgets
 import traitlets
 
-from tmlab._settings import LENGTH_LIMITS, session
+from tmlab.client.settings import LENGTH_LIMITS, session
 from tmlab.errors import ParameterError
 from tmlab.params import NOT_GIVEN, PARAMS, Param, validate_params
 

@@ -47,11 +47,9 @@ import ipywidgets as widgets
 import pandas as pd
 
 from tmlab import display as _display
-from tmlab._settings import LENGTH_LIMITS, session_limit
+from tmlab.client.history import request_source
+from tmlab.client.settings import LENGTH_LIMITS, session_limit
 from tmlab.errors import ParameterError
-from tmlab.explain import error_line
-from tmlab.history import request_source
-from tmlab.jupyter.branches import BranchesView, BranchRunner
 from tmlab.jupyter.codeline import chat_call, tmchat_line
 from tmlab.jupyter.controls import (
     ParamControl,
@@ -60,7 +58,9 @@ from tmlab.jupyter.controls import (
     link_logprobs,
     set_params,
 )
-from tmlab.jupyter.job import Job, StoppedByUser, deadline, partial_result, send
+from tmlab.jupyter.explain import error_line
+from tmlab.jupyter.explorer_branches import BranchesView, BranchRunner
+from tmlab.jupyter.job import ExplorerRequest, StoppedByUser, deadline, partial_result, send
 from tmlab.jupyter.live import Debounce, Throttle
 from tmlab.jupyter.load import LoadLine
 from tmlab.jupyter.pins import Pin, pins_frame, pins_html
@@ -70,8 +70,8 @@ from tmlab.params import PARAMS, ParameterWarning, validate_params
 from tmlab.result import ChatResult, SessionLimit
 
 if TYPE_CHECKING:
-    from tmlab._stream import Delta
     from tmlab.client import Client
+    from tmlab.client.stream import Delta
 
 __all__ = ["Explorer", "StoppedByUser", "WhatIfPanel"]
 
@@ -115,8 +115,8 @@ class Explorer(widgets.VBox):
         self.client = client
         self.result: ChatResult | None = None
         """The last result (a partial one after Stop or a broken stream; None after an error)."""
-        self._job: Job | None = None
-        self._jobs: list[Job] = []
+        self._job: ExplorerRequest | None = None
+        self._jobs: list[ExplorerRequest] = []
         self._lock = threading.RLock()
         self._pins: list[Pin] = []
         self._debounce = Debounce(AUTO_SEND_DELAY, self._auto_fire)
@@ -360,7 +360,7 @@ class Explorer(widgets.VBox):
                 self._show_error(error_line(exc))
                 return False
             self._refresh_call()
-            job = Job(
+            job = ExplorerRequest(
                 client=self.client,
                 prompt=prompt,
                 system=self.system.value or None,
@@ -414,7 +414,7 @@ class Explorer(widgets.VBox):
         )
         return not busy and not self._models_thread.is_alive()
 
-    def _work(self, job: Job) -> None:
+    def _work(self, job: ExplorerRequest) -> None:
         """The worker thread: one streamed request, shown as it arrives."""
         throttle = Throttle(lambda: self._show_live(job), interval=0.1)
 
@@ -441,7 +441,7 @@ class Explorer(widgets.VBox):
         except Exception as exc:  # a view that failed to render must not kill the thread
             self._show_error(f"could not show the answer: {error_line(exc)}")
 
-    def _show_live(self, job: Job) -> None:
+    def _show_live(self, job: ExplorerRequest) -> None:
         if job is not self._job:
             return
         text = "".join(job.text)
@@ -460,7 +460,11 @@ class Explorer(widgets.VBox):
         self.status.value = f"streaming … {job.deltas} chunks"
 
     def _finish(
-        self, job: Job, res: ChatResult | None, problem: BaseException | None, stopped: bool
+        self,
+        job: ExplorerRequest,
+        res: ChatResult | None,
+        problem: BaseException | None,
+        stopped: bool,
     ) -> None:
         if res is not None:  # the usage line names the session's limit, and how to change it
             if job.session_limit is not None:
@@ -540,7 +544,7 @@ class Explorer(widgets.VBox):
     def branch(self, owner: ChatResult, position: int, token: int | str) -> bool:
         """Branch ``owner`` at ``position`` with ``token``, as a click in the Tokens tab does:
         the branch streams into the token view and becomes the shown run (see
-        :class:`~tmlab.jupyter.branches.BranchRunner`)."""
+        :class:`~tmlab.jupyter.explorer_branches.BranchRunner`)."""
         return self._brancher.branch(owner, position, token)
 
     def show_run(self, res: ChatResult) -> None:
@@ -636,7 +640,7 @@ class Explorer(widgets.VBox):
 
 
 def _session_prices() -> dict[str, Any] | None:
-    from tmlab._settings import session
+    from tmlab.client.settings import session
 
     prices = getattr(session, "prices", None)
     return prices if isinstance(prices, dict) else None

@@ -1,8 +1,8 @@
 """One Explorer request: what is sent, what arrived so far, and how Stop ends it at once.
 
 :func:`send` runs the request as an asyncio task on the client's ``AsyncClient`` twin, in the
-calling (worker) thread; :meth:`Job.cancel` cancels that task wherever it waits (queued on the
-server, prompt evaluation, streaming), which closes the connection. A client built on an
+calling (worker) thread; :meth:`ExplorerRequest.cancel` cancels that task wherever it waits (queued
+on the server, prompt evaluation, streaming), which closes the connection. A client built on an
 injected ``httpx.Client`` has no twin: Stop then acts when the next piece arrives.
 """
 
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from tmlab.result import ChatResult
 
 if TYPE_CHECKING:
-    from tmlab._stream import Delta
     from tmlab.client import Client
+    from tmlab.client.stream import Delta
 
-__all__ = ["Job", "StoppedByUser", "deadline", "partial_result", "send"]
+__all__ = ["ExplorerRequest", "StoppedByUser", "deadline", "partial_result", "send"]
 
 
 class StoppedByUser(Exception):
@@ -36,7 +36,7 @@ class StoppedByUser(Exception):
 
 
 @dataclass
-class Job:
+class ExplorerRequest:
     """One request: what is sent, and what arrived so far."""
 
     client: Client
@@ -74,7 +74,7 @@ def deadline(timeout: float | None) -> Callable[[], float | None]:
     return lambda: None if end is None else max(0.0, end - time.monotonic())
 
 
-def send(job: Job, on_delta: Callable[[Delta], None]) -> ChatResult:
+def send(job: ExplorerRequest, on_delta: Callable[[Delta], None]) -> ChatResult:
     """Send ``job``'s request; raises :class:`StoppedByUser` when it is cancelled."""
     kwargs: dict[str, Any] = dict(
         system=job.system, model=job.model, stream=True, on_delta=on_delta, **job.params
@@ -118,7 +118,7 @@ def send(job: Job, on_delta: Callable[[Delta], None]) -> ChatResult:
         job.abort = None
 
 
-def partial_result(job: Job) -> ChatResult:
+def partial_result(job: ExplorerRequest) -> ChatResult:
     """What arrived of ``job``'s answer, as an incomplete result."""
     message = {"role": "assistant", "content": "".join(job.text)}
     if any(job.reasoning):

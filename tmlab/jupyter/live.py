@@ -26,7 +26,7 @@ from IPython.display import display
 if TYPE_CHECKING:
     from IPython.display import DisplayHandle
 
-    from tmlab._stream import Delta
+    from tmlab.client.stream import Delta
     from tmlab.result import ChatResult
 
 __all__ = [

@@ -5,7 +5,7 @@ the flags come from :mod:`tmlab.jupyter.flags` (generated from the parameter tab
 request goes through :class:`tmlab.Client` (which follows the session settings of
 ``%tmconfig`` and logs every request in the history, here with ``source="magic"``), the
 answer streams through :class:`~tmlab.jupyter.live.LiveAnswer`, errors become one line
-(:func:`tmlab.explain.error_line`).
+(:func:`tmlab.jupyter.explain.error_line`).
 
 How the answer is shown once: the live output (a display handle) receives the final view
 at the end, and the cell's value, the ChatResult, skips its own display that one time (a
@@ -28,10 +28,10 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.display import display
 from traitlets import Bool, Dict, Float, Unicode, observe
 
-from tmlab.explain import error_line
-from tmlab.jupyter.continuing import continued_note, send
+from tmlab.jupyter.explain import error_line
 from tmlab.jupyter.flags import FlagError, Flags, LineParser, help_text, parse_flags
 from tmlab.jupyter.live import LiveAnswer, MarkdownView, result_view
+from tmlab.jupyter.magic_branches import continued_note, send
 from tmlab.jupyter.template import interpolate
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ _CONFIG_WORD = re.compile(r"(\w+)(?:=(.*))?", re.DOTALL)
 class TmChat(Magics):
     """tmlab's magics. Settings are traits: ``%config TmChat.model = "..."`` works.
 
-    Setting a trait changes the session settings (:data:`tmlab._settings.session`) that
+    Setting a trait changes the session settings (:data:`tmlab.client.settings.session`) that
     ``tmlab.Client()``, the widget and sweeps read too.
     """
 
@@ -131,7 +131,7 @@ class TmChat(Magics):
 
     @observe("model", "base_url", "key_env", "local", "history", "prices")
     def _push_setting(self, change: Any) -> None:
-        from tmlab._settings import session
+        from tmlab.client.settings import session
 
         if not getattr(self, "_pushing", True):
             return
@@ -188,9 +188,9 @@ class TmChat(Magics):
 
     def _chat(self, flags: Flags, messages: list[dict[str, str]]) -> ChatResult:
         """Send one request, streaming into a live output; errors become one line."""
-        from tmlab._settings import session
         from tmlab.client import Client
-        from tmlab.history import request_source
+        from tmlab.client.history import request_source
+        from tmlab.client.settings import session
 
         live = LiveAnswer(show_reasoning="reasoning" in flags.show, interval=self.update_interval)
         live.start()
@@ -252,8 +252,8 @@ class TmChat(Magics):
 
     def _sweep(self, flags: Flags, prompt: str) -> pd.DataFrame:
         """Comma lists / --repeat: a small sweep; shows its summary, returns its rows."""
-        from tmlab.summary import summarize
-        from tmlab.sweeps import sweep
+        from tmlab.analysis.summary import summarize
+        from tmlab.analysis.sweeps import sweep
 
         messages: list[dict[str, str]] = [{"role": "user", "content": prompt}]
         if flags.continue_:
@@ -292,7 +292,7 @@ class TmChat(Magics):
         (512 by default; ``off`` or ``none``: no limit; ``max_tokens=`` back to the default
         or TMLAB_MAX_TOKENS). ``reset`` forgets all.
         """
-        from tmlab._settings import session
+        from tmlab.client.settings import session
 
         try:
             words = shlex.split(line)
@@ -307,7 +307,7 @@ class TmChat(Magics):
         return _settings_frame(session.describe())
 
     def _config_word(self, word: str) -> None:
-        from tmlab._settings import session
+        from tmlab.client.settings import session
 
         m = _CONFIG_WORD.fullmatch(word)
         name, value = (m.group(1), m.group(2)) if m else (word, None)
@@ -344,7 +344,7 @@ class TmChat(Magics):
             self._sync_from_session()  # e.g. `local` clears base_url in the session
 
     def _config_key(self, value: str | None) -> None:
-        from tmlab._settings import session
+        from tmlab.client.settings import session
 
         if value is None:  # bare `key`: ask at a hidden prompt
             typed = getpass.getpass("API key (hidden; kept in memory for this session): ")
@@ -370,7 +370,7 @@ class TmChat(Magics):
             print(f"%tmconfig: note: the environment variable {var} is not set")
 
     def _sync_from_session(self) -> None:
-        from tmlab._settings import session
+        from tmlab.client.settings import session
 
         self._pushing = False  # set the traits without the observer writing them back
         try:
@@ -409,9 +409,9 @@ class TmChat(Magics):
     def tmhistory(self, line: str) -> pd.DataFrame:
         """%tmhistory [-n N] [--model M] [--source client|magic|explorer|sweep]
 
-        The logged requests as a DataFrame, oldest first (see tmlab.history).
+        The logged requests as a DataFrame, oldest first (see tmlab.client.history).
         """
-        from tmlab.history import history
+        from tmlab.client.history import history
 
         parser = LineParser(prog="%tmhistory", add_help=False, exit_on_error=False)
         parser.add_argument("-n", type=int, default=None)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import anywidget
 import traitlets
 
-from tmlab.display import _colour
+from tmlab.display import prob_colour
 
 if TYPE_CHECKING:
     from tmlab.result import ChatResult, TokenLogprob, TopLogprob
@@ -118,7 +118,7 @@ def _dict(row: Row) -> dict[str, Any]:
         "newline": "\n" in text,
         "prob": None if math.isnan(prob) else round(prob, 6),
         "shown": "?" if math.isnan(prob) else f"{prob:.4f}",
-        "colour": _colour(prob),
+        "colour": prob_colour(prob),
         "inherited": row.inherited,
         "position": row.position,
         "alts": alts,

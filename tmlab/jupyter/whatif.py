@@ -1,7 +1,7 @@
 """The Explorer's what-if panel: reshape one position's returned alternatives, locally.
 
 Sliders for temperature, top_k, top_p and min_p recompute the distribution at a selected
-position with :func:`tmlab.sampling.whatif` — no request is sent — and draw the raw and the
+position with :func:`tmlab.analysis.whatif.whatif` — no request is sent — and draw the raw and the
 what-if probabilities side by side as HTML bars. The what-if is an approximation over the
 returned ``top_logprobs`` only, and says so; the raw mass outside them is shown too.
 """
@@ -16,10 +16,10 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
+from tmlab.analysis.whatif import WHATIF_LABEL, whatif
 from tmlab.errors import ParameterError
 from tmlab.params import PARAMS
 from tmlab.result import ChatResult
-from tmlab.sampling import WHATIF_LABEL, whatif
 
 __all__ = ["WhatIfPanel"]
 
@@ -44,7 +44,7 @@ def _slider(name: str, value: float, **overrides: Any) -> widgets.FloatSlider:
 class WhatIfPanel(widgets.VBox):
     """Reshape the returned alternatives at one position under other sampling settings.
 
-    Local and instant (:func:`tmlab.sampling.whatif`, no request): the bars show the raw
+    Local and instant (:func:`tmlab.analysis.whatif.whatif`, no request): the bars show the raw
     probabilities as returned and the what-if ones, an approximation over the returned
     ``top_logprobs`` only; the raw mass outside them is shown too.
     """

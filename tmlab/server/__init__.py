@@ -3,7 +3,7 @@
 ``python -m tmlab.server`` (or ``tmlab serve``) serves SmolLM2-135M-Instruct, run by llama.cpp,
 with the Tensormesh chat surface: every request parameter accepted, logprobs that are the
 model's raw log-probabilities, SSE streams, and errors in the OpenAI envelope. From Python,
-:func:`tmlab.local.start` runs it in a subprocess.
+:func:`tmlab.client.local.start` runs it in a subprocess.
 
 Modules: ``engine`` (llama.cpp: template, sampling loop, logprobs), ``protocol`` (request
 validation), ``prompting`` (templating, tools, limits), ``chat`` (the generation loop: choices,
@@ -20,7 +20,7 @@ read, a prompt that cannot fit the context is refused from its length before it 
 
 from __future__ import annotations
 
-from tmlab._meta import MODEL_NAME
+from tmlab.meta import MODEL_NAME
 from tmlab.server.engine import default_model_path
 
 __all__ = ["MODEL_NAME", "default_model_path"]

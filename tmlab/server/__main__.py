@@ -6,7 +6,7 @@ Options: where to listen, the model, its context, and what one request may cost
 :mod:`tmlab.server.limits`).
 
 Prints one line ``TMLAB_SERVER_READY http://HOST:PORT`` on stdout once it answers, which is
-how :func:`tmlab.local.start` learns the port when it asked for port 0. With
+how :func:`tmlab.client.local.start` learns the port when it asked for port 0. With
 ``--parent-pid`` it exits when that process is gone, so a crashed kernel leaves no server
 (and only then: a parent that is PID 1, as in a container, is a parent like any other).
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import math
 import os
 import socket
@@ -26,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tmlab.local import READY_PREFIX
+from tmlab.meta import READY_PREFIX, forget_state, write_state
 from tmlab.server.limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
@@ -134,9 +133,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         type=_seconds,
         default=None,
         metavar="S",
-        help="exit after S seconds without a model request (the shared server: tmlab.local)",
+        help="exit after S seconds without a model request (the shared server: tmlab.client.local)",
     )
-    # the shared server's state file and instance (written by tmlab.local's launcher)
+    # the shared server's state file and instance (written by tmlab.client.local's launcher)
     p.add_argument("--state-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--instance", default=None, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress or access log")
@@ -302,7 +301,7 @@ def serve(args: argparse.Namespace) -> int:
         if server.started:
             print(f"{READY_PREFIX}{url}", flush=True)
             if state is not None:
-                _write_state(state, url, args.instance)
+                write_state(state, url, args.instance)
 
     threading.Thread(target=announce, daemon=True).start()
     if args.idle_exit is not None:
@@ -315,28 +314,8 @@ def serve(args: argparse.Namespace) -> int:
         server.run(sockets=[sock])
     finally:
         if state is not None:
-            _forget_state(state, args.instance)
+            forget_state(state, args.instance)
     return 0
-
-
-def _write_state(path: Path, url: str, instance: str | None) -> None:
-    """Record this server in the shared state file (atomically, readable by the user only)."""
-    record = {"url": url, "pid": os.getpid(), "instance": instance, "started": time.time()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f)
-    os.replace(tmp, path)
-
-
-def _forget_state(path: Path, instance: str | None) -> None:
-    """Remove the state file if it still names this server (a newer one may have replaced it)."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(record, dict) and record.get("instance") == instance:
-        path.unlink(missing_ok=True)
 
 
 def _exit_when_idle(
@@ -362,7 +341,7 @@ def _exit_when_idle(
             if stats.idle_s() < idle_s:
                 os.close(lock)
                 continue
-            _forget_state(state, instance)
+            forget_state(state, instance)
             # ``lock`` stays open, so held, until this process ends: a launcher waiting for
             # it then finds no state file and starts the next server
         server.should_exit = True

@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tmlab._meta import VERSION
+from tmlab.meta import VERSION
 from tmlab.server.chat import run_chat
 from tmlab.server.engine import Engine
 from tmlab.server.limits import Admission, Limits, prompt_bound, read_body
@@ -56,7 +56,7 @@ from tmlab.server.protocol import (
     parse_json,
     without_optional,
 )
-from tmlab.server.response import Timing
+from tmlab.server.response import ServerTiming
 from tmlab.server.stats import RequestLog, Stats
 from tmlab.server.worker import DONE, Worker
 
@@ -181,7 +181,7 @@ class _Server:
     # --- routes ------------------------------------------------------------------------
 
     async def chat(self, request: Request) -> Response:
-        timing = Timing(arrived=time.perf_counter())
+        timing = ServerTiming(arrived=time.perf_counter())
         request.state.timing = timing  # the request log reads its tokens
         self.check_auth(request)
         cancel = threading.Event()

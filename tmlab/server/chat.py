@@ -34,18 +34,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tmlab.server.batch import Group
-from tmlab.server.engine import Engine, Sampling
+from tmlab.server.engine import Engine
 from tmlab.server.prompting import ANSWER_PREFIX, REASONING_PREFIX, TOOL_CALL_OPEN, Plan
 from tmlab.server.protocol import ChatRequest
 from tmlab.server.response import (
     ChoiceResult,
-    Timing,
+    ServerTiming,
     choice_dict,
     logprob_content,
     perf_metrics,
     raw_output,
     usage,
 )
+from tmlab.server.sampler import Sampling
 from tmlab.server.text import TextStream, parse_tool_call
 
 __all__ = ["Emit", "choice_seed", "run_chat", "sampling_of"]
@@ -81,7 +82,7 @@ class ChatRun:
         req: ChatRequest,
         plan: Plan,
         *,
-        timing: Timing,
+        timing: ServerTiming,
         cancel: threading.Event,
         emit: Emit | None,
     ) -> None:
@@ -342,7 +343,7 @@ def run_chat(
     req: ChatRequest,
     plan: Plan,
     *,
-    timing: Timing,
+    timing: ServerTiming,
     cancel: threading.Event,
     emit: Emit | None = None,
 ) -> dict[str, Any] | None:

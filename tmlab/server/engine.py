@@ -48,30 +48,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tmlab._meta import MODEL_FILE, MODEL_NAME
-from tmlab.server.sampler import (
-    GREEDY_BELOW,
-    LOGPROBS_MODES,
-    Decoder,
-    GrammarError,
-    Sampling,
-    Step,
-)
+from tmlab.meta import MODEL_FILE, MODEL_NAME
+from tmlab.server.sampler import LOGPROBS_MODES, Decoder, GrammarError, Sampling, Step
 
 if TYPE_CHECKING:
     from tmlab.server.batch import BatchEngine, Group
 
-__all__ = [
-    "GREEDY_BELOW",
-    "LOGPROBS_MODES",
-    "MODEL_NAME",
-    "Decoder",
-    "Engine",
-    "GrammarError",
-    "Sampling",
-    "Step",
-    "default_model_path",
-]
+__all__ = ["Engine", "default_model_path"]
 
 
 def default_model_path() -> Path:

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tmlab.server.engine import Engine, GrammarError
+from tmlab.server.engine import Engine
 from tmlab.server.limits import prompt_bound
 from tmlab.server.protocol import ChatRequest, RequestError, bad
+from tmlab.server.sampler import GrammarError
 
 __all__ = ["REASONING_BUDGETS", "TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "Plan", "plan_request"]
 

@@ -11,13 +11,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tmlab.server.engine import Engine, Step
+from tmlab.server.engine import Engine
 from tmlab.server.prompting import Plan
 from tmlab.server.protocol import ChatRequest
+from tmlab.server.sampler import Step
 
 __all__ = [
     "ChoiceResult",
-    "Timing",
+    "ServerTiming",
     "choice_dict",
     "logprob_content",
     "perf_metrics",
@@ -27,7 +28,7 @@ __all__ = [
 
 
 @dataclass
-class Timing:
+class ServerTiming:
     """Times of one request, in ``time.perf_counter`` seconds."""
 
     arrived: float
@@ -91,7 +92,7 @@ def usage(plan: Plan, results: list[ChoiceResult]) -> dict[str, Any]:
     }
 
 
-def perf_metrics(plan: Plan, timing: Timing, results: list[ChoiceResult]) -> dict[str, Any]:
+def perf_metrics(plan: Plan, timing: ServerTiming, results: list[ChoiceResult]) -> dict[str, Any]:
     """Server-side timings up to now, in seconds."""
     t = timing
     end = time.perf_counter()

@@ -110,7 +110,7 @@ class RequestLog:
     """ASGI middleware: one :func:`request_line` per model request (to ``log``, when given),
     each counted in ``stats``, and the ``headers`` added to its answer.
 
-    The tokens come from the request's ``Timing`` (``request.state.timing``), set by the chat
+    The tokens come from the request's ``ServerTiming`` (``request.state.timing``), set by the chat
     route; other routes log 0 tokens.
     """
 

@@ -36,7 +36,7 @@ DONE = object()
 
 
 @dataclass(eq=False)
-class _Job:
+class _WorkItem:
     fn: Callable[[], Any]
     fut: Future[Any]
     cancel: threading.Event
@@ -53,8 +53,8 @@ class Worker:
 
     def __init__(self, name: str = "tmlab-model", threads: int = 1) -> None:
         self._cond = threading.Condition()
-        self._queue: collections.deque[_Job | None] = collections.deque()
-        self._running: set[_Job] = set()
+        self._queue: collections.deque[_WorkItem | None] = collections.deque()
+        self._running: set[_WorkItem] = set()
         self.slots = threads
         self.mean_job_s = 1.0  # running mean of a job's duration, for Retry-After estimates
         self._threads = [
@@ -102,7 +102,7 @@ class Worker:
                 with self._cond:
                     self._running.discard(job)
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: _WorkItem) -> None:
         if job.cancel.is_set():  # its client is gone
             job.fut.cancel()
             return
@@ -115,7 +115,7 @@ class Worker:
             job.fut.set_exception(exc)
         self.mean_job_s += 0.2 * (time.perf_counter() - t0 - self.mean_job_s)
 
-    def _put(self, job: _Job | None) -> None:
+    def _put(self, job: _WorkItem | None) -> None:
         with self._cond:
             self._queue.append(job)
             self._cond.notify()
@@ -123,7 +123,7 @@ class Worker:
     def submit(self, fn: Callable[[], T], cancel: threading.Event | None = None) -> Future[T]:
         """Queue ``fn``; its result (or exception) arrives in the returned future."""
         fut: Future[T] = Future()
-        self._put(_Job(fn, fut, cancel or threading.Event()))
+        self._put(_WorkItem(fn, fut, cancel or threading.Event()))
         return fut
 
     async def call(self, fn: Callable[[], T], cancel: threading.Event | None = None) -> T:

@@ -33,11 +33,11 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tmlab._settings import _check_setting
+from tmlab.client.settings import check_setting
 from tmlab.errors import LocalServerError, ParameterError
 
 if TYPE_CHECKING:
-    from tmlab.local import LocalServer
+    from tmlab.client.local import LocalServer
 
 __all__ = ["APP_NOTEBOOK", "DEFAULT_PORT", "app_notebook", "build_parser", "demo", "voila_argv"]
 
@@ -171,7 +171,7 @@ def demo(args: argparse.Namespace) -> int:
         notebook = _check_notebook(args.notebook)
         _check_port(args.host, args.port)
         _check_voila()
-        base_url = None if args.base_url is None else _check_setting("base_url", args.base_url)
+        base_url = None if args.base_url is None else check_setting("base_url", args.base_url)
     except DemoError as exc:
         print(f"tmlab demo: error: {exc}", file=sys.stderr)
         return 2
@@ -209,7 +209,7 @@ def demo(args: argparse.Namespace) -> int:
 def _model_server(base_url: str | None) -> LocalServer | None:
     """Point the pages' kernels at one model server; the one started here to stop at the
     end, if any (none: the shared local server outlives the app)."""
-    from tmlab._settings import ENV_BASE_URL, resolve_settings
+    from tmlab.client.settings import ENV_BASE_URL, resolve_settings
 
     if base_url is not None:
         os.environ[ENV_BASE_URL] = base_url  # the kernels Voilà starts inherit it
@@ -220,7 +220,7 @@ def _model_server(base_url: str | None) -> LocalServer | None:
         key = " (with the API key from the environment)" if settings.api_key else ""
         _say(f"every page talks to {settings.base_url}{key}")
         return None
-    from tmlab import local
+    from tmlab.client import local
 
     # The user's shared server (one calm progress line on stdout), loaded before the first
     # page opens. The pages' kernels find it themselves, as every kernel does, and so also

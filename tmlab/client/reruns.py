@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tmlab._settings import Settings
 from tmlab.client import Client
+from tmlab.client.history import get_row
+from tmlab.client.settings import Settings
 from tmlab.errors import ParameterError
-from tmlab.history import get_row
 from tmlab.params import PARAMS
 
 if TYPE_CHECKING:

@@ -6,8 +6,8 @@
                    ["positive", "negative"])
     tmlab.classify(None, ["positive", "negative"], prompts=[...])   # many prompts at once
 
-Each label is scored whole (all its tokens, :func:`tmlab.scoring.score`) as the start of the
-assistant's answer to the prompt: ``prob = exp(total logprob)`` is the probability that the
+Each label is scored whole (all its tokens, :func:`tmlab.analysis.scoring.score`) as the start of
+the assistant's answer to the prompt: ``prob = exp(total logprob)`` is the probability that the
 answer begins with that label. ``p_norm`` renormalises over the labels (they sum to 1 per
 prompt); ``mass`` is how much of all possible answers the labels cover together (their
 ``prob`` summed: the rest is answers that start otherwise). Labels that are prefixes of one
@@ -27,9 +27,9 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from tmlab.analysis.scoring import METHODS, _score_echo, ascore
+from tmlab.analysis.sweeps import _one_line, _positive_int, _run_in_thread, _sweep_client
 from tmlab.errors import ParameterError, ScoreError
-from tmlab.scoring import METHODS, _score_echo, ascore
-from tmlab.sweeps import _one_line, _positive_int, _run_in_thread, _sweep_client
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -4,7 +4,7 @@ At each node (the prompt, then the prompt followed by a path of tokens), one req
 token with ``top_logprobs=width`` returns the ``width`` most likely next tokens and their
 probabilities; each of them is a child, and each child below ``depth`` is asked in turn, as
 a continuation of a final assistant message holding its path (on the embedded server as
-exact token ids, see :mod:`tmlab.branching`). Depth 3, width 3 costs at most
+exact token ids, see :mod:`tmlab.analysis.branching`). Depth 3, width 3 costs at most
 ``1 + 3 + 9 = 13`` requests, none repeated; a path that ends the answer (an end-of-turn
 token) has no children and costs none.
 
@@ -108,13 +108,13 @@ def continuations(
     probability and its exact path probability (the product along the path). One request of
     one token per expanded node (≤ ``1 + width + … + width**(depth-1)``, none repeated); on a
     server other than the embedded one the continuation check costs one or two more, once
-    (:func:`tmlab.branching.ensure_continues`). ``params`` go with every request (the prompt's
-    settings; the probabilities returned do not depend on sampling settings on servers that
+    (:func:`tmlab.analysis.branching.ensure_continues`). ``params`` go with every request (the
+    prompt's settings; the probabilities returned do not depend on sampling settings on servers that
     return raw logprobs). ``df.attrs["requests"]`` is the number of requests made.
     """
-    from tmlab._base import _messages
-    from tmlab.branching import continue_final, ensure_continues, is_embedded
+    from tmlab.analysis.branching import continue_final, ensure_continues
     from tmlab.client import Client
+    from tmlab.client.base import as_messages
 
     depth = _check_int("depth", depth, 1, 8)
     width = _check_int("width", width, 1, 20)
@@ -132,7 +132,7 @@ def continuations(
             f"depth={depth}, width={width} could take {bound} requests",
             f"at most {_MAX_REQUESTS}: a smaller width or depth",
         )
-    messages = _messages(prompt, system)
+    messages = as_messages(prompt, system)
     ask = {"max_tokens": 1, "logprobs": True, "top_logprobs": width, **params}
     own = client is None
     c = Client() if client is None else client
@@ -141,7 +141,7 @@ def continuations(
         root = c.chat(messages, model=model, **ask)
         requests += 1
         name = str(root.request.get("model") or model)
-        if depth > 1 and not is_embedded(c):
+        if depth > 1 and not c.embedded:
             caps = capabilities.find(c.base_url, name)
             known = caps is not None and caps.continuation is not None
             checked = ensure_continues(c, name)
@@ -226,8 +226,8 @@ def plot_continuations(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
     probability given the parent; the hatched grey rest of a span is the mass outside the
     width returned.
     """
-    from tmlab.display import _show
-    from tmlab.plots import _axes
+    from tmlab.analysis.plots import _axes
+    from tmlab.display import token_shown
 
     depth = int(df["depth"].max()) if len(df) else 1
     ax = _axes(ax, (2.6 * depth + 1.5, 5.5))
@@ -244,7 +244,7 @@ def plot_continuations(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
         x = int(row["depth"])
         ax.bar(x, height, bottom=y0, width=0.92, color="#7a9cc6", edgecolor="white")
         if height > 0.025:
-            label = f"{_show(str(row['token']))} {row['prob']:.2f}"
+            label = f"{token_shown(str(row['token']))} {row['prob']:.2f}"
             ax.text(x, y0 + height / 2, label, ha="center", va="center", fontsize=8)
     for parent, used in filled.items():
         rest = span[parent] - used

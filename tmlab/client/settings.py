@@ -10,15 +10,14 @@ only what it is given.
 With a key but no base URL the client talks to the Tensormesh serverless API. A base URL
 with no path gets ``/v1`` appended (the seed page names the host alone). With neither
 a key nor a base URL it talks to the embedded local server, which is started lazily, at the
-first request (:func:`local_base_url`), so that constructing a client is instant and never
-fails; its model is then SmolLM2-135M-Instruct unless another one is named. A server on
+first request (:func:`tmlab.client.local.ensure_server`), so that constructing a client is instant
+and never fails; its model is then SmolLM2-135M-Instruct unless another one is named. A server on
 this machine (a loopback base URL) that serves exactly one model needs no model name either:
 the client asks it once (``GET /models``). A remote server needs one.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,8 +25,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from tmlab._meta import MODEL_NAME
 from tmlab.errors import ParameterError
+from tmlab.meta import MODEL_NAME
 from tmlab.params import NOT_GIVEN
 
 __all__ = [
@@ -43,7 +42,6 @@ __all__ = [
     "LOCAL_MODEL",
     "Session",
     "Settings",
-    "local_base_url",
     "resolve_settings",
     "session",
     "session_limit",
@@ -249,7 +247,7 @@ class Session:
                     f"unknown setting {name!r}",
                     ", ".join(self._FIELDS) + " (an API key only as key_env=VAR or a prompt)",
                 )
-            checked[name] = _check_setting(name, value)
+            checked[name] = check_setting(name, value)
         for name, value in checked.items():
             setattr(self, name, value)
             if name == "base_url" and value is not None:
@@ -306,7 +304,7 @@ class Session:
             return self.parallel
         env = os.environ if environ is None else environ
         value = _clean(env.get(ENV_PARALLEL))
-        return LOCAL_PARALLEL if value is None else int(_check_setting("parallel", value))
+        return LOCAL_PARALLEL if value is None else int(check_setting("parallel", value))
 
     def max_tokens_default(self, environ: Mapping[str, str] | None = None) -> int | None:
         """The ``max_tokens`` the front ends send when a request gives no length limit:
@@ -324,7 +322,7 @@ class Session:
             text = _clean(env.get(ENV_MAX_TOKENS))
             if text is None:
                 return DEFAULT_MAX_TOKENS, "default"
-            value, source = _check_setting("max_tokens", text), ENV_MAX_TOKENS
+            value, source = check_setting("max_tokens", text), ENV_MAX_TOKENS
         return (None if value == "off" else int(value)), source
 
     def describe(self, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -358,7 +356,7 @@ def _describe_limit(value: int | None, source: str) -> str:
     )
 
 
-def _check_setting(name: str, value: Any) -> Any:
+def check_setting(name: str, value: Any) -> Any:
     if value is None:
         return False if name == "local" else None
     if name == "max_tokens":
@@ -432,15 +430,3 @@ def session_limit(
     if any(v is not NOT_GIVEN for v in given):
         return None
     return session.max_tokens_default(environ)
-
-
-def local_base_url(*, recheck: bool = False) -> str:
-    """The URL of this user's shared local server, found or started (see
-    :func:`tmlab.local.ensure_server`, which prints the one-line notice itself).
-
-    ``recheck``: after a failed request, ask the known server whether it still answers.
-    """
-    # import_module (not ``from tmlab import local``) so tests can swap the module out.
-    local = importlib.import_module("tmlab.local")
-    server = local.ensure_server(session.local_parallel(), recheck=recheck)
-    return str(server.base_url).rstrip("/")

@@ -63,9 +63,9 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import pandas as pd
 
-from tmlab._reshape import (
+from tmlab.analysis.sampler_twin import (
     TOLERANCE,
-    Settings,
+    SamplerSettings,
     check_settings,
     reshape,
     tv_bound,
@@ -84,7 +84,7 @@ __all__ = [
     "WHATIF_COLUMNS",
     "WHATIF_LABEL",
     "ProcessedLogprobsWarning",
-    "Settings",
+    "SamplerSettings",
     "binomial_p_value",
     "binomial_power",
     "check_settings",
@@ -159,9 +159,9 @@ class ProcessedLogprobsWarning(UserWarning):
     """A what-if on processed logprobs: the temperature would apply twice."""
 
 
-def _check_raw(res: ChatResult, s: Settings) -> str:
+def _check_raw(res: ChatResult, s: SamplerSettings) -> str:
     """The meaning note; warns when the what-if would reshape processed logprobs."""
-    from tmlab._meaning import PROCESSED, meaning
+    from tmlab.meaning import PROCESSED, meaning
 
     m = meaning(res)
     note = _RAW_NOTE.format(meaning=m.text)
@@ -237,7 +237,7 @@ def _other_mass(alts: list[TopLogprob]) -> float:
     return float(min(1.0, max(0.0, 1.0 - sum(math.exp(a.logprob) for a in alts))))
 
 
-def _attrs(df: pd.DataFrame, s: Settings, note: str) -> pd.DataFrame:
+def _attrs(df: pd.DataFrame, s: SamplerSettings, note: str) -> pd.DataFrame:
     df.attrs["notes"] = note + " " + _WHATIF_NOTE.format(order=s.order)
     df.attrs["distribution"] = {"raw_prob": RAW_LABEL, "whatif_prob": WHATIF_LABEL}
     df.attrs["settings"] = {
@@ -339,7 +339,9 @@ def whatif_position(res: ChatResult, position: int, **kwargs: Any) -> pd.DataFra
     return whatif(res, position=position, **kwargs)
 
 
-def _sampled_whatif(tok: TokenLogprob, alts: list[TopLogprob], s: Settings) -> tuple[float, int]:
+def _sampled_whatif(
+    tok: TokenLogprob, alts: list[TopLogprob], s: SamplerSettings
+) -> tuple[float, int]:
     """The sampled token's what-if probability (NaN if unknowable) and the kept count."""
     if not alts:
         return math.nan, 0

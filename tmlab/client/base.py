@@ -1,6 +1,6 @@
 """What :class:`~tmlab.Client` and :class:`~tmlab.AsyncClient` share: everything but the I/O.
 
-:class:`_BaseClient` holds the settings and does the rest that needs no network: building and
+:class:`BaseClient` holds the settings and does the rest that needs no network: building and
 validating the request body (before anything is sent), the headers, the retry decisions
 (which answers and failures to send again, and after how long), mapping failures and error
 answers to tmlab's exceptions, and turning a non-streaming answer into a
@@ -26,11 +26,14 @@ from typing import Any, Final
 
 import httpx
 
-from tmlab import _meta
-from tmlab._reader import make_timing
-from tmlab._retry import backoff_delay, is_retryable_status, parse_retry_after
-from tmlab._settings import local_base_url, resolve_settings
-from tmlab._stream import Delta
+from tmlab import meta
+from tmlab.client import local
+from tmlab.client.history import record as _record_row
+from tmlab.client.history import remember
+from tmlab.client.reader import make_timing
+from tmlab.client.retry import backoff_delay, is_retryable_status, parse_retry_after
+from tmlab.client.settings import resolve_settings, session
+from tmlab.client.stream import Delta
 from tmlab.errors import (
     APIConnectionError,
     APIError,
@@ -41,12 +44,10 @@ from tmlab.errors import (
     redact,
     status_error_from_response,
 )
-from tmlab.history import record as _record_row
-from tmlab.history import remember
 from tmlab.params import validate_params
 from tmlab.result import ChatResult
 
-__all__ = ["Messages", "OnDelta", "_BaseClient"]
+__all__ = ["BaseClient", "Messages", "OnDelta"]
 
 Messages = str | Sequence[Mapping[str, Any]]
 OnDelta = Callable[[Delta], Any]
@@ -67,7 +68,7 @@ _RETRY_EXCEPTIONS: Final = (
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
-def _messages(prompt: Messages, system: str | None) -> list[Any]:
+def as_messages(prompt: Messages, system: str | None) -> list[Any]:
     if isinstance(prompt, str):
         messages: list[Any] = [{"role": "user", "content": prompt}]
     elif isinstance(prompt, Sequence) and not isinstance(prompt, bytes | bytearray):
@@ -126,7 +127,7 @@ def _names_the_model(error: APIError, request: httpx.Request) -> bool:
     return re.search(rf"(?<![\w.-]){re.escape(model)}(?![\w.-])", error.message) is not None
 
 
-class _BaseClient:
+class BaseClient:
     """Settings, request building, retry decisions and error mapping: no I/O."""
 
     _awaits_on_delta = False  # AsyncClient awaits an on_delta that returns an awaitable
@@ -153,7 +154,7 @@ class _BaseClient:
         headers = {
             "Accept": "application/json",
             "Content-Type": "application/json",
-            "User-Agent": f"tmlab/{_meta.version()}",
+            "User-Agent": f"tmlab/{meta.version()}",
         }
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
@@ -166,7 +167,7 @@ class _BaseClient:
         self._discovered: str | None = None
         self._served: list[str] | None = None
 
-    def _copy_settings(self, other: _BaseClient) -> None:
+    def _copy_settings(self, other: BaseClient) -> None:
         """Take ``other``'s resolved settings (key, URL, model, what it learnt of the server)."""
         self._settings = other._settings
         self._key = other._key
@@ -194,13 +195,16 @@ class _BaseClient:
     @property
     def embedded(self) -> bool:
         """True when this client talks to the embedded local server that tmlab starts itself
-        (no API key and no base URL configured, or ``%tmconfig local``).
+        (no API key and no base URL configured, or ``%tmconfig local``), or names its URL.
 
         Some facts hold only there: the same seeded request gives the same answer, logprobs are
         the model's raw distribution, every request is computed alone. Notebooks check them
-        only when this is True.
+        only when this is True; branching sends it token ids without asking first.
         """
-        return self._settings.local
+        if self._settings.local:
+            return True
+        url = self._base_url
+        return url is not None and url.rstrip("/") == local.shared_url()
 
     def __repr__(self) -> str:
         url = repr(self._base_url) if self._base_url else "<embedded local server>"
@@ -241,7 +245,7 @@ class _BaseClient:
             "model": self._settings.require_model(
                 model, discovered=self._discovered, served=self._served
             ),
-            "messages": _messages(prompt, system),
+            "messages": as_messages(prompt, system),
         }
         body.update(sent)
         if stream:
@@ -274,7 +278,10 @@ class _BaseClient:
             self._discovered = self._served[0]
 
     def _resolve(self, *, recheck: bool = False) -> None:
-        base = self._base_url or local_base_url(recheck=recheck)
+        # this user's shared local server, found or started (it prints its one-line notice)
+        base = self._base_url or local.ensure_server(
+            session.local_parallel(), recheck=recheck
+        ).base_url.rstrip("/")
         self._base_url = base
         self._chat_url = httpx.URL(base + "/chat/completions")
         self._models_url = httpx.URL(base + "/models")

@@ -1,7 +1,7 @@
 """Reading a streamed answer: SSE bytes in, a timed :class:`~tmlab.ChatResult` out.
 
-:class:`StreamReader` drives a decoder (:mod:`tmlab._sse`) and an accumulator
-(:mod:`tmlab._stream`) over raw bytes; the client's sync and async loops only move bytes into
+:class:`StreamReader` drives a decoder (:mod:`tmlab.client.sse`) and an accumulator
+(:mod:`tmlab.client.stream`) over raw bytes; the client's sync and async loops only move bytes into
 it. In-band errors, malformed data and a stream that ends too early become
 :class:`~tmlab.StreamError` with the partial answer. :func:`make_timing` times an answer,
 streamed or not.
@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tmlab._sse import DONE, SSEDecodeError, SSEDecoder
-from tmlab._stream import Delta, StreamAccumulator
+from tmlab.client.sse import DONE, SSEDecodeError, SSEDecoder
+from tmlab.client.stream import Delta, StreamAccumulator
 from tmlab.errors import StreamError, redact
 from tmlab.result import ChatResult, Timing
 

@@ -13,8 +13,8 @@ seed                      the same seeded request twice at temperature 1: the sa
 n > 1                     ``n=2``: two choices?
 echo with prompt          ``echo=True, logprobs=True``: the prompt's tokens with logprobs?
 logprobs
-continuation              the one continuation check (:mod:`tmlab.continuation`): greedy,
-                          go on from ``1, 2, 3, 4,`` with ``continue_final_message=True,
+continuation              the one continuation check (:mod:`tmlab.analysis.continuation_check`):
+                          greedy, go on from ``1, 2, 3, 4,`` with ``continue_final_message=True,
                           add_generation_prompt=False`` (``5``?), then without them
                           (``5`` again: it always prefills)
 reasoning                 ``reasoning_effort="low"``: in ``message.reasoning``,
@@ -43,15 +43,16 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from tmlab import capabilities, continuation
-from tmlab._base import _BaseClient
-from tmlab._meaning import PROCESSED, RAW, record
-from tmlab._settings import session
+from tmlab import capabilities
+from tmlab.analysis import continuation_check as continuation
+from tmlab.analysis.scoring import _prompt_entries
+from tmlab.analysis.sweeps import _client_kwargs
 from tmlab.client import Client
+from tmlab.client.base import BaseClient
+from tmlab.client.history import request_source
+from tmlab.client.settings import session
 from tmlab.errors import APIError, BadRequestError, ParameterError
-from tmlab.history import request_source
-from tmlab.scoring import _prompt_entries
-from tmlab.sweeps import _client_kwargs
+from tmlab.meaning import PROCESSED, RAW, note_mode
 
 if TYPE_CHECKING:
     from tmlab.result import ChatResult
@@ -116,7 +117,7 @@ def _sync_client(client: Any) -> Client:
         return Client()
     if isinstance(client, Client):
         return client
-    if isinstance(client, _BaseClient):
+    if isinstance(client, BaseClient):
         return Client(**_client_kwargs(client))
     raise ParameterError(
         "client", f"client={type(client).__name__} is not a tmlab client", "a tmlab.Client"
@@ -311,7 +312,7 @@ def _probe(
             )
         )
     if meaning_known:
-        record(c.base_url, model, mode)
+        note_mode(c.base_url, model, mode)
     again, err = p.attempt(user, **{**PLAN[2].params, "top_logprobs": top if first else 0})
     if first is None or again is None:
         rows.append(

@@ -38,12 +38,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from tmlab import capabilities
-from tmlab._base import Messages, _BaseClient, _messages
-from tmlab._settings import session_limit
 from tmlab.client import AsyncClient
+from tmlab.client.base import BaseClient, Messages, as_messages
+from tmlab.client.history import request_source
+from tmlab.client.settings import session_limit
 from tmlab.errors import ParameterError, redact
-from tmlab.history import request_source
-from tmlab.params import PARAMS, RESERVED, _check_one, validate_params
+from tmlab.params import PARAMS, RESERVED, check_param, validate_params
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,8 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SWEEP_COLUMNS", "asweep", "plot_sweep", "summarize", "sweep"]
 
-# Summaries live in tmlab.summary; importable from here too, where sweeps are.
-from tmlab.summary import plot_sweep, summarize
+# Summaries live in tmlab.analysis.summary; importable from here too, where sweeps are.
+from tmlab.analysis.summary import plot_sweep, summarize
 
 # After the grid's parameter columns, in this order.
 SWEEP_COLUMNS = [
@@ -87,7 +87,7 @@ SWEEP_NOTES = (
 
 
 @dataclass(frozen=True)
-class _Job:
+class _SweepRequest:
     index: int  # row number in the frame (cell-major)
     repeat: int
     model: str | None
@@ -97,7 +97,7 @@ class _Job:
 
 @dataclass(frozen=True)
 class _Plan:
-    jobs: list[_Job]
+    jobs: list[_SweepRequest]
     grid: dict[str, list[Any]]
     fixed: dict[str, Any]
     models: list[str] | None
@@ -165,7 +165,7 @@ def _plan(
         out = []
         for value in _values(name, values):
             try:  # the value alone here; combinations are checked per cell below
-                out.append(_check_one(PARAMS[name], value))
+                out.append(check_param(PARAMS[name], value))
             except ParameterError as exc:
                 raise ParameterError(name, f"grid[{name!r}] value {value!r}: {exc}") from None
         checked[name] = out
@@ -176,16 +176,16 @@ def _plan(
             validate_params({**sent_fixed, **cell})
         except ParameterError as exc:
             raise ParameterError(exc.param, f"grid cell {cell}: {exc}") from None
-    jobs: list[_Job] = []
+    jobs: list[_SweepRequest] = []
     for m in models if models is not None else [None]:
         for cell in cells:
             for r in range(repeats):
                 params = {**sent_fixed, **cell}
-                jobs.append(_Job(len(jobs), r, m, cell, params))
+                jobs.append(_SweepRequest(len(jobs), r, m, cell, params))
     return _Plan(jobs, checked, sent_fixed, list(models) if models else None, repeats, limit)
 
 
-def _run_order(plan: _Plan) -> list[_Job]:
+def _run_order(plan: _Plan) -> list[_SweepRequest]:
     """Repeat-major: every cell gets its first answer before any gets its second, so an
     interrupted sweep has covered the whole grid as evenly as it could."""
     return sorted(plan.jobs, key=lambda j: (j.repeat, j.index))
@@ -194,7 +194,7 @@ def _run_order(plan: _Plan) -> list[_Job]:
 # -- the client the sweep sends with -------------------------------------------------------
 
 
-def _client_kwargs(client: _BaseClient) -> dict[str, Any]:
+def _client_kwargs(client: BaseClient) -> dict[str, Any]:
     """Constructor arguments for a twin of ``client`` (the key travels, unprinted)."""
     s = client._settings
     return {
@@ -223,7 +223,7 @@ def _sweep_client(client: Any) -> AsyncClient:
     run on another event loop than the one an AsyncClient was used on."""
     if client is None:
         ac = AsyncClient()
-    elif isinstance(client, _BaseClient):
+    elif isinstance(client, BaseClient):
         kwargs = _client_kwargs(client)
         transport = getattr(client, "_transport", None)
         if isinstance(client, AsyncClient) and transport is not None:
@@ -305,7 +305,7 @@ def _mean_entropy(res: ChatResult) -> float:
 
 
 def _row(
-    job: _Job, model: str, res: ChatResult | None, error: str | None, hid: Any
+    job: _SweepRequest, model: str, res: ChatResult | None, error: str | None, hid: Any
 ) -> dict[str, Any]:
     row: dict[str, Any] = dict(job.cell)
     row.update(model=model, repeat=job.repeat, error=error, history_id=hid)
@@ -469,7 +469,7 @@ async def asweep(
     Cancelling it returns the rows finished so far (``df.attrs["interrupted"]`` is True)
     instead of raising :class:`asyncio.CancelledError`.
     """
-    _messages(prompt_or_messages, system)  # a malformed prompt fails here, not per request
+    as_messages(prompt_or_messages, system)  # a malformed prompt fails here, not per request
     plan = _plan(grid, repeats, models, fixed_params)
     if concurrency is not None:
         concurrency = _positive_int("concurrency", concurrency)
@@ -508,7 +508,7 @@ def sweep(
     Works in a notebook (whose event loop is running: the sweep runs its own loop in a
     thread) as in a script.
     """
-    _messages(prompt_or_messages, system)  # a malformed prompt fails here, not per request
+    as_messages(prompt_or_messages, system)  # a malformed prompt fails here, not per request
     plan = _plan(grid, repeats, models, fixed_params)
     if concurrency is not None:
         concurrency = _positive_int("concurrency", concurrency)

@@ -44,8 +44,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final
 
-from tmlab._meta import MODEL_FILE, MODEL_NAME, version
 from tmlab.errors import LocalServerError
+from tmlab.meta import MODEL_FILE, MODEL_NAME, READY_PREFIX, read_state, version
 
 __all__ = [
     "IDLE_TIMEOUT",
@@ -64,7 +64,6 @@ NOTICE = (
     f"tmlab: using the local {MODEL_NAME} model "
     "(set TENSORMESH_INFERENCE_API_KEY to use Tensormesh)"
 )
-READY_PREFIX = "TMLAB_SERVER_READY "
 
 
 class LocalServer:
@@ -534,14 +533,11 @@ class SharedState:
     def read(self) -> LocalServer | None:
         """The running server this file names, after checking that it is alive and is
         tmlab's with the expected model and instance; None (and the file removed) if not."""
-        try:
-            record = json.loads(self.path.read_text())
-            url, pid, instance = str(record["url"]), int(record["pid"]), str(record["instance"])
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError):
+        record = read_state(self.path)
+        if record is None:
             self.path.unlink(missing_ok=True)  # torn or foreign: never trusted
             return None
+        url, pid, instance = record["url"], record["pid"], record["instance"]
         server = LocalServer(
             None, url, api_key=None, parallel=self.identity["parallel"], pid=pid, shared=True
         )
@@ -668,14 +664,10 @@ def _start_detached(
 
 def _recorded(state: SharedState, instance: str) -> str | None:
     """The URL the server of ``instance`` wrote to the state file, once it answers there."""
-    try:
-        record = json.loads(state.path.read_text())
-    except (OSError, ValueError):
+    record = read_state(state.path)
+    if record is None or record["instance"] != instance:
         return None
-    if not isinstance(record, dict) or record.get("instance") != instance:
-        return None
-    url = str(record.get("url"))
-    return url if state.answers(url, instance) else None
+    return record["url"] if state.answers(record["url"], instance) else None
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -701,7 +693,7 @@ def ensure_server(parallel: int | None = None, *, recheck: bool = False) -> Loca
     interrupt (its own session), and exits once nobody has used it for
     :func:`idle_timeout` seconds. Its slots are ``parallel``, else the session's
     (``%tmconfig parallel=N``, else ``TMLAB_PARALLEL``, else
-    :data:`~tmlab._settings.LOCAL_PARALLEL`); another number of slots is another shared
+    :data:`~tmlab.client.settings.LOCAL_PARALLEL`); another number of slots is another shared
     server.
 
     The first start in this process shows :data:`NOTICE` as one calm line (a display in
@@ -713,7 +705,7 @@ def ensure_server(parallel: int | None = None, *, recheck: bool = False) -> Loca
     """
     global _shared
     if parallel is None:
-        from tmlab._settings import session
+        from tmlab.client.settings import session
 
         parallel = session.local_parallel()
     with _shared_lock:
@@ -749,6 +741,12 @@ def ensure_server(parallel: int | None = None, *, recheck: bool = False) -> Loca
             return _shared
 
 
+def shared_url() -> str | None:
+    """The base URL of the shared local server this process uses, once found or started."""
+    server = _shared
+    return str(server.base_url).rstrip("/") if server is not None else None
+
+
 def stop_shared() -> list[int]:
     """Stop every shared local server of this user (in :func:`runtime_dir`), for every
     process using it; return their process ids. The next request starts a new one."""
@@ -756,10 +754,10 @@ def stop_shared() -> list[int]:
     stopped = []
     with _shared_lock:
         for path in sorted(runtime_dir().glob("server-*.json")):
-            try:
-                pid = int(json.loads(path.read_text())["pid"])
-            except (OSError, ValueError, KeyError, TypeError):
+            record = read_state(path)
+            if record is None:
                 continue
+            pid = record["pid"]
             mine = _shared is not None and _shared.pid == pid
             server = _shared if mine and _shared is not None else None
             if server is None:

@@ -62,7 +62,7 @@ def _hashable(value: Any) -> Any:
 
 def _session_prices() -> Mapping[str, Any] | None:
     try:
-        from tmlab._settings import session
+        from tmlab.client.settings import session
     except ImportError:
         return None
     prices = getattr(session, "prices", None)
@@ -72,7 +72,7 @@ def _session_prices() -> Mapping[str, Any] | None:
 def _cost(ok: pd.DataFrame, prices: Mapping[str, Any]) -> float | None:
     import pandas as pd
 
-    from tmlab.frames import _price
+    from tmlab.frames import price_of
 
     total = 0.0
     for model, p, c, out in zip(
@@ -82,7 +82,7 @@ def _cost(ok: pd.DataFrame, prices: Mapping[str, Any]) -> float | None:
         ok["completion_tokens"],
         strict=True,
     ):
-        price = _price(prices, model)
+        price = price_of(prices, model)
         if price is None or pd.isna(p) or pd.isna(out):
             return None  # unknown: better no number than a low one
         cached = 0 if pd.isna(c) else int(c)

@@ -2,7 +2,7 @@
 
 ``matplotlib`` is an optional extra (``pip install 'tmlab[plot]'``), imported inside each
 function, so ``import tmlab`` never needs it. Every function draws on ``ax`` when given (else a
-new figure) and returns the Axes; the numbers come from :mod:`tmlab.sampling`, whose frames
+new figure) and returns the Axes; the numbers come from :mod:`tmlab.analysis.whatif`, whose frames
 hold the same values without a plot.
 """
 
@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tmlab.display import _show
-from tmlab.sampling import RAW_LABEL, WHATIF_LABEL, check_settings, entropy_frame, whatif
+from tmlab.analysis.whatif import RAW_LABEL, WHATIF_LABEL, check_settings, entropy_frame, whatif
+from tmlab.display import token_shown
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from tmlab.analysis.scoring import ScoreResult
     from tmlab.result import ChatResult
-    from tmlab.scoring import ScoreResult
 
 __all__ = ["plot_entropy", "plot_surprisal", "plot_whatif"]
 
@@ -53,7 +53,7 @@ def plot_whatif(
     One pair of bars per returned alternative (the generated token's label in bold), and a
     hatched bar for the raw mass outside the returned alternatives, which the what-if cannot
     see. The title says that the what-if is an approximation, and over how many alternatives.
-    Settings as for :func:`tmlab.sampling.whatif`.
+    Settings as for :func:`tmlab.analysis.whatif.whatif`.
     """
     s = check_settings(temperature, top_k, top_p, min_p, order)
     df = whatif(
@@ -77,7 +77,7 @@ def plot_whatif(
     other = float(df["other_mass"].iloc[0]) if n else float("nan")
     ax.bar([n], [other], width, label=OTHER_LABEL, color="#cccccc", hatch="//", edgecolor="#888")
     ax.set_xticks([*x, n])
-    ax.set_xticklabels([*(_show(t) for t in df["token"]), "(other)"], rotation=45, ha="right")
+    ax.set_xticklabels([*(token_shown(t) for t in df["token"]), "(other)"], rotation=45, ha="right")
     for label, sampled in zip(ax.get_xticklabels(), df["is_sampled"], strict=False):
         if sampled:
             label.set_fontweight("bold")
@@ -140,7 +140,9 @@ def plot_entropy(
     )
     if len(df) <= 60:
         ax.set_xticks(pos)
-        ax.set_xticklabels([_show(t) for t in df["token"]], rotation=60, ha="right", fontsize=8)
+        ax.set_xticklabels(
+            [token_shown(t) for t in df["token"]], rotation=60, ha="right", fontsize=8
+        )
     ax.set_xlabel("position (token)")
     ax.set_ylabel("nats")
     ax.set_title(
@@ -178,7 +180,9 @@ def plot_surprisal(score: ScoreResult, *, ax: Axes | None = None) -> Axes:
         ax.axhline(mean, color="#555", linestyle="--", linewidth=1, label=f"mean {mean:.2f} bits")
     if len(df) <= 60:
         ax.set_xticks(pos)
-        ax.set_xticklabels([_show(t) for t in df["token"]], rotation=60, ha="right", fontsize=8)
+        ax.set_xticklabels(
+            [token_shown(t) for t in df["token"]], rotation=60, ha="right", fontsize=8
+        )
     ax.set_xlabel("token of the text")
     ax.set_ylabel("bits")
     ax.set_title(

@@ -7,7 +7,7 @@ truncation: vLLM ``--logprobs-mode processed_logprobs``, the embedded server's
 ``logprobs_mode``). :func:`meaning` answers for one response, in this order: the response
 says (``logprobs_mode``, at the top level or in a choice's ``logprobs``); else
 :func:`tmlab.probe` measured it for that server and model in this session (recorded by
-:func:`record` in :mod:`tmlab.capabilities`, the one record of what a server does); else
+:func:`note_mode` in :mod:`tmlab.capabilities`, the one record of what a server does); else
 unknown. Frames put the answer in their notes; the what-if refuses to
 apply a temperature twice.
 """
@@ -22,7 +22,7 @@ from tmlab import capabilities
 if TYPE_CHECKING:
     from tmlab.result import ChatResult
 
-__all__ = ["Meaning", "meaning", "record"]
+__all__ = ["Meaning", "meaning", "note_mode"]
 
 RAW = "raw_logprobs"
 PROCESSED = "processed_logprobs"
@@ -45,7 +45,7 @@ class Meaning:
     text: str
 
 
-def record(base_url: str | None, model: str | None, mode: str | None) -> None:
+def note_mode(base_url: str | None, model: str | None, mode: str | None) -> None:
     """Remember what :func:`tmlab.probe` found for a server and model (this session)."""
     caps = capabilities.of(base_url, model)
     caps.logprobs_mode, caps.meaning_probed = mode, True

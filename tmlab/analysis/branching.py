@@ -18,8 +18,8 @@ the text (``parent.exact`` is then ``False``).
 **Other servers.** A server that does not know ``continue_final_message`` would silently
 answer a new turn, which must never pass for a branch. So before the first branch (or
 prefill) to a server other than the embedded one, :func:`ensure_continues` consults the one
-continuation check (:mod:`tmlab.continuation`, asked once per (base URL, model)): unless the
-server goes on from ``1, 2, 3, 4,`` with ``5`` it raises :class:`ContinuationError` and
+continuation check (:mod:`tmlab.analysis.continuation_check`, asked once per (base URL, model)):
+unless the server goes on from ``1, 2, 3, 4,`` with ``5`` it raises :class:`ContinuationError` and
 nothing is sent as a branch. A server that always prefills (llama.cpp's) continues too; one
 that repeats the prefix in a non-streamed answer's ``content`` has it removed (the result's
 ``notes`` say so).
@@ -35,12 +35,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from tmlab import continuation
-from tmlab._settings import LENGTH_LIMITS
+from tmlab.analysis import continuation_check as continuation
+from tmlab.analysis.continuation_check import CONTINUE, PROBE_MESSAGES, strip_prefix
 from tmlab.capabilities import Continuation
-from tmlab.continuation import CONTINUE, PROBE_MESSAGES, strip_prefix
+from tmlab.client.history import recalled, remember, stored_answer
+from tmlab.client.settings import LENGTH_LIMITS
 from tmlab.errors import ContinuationError, ParameterError
-from tmlab.history import recalled, remember, stored_answer
 from tmlab.params import PARAMS
 from tmlab.result import BranchOrigin
 
@@ -56,7 +56,6 @@ __all__ = [
     "branch",
     "continue_final",
     "ensure_continues",
-    "is_embedded",
     "remember",
     "result_of",
 ]
@@ -144,22 +143,6 @@ def _stored(id: int) -> ChatResult | None:
 # -- servers -----------------------------------------------------------------------------
 
 
-def _embedded_url() -> str | None:
-    import sys
-
-    local = sys.modules.get("tmlab.local")
-    shared = getattr(local, "_shared", None) if local is not None else None
-    return str(shared.base_url).rstrip("/") if shared is not None else None
-
-
-def is_embedded(client: Client) -> bool:
-    """Whether ``client`` talks to this process's embedded server (no check needed)."""
-    if client._settings.local:
-        return True
-    url = client.base_url
-    return url is not None and url.rstrip("/") == _embedded_url()
-
-
 EMBEDDED = Continuation(True, always_prefills=False, token_ids=True, came_back="tmlab's server")
 """The embedded server continues, and takes the prefix's token ids."""
 
@@ -167,13 +150,13 @@ EMBEDDED = Continuation(True, always_prefills=False, token_ids=True, came_back="
 def ensure_continues(client: Client, model: str) -> Continuation:
     """The continuation check's answer for (base URL, model); raises unless it continues.
 
-    Asked once per (base URL, model) (:func:`tmlab.continuation.check`: two tiny greedy
-    requests, recorded in the history like any other), none for the embedded server. Raises
+    Asked once per (base URL, model) (:func:`tmlab.analysis.continuation_check.check`: two tiny
+    greedy requests, recorded in the history like any other), none for the embedded server. Raises
     :class:`ContinuationError` naming what the server lacks (remembered: a refusal costs no
     second request), or the request's own error when the check could not be made (a
     timeout, a 5xx: not remembered, the next use asks again).
     """
-    if is_embedded(client):
+    if client.embedded:
         return EMBEDDED
     known = continuation.check(client, model)
     if known.continues is None and known.error is not None:
@@ -184,10 +167,11 @@ def ensure_continues(client: Client, model: str) -> Continuation:
 
 
 def _client_for(res: ChatResult) -> Client:
-    from tmlab.client import Client
+    """A client for the server that gave ``res`` (the embedded one: as configured)."""
+    from tmlab.client import Client, local
 
     url = res.base_url
-    if url is None or url.rstrip("/") == _embedded_url():
+    if url is None or url.rstrip("/") == local.shared_url():
         return Client()
     return Client(base_url=url)
 
@@ -394,7 +378,7 @@ def branch(
     :class:`BranchOrigin`; its history row names the parent, position and token.
     """
     from tmlab.client import AsyncClient
-    from tmlab.history import branch_origin
+    from tmlab.client.history import branch_origin
 
     if isinstance(client, AsyncClient):
         raise ParameterError("client", "branch() is synchronous", "a tmlab.Client")
@@ -454,7 +438,7 @@ def _session_mark(
     limit was the session's default, the branch's is too. A parent sent without one (plain
     ``client.chat``) gets the session's default for the branch's new tokens.
     """
-    from tmlab._settings import session_limit
+    from tmlab.client.settings import session_limit
     from tmlab.result import SessionLimit
 
     limit = session_limit(params)

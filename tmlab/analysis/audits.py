@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tmlab._base import Messages, _BaseClient
 from tmlab.client import Client
+from tmlab.client.base import BaseClient, Messages
 from tmlab.errors import ParameterError
 from tmlab.params import validate_params
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from tmlab.result import ChatResult
 
-from tmlab.align import Diff, _diff, _max_dlogprob, _Seq, _sequence, _unit, diff
+from tmlab.analysis.align import Diff, _diff, _max_dlogprob, _Seq, _sequence, _unit, diff
 
 __all__ = ["AuditReport", "Diff", "Divergence", "audit", "diff"]
 
@@ -201,7 +201,7 @@ class AuditReport:
         )
 
     def _divergence_lines(self) -> list[str]:
-        from tmlab.display import _show
+        from tmlab.display import token_shown
 
         d = self.divergence
         if d is None:
@@ -210,7 +210,7 @@ class AuditReport:
         def tok(t: str | None, lp: float | None) -> str:
             if t is None:
                 return "nothing (it had ended)"
-            return _show(t) + (
+            return token_shown(t) + (
                 f" (logprob {lp:.3f}, p={math.exp(lp):.3f})" if lp is not None else ""
             )
 
@@ -218,10 +218,10 @@ class AuditReport:
             f"First divergence: {d.unit} {d.position} (0-based), between run 0 and run {d.run}: "
             f"run 0 has {tok(d.token_ref, d.logprob_ref)}, run {d.run} has "
             f"{tok(d.token_other, d.logprob_other)}.",
-            f"Shared text before it: {_show(d.prefix[-80:])}",
+            f"Shared text before it: {token_shown(d.prefix[-80:])}",
         ]
         if d.alternatives_ref:
-            alts = ", ".join(f"{_show(t)} {lp:.3f}" for t, lp in d.alternatives_ref)
+            alts = ", ".join(f"{token_shown(t)} {lp:.3f}" for t, lp in d.alternatives_ref)
             lines.append(f"Alternatives run 0 was offered there (token logprob): {alts}")
         return lines
 
@@ -349,8 +349,8 @@ def audit(
         sync = Client()
     elif isinstance(client, Client):
         sync = client
-    elif isinstance(client, _BaseClient):  # an AsyncClient: the same settings, sync
-        from tmlab.sweeps import _client_kwargs
+    elif isinstance(client, BaseClient):  # an AsyncClient: the same settings, sync
+        from tmlab.analysis.sweeps import _client_kwargs
 
         sync = Client(**_client_kwargs(client))
     else:

@@ -195,7 +195,7 @@ def current_source() -> str:
 
 def history_path() -> Path | None:
     """The database in force (``None``: the history is off)."""
-    from tmlab._settings import session
+    from tmlab.client.settings import session
 
     return session.history_path()
 

@@ -2,7 +2,7 @@
 
 Answers are compared token by token when both results carry logprobs, else by pieces of text
 (words, spaces and punctuation). ``max |Δ logprob|`` is taken over the generated tokens the
-two share before they diverge. The determinism audit (:mod:`tmlab.audits`) builds on this.
+two share before they diverge. The determinism audit (:mod:`tmlab.analysis.audits`) builds on this.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ class Diff:
         return alts[pos]
 
     def __str__(self) -> str:
-        from tmlab.display import _show
+        from tmlab.display import token_shown
 
         unit = self.unit
         if self.position is None:
@@ -176,12 +176,12 @@ class Diff:
             ("A", self.tokens_a, self._alts("a")),
             ("B", self.tokens_b, self._alts("b")),
         ):
-            tok = _show(toks[p]) if p < len(toks) else "(ended)"
+            tok = token_shown(toks[p]) if p < len(toks) else "(ended)"
             rest = "".join(toks[p + 1 :])
-            line = f"  {name}: …{_show(prefix[-30:])} ⟦{tok}⟧ {_show(rest[:40])}"
+            line = f"  {name}: …{token_shown(prefix[-30:])} ⟦{tok}⟧ {token_shown(rest[:40])}"
             if alts:
                 line += "\n     alternatives: " + ", ".join(
-                    f"{_show(t)} {lp:.3f}" for t, lp in alts
+                    f"{token_shown(t)} {lp:.3f}" for t, lp in alts
                 )
             lines.append(line)
         d = self.max_abs_dlogprob
@@ -190,12 +190,12 @@ class Diff:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        from tmlab.display import _show, _visible_html
+        from tmlab.display import token_shown, visible_html
 
         def row(name: str, toks: list[str], lps: list[float] | None) -> str:
             spans = []
             for i, tok in enumerate(toks):
-                title = f"{self.unit} {i}: {_show(tok)}"
+                title = f"{self.unit} {i}: {token_shown(tok)}"
                 if lps is not None and i < len(lps):
                     title += f", logprob {lps[i]:.4f}"
                 if self.position is not None and i == self.position:
@@ -205,7 +205,7 @@ class Diff:
                 else:
                     style = ""
                 title = html.escape(title)
-                spans.append(f'<span title="{title}" style="{style}">{_visible_html(tok)}</span>')
+                spans.append(f'<span title="{title}" style="{style}">{visible_html(tok)}</span>')
             if self.position is not None and self.position >= len(toks):
                 spans.append('<span style="outline:2px solid #e8590c">(ended)</span>')
             return (

@@ -11,7 +11,7 @@ the spec says.
 Speed matters because a long stream is tens of thousands of events: the decoder works on
 whole chunks (one ``split`` per chunk, one UTF-8 decode per chunk), never per character, and
 emits each event as a plain ``(event_name, data)`` tuple. JSON is parsed by the caller, once
-per event (:class:`tmlab._reader.StreamReader`).
+per event (:class:`tmlab.client.reader.StreamReader`).
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from tmlab import capabilities
 from tmlab.capabilities import Continuation
+from tmlab.client.history import request_source
 from tmlab.errors import APIError, BadRequestError, TmlabError
-from tmlab.history import request_source
 
 if TYPE_CHECKING:
     from tmlab.client import AsyncClient, Client

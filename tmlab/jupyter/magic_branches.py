@@ -1,7 +1,7 @@
 """``%%tmchat --prefill TEXT`` and ``--branch ID:POS[:TOKEN]``: the magic's continuations.
 
 :func:`send` makes the one request of a ``%%tmchat`` cell: a plain chat, a prefill (the
-answer starts with TEXT and the model continues it, :func:`tmlab.branching.continue_final`)
+answer starts with TEXT and the model continues it, :func:`tmlab.analysis.branching.continue_final`)
 or a branch of an answer of this session (:meth:`tmlab.ChatResult.branch`). :func:`note`
 says what a continued answer continues, for the footer of its view.
 """
@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tmlab._stream import Delta
     from tmlab.client import Client
+    from tmlab.client.stream import Delta
     from tmlab.jupyter.flags import Flags
     from tmlab.result import ChatResult
 
@@ -34,11 +34,11 @@ def send(
     """The cell's request: chat, prefill or branch, streamed to ``on_delta`` when given.
 
     Without ``--max-tokens`` (or ``--max-completion-tokens``) the session's default
-    ``max_tokens`` is sent (:func:`tmlab._settings.session_limit`); a branch keeps its
+    ``max_tokens`` is sent (:func:`tmlab.client.settings.session_limit`); a branch keeps its
     parent's budget, or gets the default when the parent had none.
     """
-    from tmlab._settings import session_limit
-    from tmlab.branching import continue_final, result_of
+    from tmlab.analysis.branching import continue_final, result_of
+    from tmlab.client.settings import session_limit
     from tmlab.result import SessionLimit
 
     stream: dict[str, Any] = {"stream": flags.stream, "on_delta": on_delta}

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 
-import tmlab._settings as _settings
-from tmlab._settings import ENV_API_KEY
+import tmlab.client.settings as _settings
+from tmlab.client.settings import ENV_API_KEY
 from tmlab.errors import (
     APIConnectionError,
     APIStatusError,

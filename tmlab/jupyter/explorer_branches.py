@@ -23,9 +23,9 @@ import traitlets
 from tmlab.jupyter.tokenview import Row, token_rows
 
 if TYPE_CHECKING:
-    from tmlab._stream import Delta
+    from tmlab.client.stream import Delta
     from tmlab.jupyter.explorer import Explorer
-    from tmlab.jupyter.job import Job
+    from tmlab.jupyter.job import ExplorerRequest
     from tmlab.result import ChatResult
 
 __all__ = ["BranchRunner", "BranchesView", "prefix_rows"]
@@ -179,8 +179,8 @@ class BranchRunner:
         """Branch ``owner`` at ``position`` with ``token`` in a worker thread; False if the
         branch cannot even start (the error line says why)."""
         from tmlab.errors import ParameterError
-        from tmlab.explain import error_line
-        from tmlab.jupyter.job import Job
+        from tmlab.jupyter.explain import error_line
+        from tmlab.jupyter.job import ExplorerRequest
 
         ex = self.ex
         try:
@@ -191,7 +191,9 @@ class BranchRunner:
         with ex._lock:
             if ex._job is not None:
                 ex._job.cancel()
-            job = Job(client=ex.client, prompt="", system=None, model=owner.model, params={})
+            job = ExplorerRequest(
+                client=ex.client, prompt="", system=None, model=owner.model, params={}
+            )
             job.thread = threading.Thread(
                 target=self._work,
                 args=(job, owner, position, token),
@@ -213,9 +215,11 @@ class BranchRunner:
             job.thread.start()
             return True
 
-    def _work(self, job: Job, owner: ChatResult, position: int, token: int | str) -> None:
-        from tmlab.explain import error_line
-        from tmlab.history import request_source
+    def _work(
+        self, job: ExplorerRequest, owner: ChatResult, position: int, token: int | str
+    ) -> None:
+        from tmlab.client.history import request_source
+        from tmlab.jupyter.explain import error_line
         from tmlab.jupyter.job import StoppedByUser
         from tmlab.jupyter.live import Throttle
         from tmlab.result import ChatResult

@@ -8,7 +8,7 @@
 
 Everything that is not I/O (settings, building and validating the request body before
 anything is sent, headers, the retry decisions and error mapping) is in
-:class:`tmlab._base._BaseClient`; the two clients here only move bytes with httpx. A request
+:class:`tmlab.client.base._BaseClient`; the two clients here only move bytes with httpx. A request
 is retried (up to ``max_retries`` times) on 408/409/429/5xx and on connection failures before
 the answer's headers arrived, honouring Retry-After, else with exponential backoff and jitter.
 Once the answer started, a failure is never retried (the server may have done the work, and
@@ -41,9 +41,9 @@ from typing import Any, cast
 import anyio
 import httpx
 
-from tmlab._base import Messages, OnDelta, _BaseClient
-from tmlab._reader import StreamReader
-from tmlab._stream import Delta
+from tmlab.client.base import BaseClient, Messages, OnDelta
+from tmlab.client.reader import StreamReader
+from tmlab.client.stream import Delta
 from tmlab.errors import NotFoundError, ParameterError, StreamError, TmlabError
 from tmlab.params import validate_params
 from tmlab.result import ChatResult
@@ -112,7 +112,7 @@ def _is_json(response: httpx.Response) -> bool:
     return content_type.startswith("application/json")
 
 
-class Client(_BaseClient):
+class Client(BaseClient):
     """Synchronous client for an OpenAI-compatible chat-completions server.
 
     With no API key and no base URL (arguments or environment) it uses the embedded local
@@ -319,7 +319,7 @@ class Client(_BaseClient):
         self.close()
 
 
-class AsyncClient(_BaseClient):
+class AsyncClient(BaseClient):
     """Asynchronous twin of :class:`Client`: ``res = await client.chat(...)``.
 
     ``on_delta`` may be a plain or an ``async`` function: what it returns is awaited if it is

@@ -1,11 +1,14 @@
-"""The arithmetic of what-if sampling over one position's returned alternatives (numpy only).
+"""The numpy twin of the server's sampler chain, for what-if sampling (numpy only).
 
-:func:`reshape` takes the log-probabilities the server returned at one position and gives the
-distribution under another temperature, top_k, top_p or min_p — softmax(logprob / T) over
-those alternatives, truncation, renormalisation — and :func:`tv_bound` an upper bound of how
-far that is from the exact answer over the whole vocabulary. :mod:`tmlab.sampling` applies it
-to a :class:`~tmlab.ChatResult` and labels the result as the approximation it is.
-"""
+The embedded server draws each token through llama.cpp's chain (:mod:`tmlab.server.sampler`):
+penalties, top_k, top_p, min_p, temperature. This module applies the same arithmetic —
+softmax(logprob / T), truncation, renormalisation, in either order — to the log-probabilities
+a server returned at one position: :func:`reshape` gives the distribution under other settings,
+:func:`tv_bound` an upper bound of how far that is from the exact answer over the whole
+vocabulary. :mod:`tmlab.analysis.whatif` (public as ``tmlab.sampling``) applies it to a
+:class:`~tmlab.ChatResult` and labels the result as the approximation it is.
+``tests/test_sampling_truth.py`` runs it against llama.cpp's full logits and the server's
+processed logprobs of the same requests."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import numpy as np
 from tmlab.errors import ParameterError
 from tmlab.params import validate_params
 
-__all__ = ["TOLERANCE", "Order", "Settings", "check_settings", "reshape", "tv_bound"]
+__all__ = ["TOLERANCE", "Order", "SamplerSettings", "check_settings", "reshape", "tv_bound"]
 
 Order = Literal["temperature_first", "truncate_first"]
 
@@ -27,7 +30,7 @@ TOLERANCE: Final = 1e-9
 
 
 @dataclass(frozen=True)
-class Settings:
+class SamplerSettings:
     """Validated what-if settings; ``None`` means off."""
 
     temperature: float = 1.0
@@ -54,7 +57,7 @@ def check_settings(
     top_p: float | None = None,
     min_p: float | None = None,
     order: str = "temperature_first",
-) -> Settings:
+) -> SamplerSettings:
     """Check what-if settings against the parameter table's ranges; ParameterError if wrong."""
     given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
     if temperature is None:
@@ -65,7 +68,7 @@ def check_settings(
             "order", f"order={order!r} is not known", "'temperature_first' | 'truncate_first'"
         )
     k = checked.get("top_k")
-    return Settings(
+    return SamplerSettings(
         temperature=float(checked["temperature"]),
         top_k=None if k is None or k <= 0 else int(k),  # 0 and -1 mean off, as on the server
         top_p=None if checked.get("top_p") is None else float(checked["top_p"]),
@@ -98,7 +101,7 @@ def _renorm(p: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return q / total if total > 0 else q
 
 
-def _truncate(p: np.ndarray, s: Settings) -> np.ndarray:
+def _truncate(p: np.ndarray, s: SamplerSettings) -> np.ndarray:
     """The kept mask after top_k, top_p, min_p (in turn, each over the renormalised rest)."""
     kept = p > 0
     if s.top_k is not None and s.top_k < kept.sum():
@@ -118,11 +121,13 @@ def _truncate(p: np.ndarray, s: Settings) -> np.ndarray:
     return kept
 
 
-def reshape(logprobs: Any, settings: Settings | None = None, **kwargs: Any) -> tuple[Any, Any]:
+def reshape(
+    logprobs: Any, settings: SamplerSettings | None = None, **kwargs: Any
+) -> tuple[Any, Any]:
     """What-if probabilities over one position's alternatives: ``(probs, kept)`` arrays.
 
     ``logprobs`` are the returned alternatives' log-probabilities (any order); the result is
-    aligned with them. Settings as :class:`Settings` or as keyword arguments
+    aligned with them. SamplerSettings as :class:`SamplerSettings` or as keyword arguments
     (``temperature=, top_k=, top_p=, min_p=, order=``). An approximation: see the module
     docstring.
     """
@@ -139,7 +144,7 @@ def reshape(logprobs: Any, settings: Settings | None = None, **kwargs: Any) -> t
     return p, kept & (p > 0)
 
 
-def tv_bound(logprobs: Any, settings: Settings | None = None, **kwargs: Any) -> float:
+def tv_bound(logprobs: Any, settings: SamplerSettings | None = None, **kwargs: Any) -> float:
     """Upper bound of the what-if's error at one position, from the returned logprobs alone.
 
     The bound is on the total-variation distance between :func:`reshape` over the returned
@@ -187,7 +192,7 @@ def tv_bound(logprobs: Any, settings: Settings | None = None, **kwargs: Any) -> 
         return eps_bar(kept)
     eps = eps_bar(np.ones(raw.size, dtype=bool))
     untruncated = _temper(lp, t)
-    prefix = _truncate(untruncated, Settings(temperature=t, top_p=s.top_p))
+    prefix = _truncate(untruncated, SamplerSettings(temperature=t, top_p=s.top_p))
     if untruncated[prefix].sum() * (1.0 - eps) >= s.top_p:
         return 0.0  # the exact rule keeps the same prefix; min_p then acts alike on it
     if s.min_p:

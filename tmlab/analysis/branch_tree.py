@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from tmlab.display import _visible_html
+from tmlab.display import visible_html
 from tmlab.errors import ParameterError
 
 __all__ = ["TREE_COLUMNS", "BranchTree", "tree", "tree_html"]
@@ -81,7 +81,7 @@ def tree(id: int) -> BranchTree:
     Rows come depth first (each branch under its parent, by position), so the frame reads
     as the outline it displays. See the module docstring for the columns.
     """
-    from tmlab.history import history_path, tree_rows
+    from tmlab.client.history import history_path, tree_rows
 
     if isinstance(id, bool) or not isinstance(id, int):
         raise ParameterError("id", f"id={id!r}", "a history row id (an int)")
@@ -165,9 +165,9 @@ def tree_html(df: pd.DataFrame, *, highlight: int | None = None) -> str:
             before = prefix[: len(prefix) - len(token)] if prefix.endswith(token) else prefix
             parts.append(
                 f'<span style="opacity: 0.6">@{int(row["position"])} '
-                f"\u2026{_visible_html(before[-30:])}</span>"
+                f"\u2026{visible_html(before[-30:])}</span>"
                 f'<mark class="tmlab-branch-token" style="background: #ffd54f; '
-                f'border-radius: 3px; padding: 0 2px">{_visible_html(token)}</mark>'
+                f'border-radius: 3px; padding: 0 2px">{visible_html(token)}</mark>'
             )
         parts.append(html.escape(_short(text, 200)).replace("\n", "\u21b5 "))
         numbers = []

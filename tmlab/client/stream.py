@@ -17,10 +17,10 @@ chunk carries them (usage on a final ``choices: []`` chunk or on the finish chun
 
 While accumulating, each choice's piece is handed to ``on_delta`` as a :class:`Delta`, with
 ``<think>…</think>`` inside ``content`` routed to ``Delta.reasoning`` live by
-:class:`~tmlab._think.ThinkRouter`, even when a tag is split across chunks. The raw content
+:class:`~tmlab.client.think.ThinkRouter`, even when a tag is split across chunks. The raw content
 keeps the tags as sent; ``ChatResult`` splits them.
 
-:class:`~tmlab._reader.StreamReader` feeds this accumulator from the raw bytes of a stream.
+:class:`~tmlab.client.reader.StreamReader` feeds this accumulator from the raw bytes of a stream.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tmlab._think import ThinkRouter
+from tmlab.client.think import ThinkRouter
 from tmlab.result import TokenLogprob, parse_logprobs
 
 __all__ = ["Delta", "StreamAccumulator"]

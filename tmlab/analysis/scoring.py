@@ -19,8 +19,8 @@ model reading that exact turn. Two ways, chosen automatically (``method="auto"``
   model's raw logits at each position, the whole text in one evaluation.
 * ``"continuation"`` — for servers that continue a final assistant message (vLLM's
   ``continue_final_message=True, add_generation_prompt=False``; llama.cpp's server, which
-  always prefills; decided by the one continuation check, :mod:`tmlab.continuation`): one
-  request per token, each
+  always prefills; decided by the one continuation check, :mod:`tmlab.analysis.continuation_check`):
+  one request per token, each
   continuing the text so far with ``temperature=1``; the next token is the returned
   alternative that the rest of the text starts with (the longest). A token outside the
   returned alternatives has no known log-probability: ``NaN``, with an upper bound (the
@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tmlab import capabilities
-from tmlab.continuation import CONTINUE, acheck
+from tmlab.analysis.continuation_check import CONTINUE, acheck
+from tmlab.analysis.sweeps import _run_in_thread, _sweep_client
 from tmlab.errors import ParameterError, ScoreError
 from tmlab.result import ChatResult, TokenLogprob, TopLogprob
-from tmlab.sweeps import _run_in_thread, _sweep_client
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -210,8 +210,9 @@ class ScoreResult:
         return str(self.html())
 
     def plot(self, ax: Axes | None = None) -> Axes:
-        """Surprisal (bits) of each token along the text; see :func:`tmlab.plots.plot_surprisal`."""
-        from tmlab.plots import plot_surprisal
+        """Surprisal (bits) of each token along the text; see
+        :func:`tmlab.analysis.plots.plot_surprisal`."""
+        from tmlab.analysis.plots import plot_surprisal
 
         return plot_surprisal(self, ax=ax)
 
