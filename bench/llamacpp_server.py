@@ -29,10 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import tmlab.local
 from _common import Row, interleaved_values, say
 from _llamacpp import default_threads, llamacpp_server
 
+import tmlab.local
 from tmlab.meta import MODEL_NAME
 
 N_CTX = 2048

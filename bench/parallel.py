@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import tmlab.local
 from _common import Row, fmt_time, interleaved, interleaved_values, say
 
+import tmlab.local
 from tmlab.meta import MODEL_NAME
 
 N_CTX = 2048
@@ -67,9 +67,8 @@ def aggregate_rate(url: str, c: int) -> float:
 
 def sweep_once(url: str) -> None:
     """A 64-request sweep at concurrency 8."""
-    from tmlab.sweeps import sweep
-
     import tmlab
+    from tmlab.sweeps import sweep
 
     df = sweep(
         "Invent a short poem about the sea.",

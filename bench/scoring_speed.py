@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx
 import numpy as np
-import tmlab.local
 from _common import Row, interleaved_values
 
 import tmlab
+import tmlab.local
 from tmlab.meta import MODEL_NAME
 from tmlab.server.engine import default_model_path
 

@@ -28,9 +28,9 @@ from functools import partial
 from typing import Any
 
 import httpx
-import tmlab.local
 from _common import Row, interleaved_values
 
+import tmlab.local
 from tmlab.meta import MODEL_NAME
 from tmlab.server.engine import Engine, default_model_path
 from tmlab.server.sampler import Sampling

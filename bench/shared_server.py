@@ -27,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import tmlab.local
 from _common import Row, say
 
+import tmlab.local
 from tmlab.meta import MODEL_NAME
 
 TOKENS = 128

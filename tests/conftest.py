@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
 import tmlab.local
 from tmlab.local import LocalServer
 

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+
 import tmlab.local
 from tmlab.local import LocalServer
-
 from tmlab.meta import MODEL_NAME
 from tmlab.server import selftest
 

@@ -12,7 +12,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import tmlab.local
 from _fake_server import (
     BASE,
     KEY,
@@ -28,6 +27,7 @@ from _fake_server import (
     sse_response,
 )
 
+import tmlab.local
 from tmlab import AsyncClient, Client, Delta
 from tmlab.errors import (
     APIConnectionError,

@@ -16,7 +16,7 @@ import pytest
 
 import tmlab
 from tmlab import capabilities
-from tmlab.continuation import PREFIX_NOTE
+from tmlab.analysis.continuation_check import PREFIX_NOTE
 
 pytestmark = pytest.mark.slow
 
@@ -140,3 +140,19 @@ def test_classify(client: tmlab.Client) -> None:
     assert df["p_norm"].sum() == pytest.approx(1.0) and df["is_top"].sum() == 1
     yes = tmlab.score("Yes", context=QUESTION, client=client)
     assert df.loc[0, "logprob"] == pytest.approx(yes.total_logprob, abs=1e-6)
+
+
+def test_continuations_end_where_the_server_shows_end_of_turn_as_an_empty_token(
+    client: tmlab.Client,
+) -> None:
+    """llama.cpp's server writes control tokens (end of turn) as ``""``: such a path ends
+    there (no children, no text added), as ``<|im_end|>`` does on the embedded server."""
+    df = tmlab.continuations(
+        [{"role": "user", "content": "Say exactly: Yes"}], client=client, depth=3, width=2
+    )
+    empty = df[df["token"] == ""]
+    assert len(empty) >= 1, df[["depth", "token", "prob"]]
+    assert empty["ends"].all()
+    assert not df["parent"].isin(empty["node"]).any()  # nothing was asked after them
+    parents = df.set_index("node").loc[empty["parent"], "text"].tolist()
+    assert empty["text"].tolist() == parents  # they add nothing to the answer

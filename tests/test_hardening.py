@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tmlab.local
 from _e2e import MODEL, STORY, post_raw, read_until
 from _fake_server import USAGE, chunk, sse
 
+import tmlab.local
 from tmlab.client import AsyncClient, Client
 from tmlab.meta import MODEL_NAME, VERSION
 from tmlab.server.__main__ import _watch_parent, parent_gone

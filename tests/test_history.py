@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from tmlab.history import COLUMNS, SCHEMA_VERSION, get_row, record, request_source
-from tmlab.local import LocalServer
 
 import tmlab
+from tmlab.history import COLUMNS, SCHEMA_VERSION, get_row, record, request_source
+from tmlab.local import LocalServer
 from tmlab.result import ChatResult, Timing
 
 KEY = "tm-sk-HISTORYSECRET-0123456789"

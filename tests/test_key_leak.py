@@ -12,9 +12,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import tmlab.local
 from nbclient import NotebookClient
 
+import tmlab.local
 from tmlab.client.settings import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL
 
 pytestmark = pytest.mark.slow

@@ -13,16 +13,16 @@ from typing import Any
 
 import nbformat
 import pytest
-import tmlab.local
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
 from IPython.utils.capture import CapturedIO, capture_output
 from nbclient import NotebookClient
 from test_live import final_screen
-from tmlab.history import history
-from tmlab.local import LocalServer
 
+import tmlab.local
 from tmlab.client.settings import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, session
+from tmlab.history import history
 from tmlab.jupyter.magics import TmChat, TmchatError, load_ipython_extension
+from tmlab.local import LocalServer
 from tmlab.result import ChatResult
 
 pytestmark = pytest.mark.slow

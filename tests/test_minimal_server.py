@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-import tmlab.local
 
+import tmlab.local
 from tmlab.meta import MODEL_NAME
 
 pytestmark = pytest.mark.slow

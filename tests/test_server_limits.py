@@ -26,10 +26,11 @@ from typing import Any
 
 import httpx
 import pytest
-import tmlab.local
 from _e2e import MODEL, STORY, post_raw, read_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import tmlab.local
 from tmlab.local import LocalServer
 
 pytestmark = pytest.mark.slow

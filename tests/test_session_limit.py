@@ -20,16 +20,16 @@ from _e2e import dead_url
 from _fake_server import completion
 from IPython.core.interactiveshell import InteractiveShell
 from test_magics import ip, last_row, markdown_shown, run
-from tmlab.history import history
-from tmlab.local import LocalServer
 
 import tmlab
 from tmlab.client.settings import DEFAULT_MAX_TOKENS, ENV_MAX_TOKENS, session, session_limit
 from tmlab.display import usage_line
 from tmlab.errors import ParameterError
+from tmlab.history import history
 from tmlab.jupyter.explorer import CHANGE_LIMIT as EXPLORER_CHANGE
 from tmlab.jupyter.explorer import Explorer
 from tmlab.jupyter.magic_branches import CHANGE_LIMIT as MAGIC_CHANGE
+from tmlab.local import LocalServer
 from tmlab.params import NOT_GIVEN
 from tmlab.repetition import find_loop, text_units
 from tmlab.result import ChatResult, SessionLimit

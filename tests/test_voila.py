@@ -32,7 +32,7 @@ import pytest
 from _jupyterlab import JupyterLab, free_port
 
 from tmlab.cli import main
-from tmlab.demo import APP_NOTEBOOK, app_notebook
+from tmlab.jupyter.demo import APP_NOTEBOOK, app_notebook
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page

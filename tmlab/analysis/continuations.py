@@ -65,8 +65,8 @@ _NOTES = {
     "path_prob": "exact: the product of prob along the path (exp of path_logprob)",
     "other_mass": "1 - the sum of this node's children's prob: the mass of the tokens "
     "outside the width returned (NaN for nodes that were not expanded)",
-    "ends": "the token ends the answer (end of turn): the path has no children, and the "
-    "token adds nothing to text",
+    "ends": "the token ends the answer (end of turn, named so or, as llama.cpp's server shows "
+    "control tokens, empty): the path has no children, and the token adds nothing to text",
 }
 
 
@@ -165,7 +165,8 @@ def continuations(
                         0.0, 1.0 - math.fsum(math.exp(a.logprob) for a in alts)
                     )
                 for rank, alt in enumerate(alts, 1):
-                    ends = bool(_END.match(alt.token))
+                    # by its name, or (llama.cpp's server) an empty text: a control token
+                    ends = bool(_END.match(alt.token)) or not _bytes(alt)
                     # an end-of-turn token adds nothing to the answer's text
                     child_bytes = path_bytes + (b"" if ends else _bytes(alt))
                     child_ids = (
