@@ -19,39 +19,43 @@ if TYPE_CHECKING:
 
     from tmlab.result import ChatResult
 
-__all__ = ["Diff", "diff"]
+__all__ = ["Diff", "Units", "diff", "diff_units", "max_dlogprob", "unit_of", "units_of"]
 
 _PIECES = re.compile(r"\s+|\w+|[^\w\s]")
 
 
 @dataclass(frozen=True)
-class _Seq:
+class Units:
+    """An answer as the units it is compared in: tokens (with ids and logprobs) or text pieces."""
+
     tokens: list[str]
     ids: list[int | None]
     logprobs: list[float] | None
     alternatives: list[list[tuple[str, float]]] | None
 
 
-def _sequence(res: ChatResult, unit: str) -> _Seq:
+def units_of(res: ChatResult, unit: str) -> Units:
+    """``res``'s first choice as :class:`Units` of ``unit`` (``"token"`` or ``"text piece"``)."""
     choice = res.choices[0] if res.choices else None
     if unit == "token" and choice is not None and choice.logprobs is not None:
         toks = choice.logprobs
-        return _Seq(
+        return Units(
             [t.token for t in toks],
             [t.token_id for t in toks],
             [t.logprob for t in toks],
             [[(a.token, a.logprob) for a in t.top] for t in toks],
         )
     pieces = _PIECES.findall(res.text)
-    return _Seq(pieces, [None] * len(pieces), None, None)
+    return Units(pieces, [None] * len(pieces), None, None)
 
 
-def _unit(results: Sequence[ChatResult]) -> str:
+def unit_of(results: Sequence[ChatResult]) -> str:
+    """``"token"`` when every result carries logprobs (tokens), else ``"text piece"``."""
     have = all(r.choices and r.choices[0].logprobs is not None for r in results)
     return "token" if have else "text piece"
 
 
-def _first_difference(a: _Seq, b: _Seq) -> int | None:
+def _first_difference(a: Units, b: Units) -> int | None:
     for i, (ta, tb) in enumerate(zip(a.tokens, b.tokens, strict=False)):
         ia, ib = a.ids[i], b.ids[i]
         if ta != tb or (ia is not None and ib is not None and ia != ib):
@@ -61,7 +65,7 @@ def _first_difference(a: _Seq, b: _Seq) -> int | None:
     return None
 
 
-def _max_dlogprob(a: _Seq, b: _Seq, upto: int) -> tuple[float, int] | None:
+def max_dlogprob(a: Units, b: Units, upto: int) -> tuple[float, int] | None:
     """max |Δ logprob| of the sampled tokens at positions < upto, and where; None: no logprobs."""
     if a.logprobs is None or b.logprobs is None:
         return None
@@ -105,9 +109,9 @@ class Diff:
     @property
     def max_abs_dlogprob(self) -> float | None:
         """max |logprob_a − logprob_b| over the shared tokens (None without logprobs)."""
-        a = _Seq(self.tokens_a, [], self.logprobs_a, None)
-        b = _Seq(self.tokens_b, [], self.logprobs_b, None)
-        found = _max_dlogprob(a, b, self.shared)
+        a = Units(self.tokens_a, [], self.logprobs_a, None)
+        b = Units(self.tokens_b, [], self.logprobs_b, None)
+        found = max_dlogprob(a, b, self.shared)
         return None if found is None else found[0]
 
     def frame(self) -> pd.DataFrame:
@@ -236,12 +240,13 @@ def diff(res_a: ChatResult, res_b: ChatResult) -> Diff:
     By tokens when both results carry logprobs, else by pieces of text (words, spaces,
     punctuation). The first choice of each result is compared.
     """
-    unit = _unit([res_a, res_b])
-    a, b = _sequence(res_a, unit), _sequence(res_b, unit)
-    return _diff(a, b, unit)
+    unit = unit_of([res_a, res_b])
+    a, b = units_of(res_a, unit), units_of(res_b, unit)
+    return diff_units(a, b, unit)
 
 
-def _diff(a: _Seq, b: _Seq, unit: str) -> Diff:
+def diff_units(a: Units, b: Units, unit: str) -> Diff:
+    """The :class:`Diff` of two answers already in :class:`Units`."""
     return Diff(
         a.tokens,
         b.tokens,

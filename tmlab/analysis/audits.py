@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from tmlab.result import ChatResult
 
-from tmlab.analysis.align import Diff, _diff, _max_dlogprob, _Seq, _sequence, _unit, diff
+from tmlab.analysis.align import Diff, Units, diff, diff_units, max_dlogprob, unit_of, units_of
 
 __all__ = ["AuditReport", "Diff", "Divergence", "audit", "diff"]
 
@@ -104,16 +104,16 @@ class AuditReport:
         results = list(results)
         if len(results) < 2:
             raise ParameterError("repeats", "an audit needs at least 2 results", "≥ 2")
-        unit = _unit(results)
-        seqs = [_sequence(r, unit) for r in results]
-        diffs = [_diff(seqs[0], s, unit) for s in seqs[1:]]
+        unit = unit_of(results)
+        seqs = [units_of(r, unit) for r in results]
+        diffs = [diff_units(seqs[0], s, unit) for s in seqs[1:]]
         counts = Counter(r.text for r in results)
         div = None
         drift: tuple[float, int, int] | None = None
         for run, (d, seq) in enumerate(zip(diffs, seqs[1:], strict=True), start=1):
             if d.position is not None and (div is None or d.position < div.position):
                 div = _divergence(run, d, seqs[0], seq)
-            found = _max_dlogprob(seqs[0], seq, d.shared)
+            found = max_dlogprob(seqs[0], seq, d.shared)
             if found is not None and (drift is None or found[0] > drift[0]):
                 drift = (found[0], run, found[1])
         sent = dict(params if params is not None else _params_of(results[0]))
@@ -147,7 +147,7 @@ class AuditReport:
                     "text": res.text,
                     "identical_to_run0": True if d is None else d.identical,
                     "first_divergence": None if d is None else d.position,
-                    "shared_with_run0": len(_sequence(res, self.unit).tokens)
+                    "shared_with_run0": len(units_of(res, self.unit).tokens)
                     if d is None
                     else d.shared,
                     "max_abs_dlogprob": 0.0 if d is None else d.max_abs_dlogprob,
@@ -291,7 +291,7 @@ class AuditReport:
         return "".join(parts)
 
 
-def _divergence(run: int, d: Diff, ref: _Seq, other: _Seq) -> Divergence:
+def _divergence(run: int, d: Diff, ref: Units, other: Units) -> Divergence:
     p = d.position
     assert p is not None
 
@@ -350,9 +350,9 @@ def audit(
     elif isinstance(client, Client):
         sync = client
     elif isinstance(client, BaseClient):  # an AsyncClient: the same settings, sync
-        from tmlab.analysis.sweeps import _client_kwargs
+        from tmlab.analysis.runner import client_kwargs
 
-        sync = Client(**_client_kwargs(client))
+        sync = Client(**client_kwargs(client))
     else:
         raise ParameterError("client", f"client={type(client).__name__}", "a tmlab.Client")
     try:

@@ -27,8 +27,8 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tmlab.analysis.scoring import METHODS, _score_echo, ascore
-from tmlab.analysis.sweeps import _one_line, _positive_int, _run_in_thread, _sweep_client
+from tmlab.analysis.runner import one_line, positive_int, run_in_thread, sweep_client
+from tmlab.analysis.scoring import METHODS, ascore, score_echo
 from tmlab.errors import ParameterError, ScoreError
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ async def _classify_one(
     try:
         if method in ("auto", "echo"):
             scored = await asyncio.gather(
-                *(_score_echo(ac, label, prompt, model, 0) for label in labels)
+                *(score_echo(ac, label, prompt, model, 0) for label in labels)
             )
         else:
             scored = [None] * len(labels)
@@ -120,7 +120,7 @@ async def _classify_one(
                 for label in labels
             ]
     except Exception as exc:  # a failed prompt is rows with the error, never lost
-        failed = _one_line(exc, ac._key)
+        failed = one_line(exc, ac._key)
         return [
             _row(index, prompt, label, math.nan, math.nan, math.nan, math.nan, None, None, failed)
             for label in labels
@@ -201,7 +201,7 @@ def _prepare(
     """Check everything before anything is sent; warn about overlapping labels."""
     label_list = _labels(labels)
     prompt_list = _prompts(prompt, prompts)
-    concurrency = _positive_int("concurrency", concurrency)
+    concurrency = positive_int("concurrency", concurrency)
     if method not in METHODS:
         raise ParameterError("method", f"method={method!r} is not known", " | ".join(METHODS))
     overlap = _overlap(label_list)
@@ -260,7 +260,7 @@ async def aclassify(
 ) -> pd.DataFrame:
     """Async :func:`classify`."""
     labels_, prompts_, conc = _prepare(prompt, labels, prompts, concurrency, method)
-    ac = _sweep_client(client)
+    ac = sweep_client(client)
     return await _run(ac, prompts_, labels_, model, conc, method, _bar(len(prompts_), progress))
 
 
@@ -304,6 +304,6 @@ def classify(
     :func:`tmlab.score`.
     """
     labels_, prompts_, conc = _prepare(prompt, labels, prompts, concurrency, method)
-    ac = _sweep_client(client)
+    ac = sweep_client(client)
     bar = _bar(len(prompts_), progress)  # created here, so a notebook shows it in this cell
-    return _run_in_thread(_run(ac, prompts_, labels_, model, conc, method, bar))
+    return run_in_thread(_run(ac, prompts_, labels_, model, conc, method, bar))

@@ -227,11 +227,11 @@ def plot_continuations(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
     probability given the parent; the hatched grey rest of a span is the mass outside the
     width returned.
     """
-    from tmlab.analysis.plots import _axes
+    from tmlab.analysis.plots import axes_of
     from tmlab.display import token_shown
 
     depth = int(df["depth"].max()) if len(df) else 1
-    ax = _axes(ax, (2.6 * depth + 1.5, 5.5))
+    ax = axes_of(ax, (2.6 * depth + 1.5, 5.5))
     start: dict[int, float] = {-1: 0.0}
     span: dict[int, float] = {-1: 1.0}
     filled: dict[int, float] = {}

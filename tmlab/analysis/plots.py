@@ -22,12 +22,13 @@ if TYPE_CHECKING:
     from tmlab.analysis.scoring import ScoreResult
     from tmlab.result import ChatResult
 
-__all__ = ["plot_entropy", "plot_surprisal", "plot_whatif"]
+__all__ = ["axes_of", "plot_entropy", "plot_surprisal", "plot_whatif"]
 
 OTHER_LABEL = "raw mass outside the returned alternatives (unknown to the what-if)"
 
 
-def _axes(ax: Axes | None, size: tuple[float, float]) -> Axes:
+def axes_of(ax: Axes | None, size: tuple[float, float]) -> Axes:
+    """``ax``, or new axes of ``size`` inches on a new figure."""
     if ax is not None:
         return ax
     import matplotlib.pyplot as plt
@@ -66,7 +67,7 @@ def plot_whatif(
         min_p=s.min_p,
         order=s.order,
     )
-    ax = _axes(ax, (max(6.5, 0.55 * len(df) + 2.5), 4.2))
+    ax = axes_of(ax, (max(6.5, 0.55 * len(df) + 2.5), 4.2))
     n = len(df)
     x = list(range(n))
     width = 0.4
@@ -112,7 +113,7 @@ def plot_entropy(
     ``gap`` are marked: another sample would likely diverge there.
     """
     df = entropy_frame(res, gap=gap, choice=choice)
-    ax = _axes(ax, (max(6.5, 0.18 * len(df) + 3.0), 4.2))
+    ax = axes_of(ax, (max(6.5, 0.18 * len(df) + 3.0), 4.2))
     pos = df["position"].to_numpy()
     ax.plot(
         pos,
@@ -164,7 +165,7 @@ def plot_surprisal(score: ScoreResult, *, ax: Axes | None = None) -> Axes:
     x axis when there are few enough. The title says what the numbers are.
     """
     df = score.frame()
-    ax = _axes(ax, (max(6.5, 0.22 * len(df) + 3.0), 4.2))
+    ax = axes_of(ax, (max(6.5, 0.22 * len(df) + 3.0), 4.2))
     pos = df["position"].to_numpy()
     bits = df["surprisal_bits"].to_numpy(dtype=float)
     ax.bar(pos, np.nan_to_num(bits), color="#c0504d", label="surprisal = −log₂ p")

@@ -45,8 +45,8 @@ import pandas as pd
 
 from tmlab import capabilities
 from tmlab.analysis import continuation_check as continuation
-from tmlab.analysis.scoring import _prompt_entries
-from tmlab.analysis.sweeps import _client_kwargs
+from tmlab.analysis.runner import client_kwargs
+from tmlab.analysis.scoring import prompt_entries
 from tmlab.client import Client
 from tmlab.client.base import BaseClient
 from tmlab.client.history import request_source
@@ -118,7 +118,7 @@ def _sync_client(client: Any) -> Client:
     if isinstance(client, Client):
         return client
     if isinstance(client, BaseClient):
-        return Client(**_client_kwargs(client))
+        return Client(**client_kwargs(client))
     raise ParameterError(
         "client", f"client={type(client).__name__} is not a tmlab client", "a tmlab.Client"
     )
@@ -346,7 +346,7 @@ def _probe(
     )
     # 5: echo with prompt logprobs
     res, err = p.attempt(user, **PLAN[4].params)
-    entries = _prompt_entries(res) if res is not None else []
+    entries = prompt_entries(res) if res is not None else []
     rows.append(
         _row(
             "echo with prompt logprobs",

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from tmlab import capabilities
 from tmlab.analysis.continuation_check import CONTINUE, acheck
-from tmlab.analysis.sweeps import _run_in_thread, _sweep_client
+from tmlab.analysis.runner import run_in_thread, sweep_client
 from tmlab.errors import ParameterError, ScoreError
 from tmlab.result import ChatResult, TokenLogprob, TopLogprob
 
@@ -50,7 +50,15 @@ if TYPE_CHECKING:
     from tmlab.client import AsyncClient
     from tmlab.display import HTMLText
 
-__all__ = ["SCORE_COLUMNS", "ScoreError", "ScoreResult", "ascore", "score"]
+__all__ = [
+    "SCORE_COLUMNS",
+    "ScoreError",
+    "ScoreResult",
+    "ascore",
+    "prompt_entries",
+    "score",
+    "score_echo",
+]
 
 LN2 = math.log(2.0)
 
@@ -259,7 +267,7 @@ def _check_text(name: str, value: Any, *, optional: bool = False) -> None:
 # --- echo ---------------------------------------------------------------------------------
 
 
-def _prompt_entries(res: ChatResult) -> list[TokenLogprob]:
+def prompt_entries(res: ChatResult) -> list[TokenLogprob]:
     """The echoed prompt tokens of the first choice (empty when the server echoed none)."""
     if not res.choices:
         return []
@@ -336,7 +344,7 @@ _ECHO: dict[str, Any] = {"echo": True, "logprobs": True, "max_tokens": 1, "tempe
 async def _empty_prompt(ac: AsyncClient, context: str | None, model: str | None) -> Any:
     """The echoed prompt around an empty answer (where the text goes)."""
     res = await ac.chat(messages_for("", context), model=model, top_logprobs=0, **_ECHO)
-    return _prompt_entries(res)
+    return prompt_entries(res)
 
 
 def _span_from_suffix(entries: list[TokenLogprob], text: str, suffix: int) -> tuple[int, int, bool]:
@@ -349,7 +357,7 @@ def _span_from_suffix(entries: list[TokenLogprob], text: str, suffix: int) -> tu
     return _token_span(entries, end - len(data), end)
 
 
-async def _score_echo(
+async def score_echo(
     ac: AsyncClient,
     text: str,
     context: str | None,
@@ -364,7 +372,7 @@ async def _score_echo(
     against the text's own bytes each time.
     """
     res = await ac.chat(messages_for(text, context), model=model, top_logprobs=top, **_ECHO)
-    entries = _prompt_entries(res)
+    entries = prompt_entries(res)
     if not entries:
         return None
     requests = 1
@@ -524,7 +532,7 @@ async def ascore(
     if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int):
         raise ParameterError("top_logprobs", f"top_logprobs={top_logprobs!r}", "an int 0..20")
     if method in ("auto", "echo"):
-        out = await _score_echo(client, text, context, model, top_logprobs)
+        out = await score_echo(client, text, context, model, top_logprobs)
         if out is not None:
             return out
         if method == "echo":
@@ -570,7 +578,7 @@ def score(
     """
     _check_text("text", text)
     _check_text("context", context, optional=True)
-    ac = _sweep_client(client)
+    ac = sweep_client(client)
 
     async def run() -> ScoreResult:
         try:
@@ -585,4 +593,4 @@ def score(
         finally:
             await ac.aclose()
 
-    return _run_in_thread(run())
+    return run_in_thread(run())

@@ -26,23 +26,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import itertools
 import math
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from tmlab import capabilities
+from tmlab.analysis.runner import (
+    one_line,
+    positive_int,
+    run_in_thread,
+    sweep_client,
+)
 from tmlab.client import AsyncClient
-from tmlab.client.base import BaseClient, Messages, as_messages
+from tmlab.client.base import Messages, as_messages
 from tmlab.client.history import request_source
 from tmlab.client.settings import session_limit
-from tmlab.errors import ParameterError, redact
+from tmlab.errors import ParameterError
 from tmlab.params import PARAMS, RESERVED, check_param, validate_params
 
 if TYPE_CHECKING:
@@ -108,12 +110,6 @@ class _Plan:
 # -- planning: everything is checked before anything is sent -------------------------------
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ParameterError(name, f"{name}={value!r} is not a positive int", "an int ≥ 1")
-    return value
-
-
 def _values(name: str, values: Any) -> list[Any]:
     out = None
     if not isinstance(values, str | bytes | Mapping):
@@ -138,7 +134,7 @@ def _plan(
         grid = {}
     if not isinstance(grid, Mapping):
         raise ParameterError("grid", f"grid={grid!r} is not a dict", "{'temperature': [0, 1]}")
-    repeats = _positive_int("repeats", repeats)
+    repeats = positive_int("repeats", repeats)
     grid = dict(grid)
     if "model" in grid:  # grid={"model": [...]} is the same as models=[...]
         if models is not None:
@@ -192,49 +188,6 @@ def _run_order(plan: _Plan) -> list[_SweepRequest]:
 
 
 # -- the client the sweep sends with -------------------------------------------------------
-
-
-def _client_kwargs(client: BaseClient) -> dict[str, Any]:
-    """Constructor arguments for a twin of ``client`` (the key travels, unprinted)."""
-    s = client._settings
-    return {
-        "base_url": client.base_url or s.base_url,
-        "api_key": s.api_key,
-        "model": client.model,
-        "timeout": client.timeout,
-        "max_retries": client.max_retries,
-    }
-
-
-def _queue_tolerant(timeout: float | httpx.Timeout | None, loopback: bool) -> httpx.Timeout | None:
-    # Time queued behind the other requests of the sweep is not a hung server: a server on
-    # this machine gets no read timeout. No pool timeout either: the sweep's own bound
-    # (concurrency) decides how many requests wait.
-    if timeout is None:
-        return None
-    t = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-    return httpx.Timeout(
-        connect=t.connect, read=None if loopback else t.read, write=t.write, pool=None
-    )
-
-
-def _sweep_client(client: Any) -> AsyncClient:
-    """A fresh AsyncClient with the settings of ``client`` (or the session's): the sweep may
-    run on another event loop than the one an AsyncClient was used on."""
-    if client is None:
-        ac = AsyncClient()
-    elif isinstance(client, BaseClient):
-        kwargs = _client_kwargs(client)
-        transport = getattr(client, "_transport", None)
-        if isinstance(client, AsyncClient) and transport is not None:
-            kwargs["transport"] = transport
-        ac = AsyncClient(**kwargs)
-    else:
-        raise ParameterError(
-            "client", f"client={type(client).__name__} is not a tmlab client", "a tmlab.Client"
-        )
-    ac.timeout = _queue_tolerant(ac.timeout, ac._settings.loopback)
-    return ac
 
 
 DEFAULT_CONCURRENCY = 8
@@ -326,13 +279,6 @@ def _row(
     return row
 
 
-def _one_line(exc: BaseException, secret: str | None) -> str:
-    text = " ".join(str(exc).split())
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, secret)
-
-
 async def _execute(
     plan: _Plan,
     ac: AsyncClient,
@@ -368,7 +314,7 @@ async def _execute(
                     except Exception as exc:  # a failed request is a row, never lost
                         errors += 1
                         hid = getattr(exc, "history_id", None)
-                        rows[job.index] = _row(job, model, None, _one_line(exc, ac._key), hid)
+                        rows[job.index] = _row(job, model, None, one_line(exc, ac._key), hid)
                     else:
                         rows[job.index] = _row(
                             job, model, res, None, getattr(res, "history_id", None)
@@ -472,8 +418,8 @@ async def asweep(
     as_messages(prompt_or_messages, system)  # a malformed prompt fails here, not per request
     plan = _plan(grid, repeats, models, fixed_params)
     if concurrency is not None:
-        concurrency = _positive_int("concurrency", concurrency)
-    ac = _sweep_client(client)
+        concurrency = positive_int("concurrency", concurrency)
+    ac = sweep_client(client)
     bar = _bar(len(plan.jobs), progress)
     return await _execute(
         plan, ac, prompt_or_messages, system=system, stream=stream, concurrency=concurrency, bar=bar
@@ -511,54 +457,10 @@ def sweep(
     as_messages(prompt_or_messages, system)  # a malformed prompt fails here, not per request
     plan = _plan(grid, repeats, models, fixed_params)
     if concurrency is not None:
-        concurrency = _positive_int("concurrency", concurrency)
-    ac = _sweep_client(client)
+        concurrency = positive_int("concurrency", concurrency)
+    ac = sweep_client(client)
     bar = _bar(len(plan.jobs), progress)  # created here, so a notebook shows it in this cell
     coro = _execute(
         plan, ac, prompt_or_messages, system=system, stream=stream, concurrency=concurrency, bar=bar
     )
-    return _run_in_thread(coro)
-
-
-def _run_in_thread(coro: Any) -> Any:
-    """Run ``coro`` on a new event loop in a new thread; Ctrl-C here cancels it.
-
-    A thread, so that it also works where an event loop already runs (Jupyter); the caller's
-    context variables go along. The loop's task handles its cancellation and returns.
-    """
-    loop = asyncio.new_event_loop()
-    ctx = contextvars.copy_context()
-    ready, done = threading.Event(), threading.Event()
-    out: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            out["task"] = task = loop.create_task(coro)
-            ready.set()
-            out["value"] = loop.run_until_complete(task)
-        except BaseException as exc:  # handed to the caller
-            out["error"] = exc
-        finally:
-            ready.set()
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-            done.set()
-
-    thread = threading.Thread(target=ctx.run, args=(target,), name="tmlab-sweep", daemon=True)
-    thread.start()
-    # Waiting on an Event, not Thread.join: on Python 3.11 a KeyboardInterrupt inside join()
-    # marks the thread as finished while it still runs. Short waits let Ctrl-C land.
-    try:
-        while not done.wait(0.1):
-            pass
-    except KeyboardInterrupt:
-        ready.wait()
-        task = out.get("task")
-        if task is not None:
-            with contextlib.suppress(RuntimeError):  # the loop already closed: it finished
-                loop.call_soon_threadsafe(task.cancel)
-        done.wait()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
+    return run_in_thread(coro)
