@@ -19,11 +19,11 @@ import pytest
 from _fake_server import KEY, LiveServer, Script, completion
 
 import tmlab
+from tmlab.analysis.runner import sweep_client
 from tmlab.errors import ParameterError
 from tmlab.sweeps import (
     INTERRUPTED,
     SWEEP_COLUMNS,
-    _sweep_client,
     asweep,
     plot_sweep,
     summarize,
@@ -140,13 +140,13 @@ def test_grid_values_are_checked_alone_and_cells_together() -> None:
 
 
 def test_a_server_on_this_machine_gets_no_read_timeout_a_remote_one_keeps_it() -> None:
-    local = _sweep_client(tmlab.Client(base_url="http://127.0.0.1:1/v1", timeout=0.5))
+    local = sweep_client(tmlab.Client(base_url="http://127.0.0.1:1/v1", timeout=0.5))
     assert isinstance(local.timeout, httpx.Timeout)
     assert local.timeout.read is None and local.timeout.connect == 0.5
-    remote = _sweep_client(tmlab.Client(base_url="https://example.invalid/v1", timeout=0.5))
+    remote = sweep_client(tmlab.Client(base_url="https://example.invalid/v1", timeout=0.5))
     assert isinstance(remote.timeout, httpx.Timeout)
     assert remote.timeout.read == 0.5 and remote.timeout.pool is None
-    embedded = _sweep_client(None)  # no key, no URL: the embedded server, not started here
+    embedded = sweep_client(None)  # no key, no URL: the embedded server, not started here
     assert isinstance(embedded.timeout, httpx.Timeout) and embedded.timeout.read is None
 
 
