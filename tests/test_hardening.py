@@ -24,7 +24,7 @@ from _fake_server import USAGE, chunk, sse
 
 import tmlab.local
 from tmlab.client import AsyncClient, Client
-from tmlab.meta import MODEL_NAME, VERSION
+from tmlab.meta import MODEL_NAME, READY_PREFIX, VERSION
 from tmlab.server.__main__ import _watch_parent, parent_gone
 
 # -- 1. the server watches the process that started it, even when that is PID 1 ----------
@@ -255,8 +255,8 @@ def test_streams_abandoned_while_queued_leave_no_pending_task(tmp_path: Path) ->
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert line.startswith(tmlab.local.READY_PREFIX), errors.read_text()
-        url = line[len(tmlab.local.READY_PREFIX) :].strip()
+        assert line.startswith(READY_PREFIX), errors.read_text()
+        url = line[len(READY_PREFIX) :].strip()
         body = {"model": MODEL, "messages": STORY, "stream": True, "max_tokens": 3}
         busy = post_raw(url, {**body, "max_tokens": 2000, "ignore_eos": True})
         read_until(busy, b"data: ")  # the model is generating for it
@@ -327,7 +327,7 @@ def test_startup_notice_in_a_kernel_is_a_display_updated_once_ready(
 
 
 def test_notice_outside_a_kernel_is_a_stdout_line(capsys: pytest.CaptureFixture[str]) -> None:
-    notice = tmlab.local._Notice("tmlab: something")
+    notice = tmlab.local.StartNotice("tmlab: something")
     notice.done("ready in 1.0s")
     out, err = capsys.readouterr()
     assert (out, err) == ("tmlab: something — starting … ready in 1.0s\n", "")

@@ -19,6 +19,7 @@ import pytest
 from _e2e import MODEL
 
 import tmlab.local
+from tmlab.client import child
 from tmlab.errors import LocalServerError
 
 pytestmark = pytest.mark.slow
@@ -170,8 +171,8 @@ def test_interrupted_start_kills_the_child(monkeypatch: Any) -> None:
     def interrupt(url: str) -> bool:
         raise KeyboardInterrupt  # the user pressed Ctrl-C while the model was loading
 
-    monkeypatch.setattr(tmlab.local.subprocess, "Popen", popen)
-    monkeypatch.setattr(tmlab.local, "_healthy", interrupt)
+    monkeypatch.setattr(child.subprocess, "Popen", popen)
+    monkeypatch.setattr(child, "_healthy", interrupt)
     try:
         with pytest.raises(KeyboardInterrupt):
             tmlab.local.start(quiet=True)
