@@ -85,7 +85,7 @@ class Engine:
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        self._lib = llama_cpp
+        self.lib = llama_cpp
         path = Path(model_path) if model_path is not None else default_model_path()
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
@@ -104,7 +104,7 @@ class Engine:
         )
         self.n_ctx = self.llm.n_ctx()
         self.n_vocab = self.llm.n_vocab()
-        self._vocab = self.llm._model.vocab
+        self.vocab = self.llm._model.vocab
         self._pieces: dict[int, bytes] = {}
         self._special: dict[int, bytes] = {}
         meta = self.llm.metadata
@@ -116,7 +116,7 @@ class Engine:
         )
         self._add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
         self.eog_ids = [t for t in range(self.n_vocab) if self.is_eog(t)]
-        self._eog = np.array(self.eog_ids, dtype=np.intp)
+        self.eog = np.array(self.eog_ids, dtype=np.intp)
         self.n_threads = threads
         self.tokens_generated = 0
         """Tokens generated since the model was loaded (for the server's stats)."""
@@ -132,7 +132,7 @@ class Engine:
 
     def is_eog(self, token: int) -> bool:
         """Whether ``token`` ends a generation (EOS, EOT, …)."""
-        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+        return bool(self.lib.llama_vocab_is_eog(self.vocab, token))
 
     def token_bytes(self, token: int) -> bytes:
         """The exact bytes of ``token``, special tokens spelled out (``<|im_end|>``)."""
@@ -161,7 +161,7 @@ class Engine:
         size = 64
         while True:
             buf = ctypes.create_string_buffer(size)
-            n = self._lib.llama_token_to_piece(self._vocab, token, buf, size, 0, special)
+            n = self.lib.llama_token_to_piece(self.vocab, token, buf, size, 0, special)
             if n >= 0:
                 return buf.raw[:n]
             size = -n  # too long for the buffer: llama.cpp says how long it is
@@ -214,10 +214,10 @@ class Engine:
 
     def grammar_from_gbnf(self, gbnf: str) -> str:
         """Check that llama.cpp compiles ``gbnf``; return it. Raises :class:`GrammarError`."""
-        smpl = self._lib.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
+        smpl = self.lib.llama_sampler_init_grammar(self.vocab, gbnf.encode(), b"root")
         if not smpl:
             raise GrammarError("the grammar could not be compiled")
-        self._lib.llama_sampler_free(smpl)
+        self.lib.llama_sampler_free(smpl)
         return gbnf
 
     # --- the loop ------------------------------------------------------------------------
@@ -271,7 +271,7 @@ class Engine:
         self, tokens: list[int], k: int, top_logprobs: int, cancel: threading.Event | None
     ) -> list[Step] | None:
         """``Llama.eval`` of ``tokens`` from 0 with the output flags of the last k+1 kept."""
-        llm, lib = self.llm, self._lib
+        llm, lib = self.llm, self.lib
         llm.reset()
         llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         n = len(tokens)
@@ -369,7 +369,7 @@ class Engine:
         def decoder() -> Decoder:
             return Decoder(
                 self,
-                len(prompt),
+                self.n_ctx - len(prompt),
                 sampling,
                 max_tokens=max_tokens,
                 top_logprobs=top_logprobs,

@@ -18,7 +18,8 @@ end-of-generation stays allowed, because a completed grammar allows nothing else
 :class:`Decoder` holds one generation's state (its chains, bans, lazy grammar and logprobs)
 and turns each row of logits into the next :class:`Step`. :meth:`Engine.generate
 <tmlab.server.engine.Engine.generate>` drives one on the engine's own context; the batch
-engine (:mod:`tmlab.server.batch`) drives many, one row of a batch's logits each.
+engine (:mod:`tmlab.server.batch`) drives many, one row of a batch's logits each. Of the model
+it needs only a :class:`Vocabulary`, not the engine.
 """
 
 from __future__ import annotations
@@ -26,12 +27,9 @@ from __future__ import annotations
 import ctypes
 import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from tmlab.server.engine import Engine
 
 __all__ = [
     "GREEDY_BELOW",
@@ -92,23 +90,51 @@ class Step:
     top: list[tuple[int, float]] | None = None  # (token id, logprob), most likely first
 
 
+class Vocabulary(Protocol):
+    """What the sampler needs of a model (:class:`~tmlab.server.engine.Engine` has it): the
+    llama.cpp library and vocabulary (for grammars), the vocabulary's size, the ids that end
+    generation, and each token's bytes."""
+
+    @property
+    def lib(self) -> Any:
+        """The ``llama_cpp`` module (its low-level API)."""
+
+    @property
+    def vocab(self) -> Any:
+        """The model's ``llama_vocab`` (grammars compile against it)."""
+
+    @property
+    def n_vocab(self) -> int:
+        """How many tokens the vocabulary has."""
+
+    @property
+    def eog(self) -> np.ndarray:
+        """The ids of the tokens that end generation."""
+
+    def is_eog(self, token: int) -> bool:
+        """Whether ``token`` ends generation."""
+
+    def piece(self, token: int) -> bytes:
+        """``token``'s bytes in the text (empty for control tokens)."""
+
+
 # How many of the last generated tokens the penalties look at (llama.cpp reads -1 as 0: off).
 PENALTY_LAST_N = 256
 
 
 def chains(
-    engine: Engine, s: Sampling, *, grammar: str | None, lazy_trigger: str | None
+    words: Vocabulary, s: Sampling, *, grammar: str | None, lazy_trigger: str | None
 ) -> tuple[Any, Any]:
     """The filter chain (bias, penalties, grammar) and the picker chain (the draw)."""
     from llama_cpp._internals import LlamaSampler
 
-    lib = engine._lib
+    lib = words.lib
     filt = LlamaSampler()
     if s.logit_bias:
-        filt.add_logit_bias(engine.n_vocab, dict(s.logit_bias))
+        filt.add_logit_bias(words.n_vocab, dict(s.logit_bias))
     if (s.repetition_penalty, s.frequency_penalty, s.presence_penalty) != (1.0, 0.0, 0.0):
         filt.add_penalties(
-            engine.n_vocab,
+            words.n_vocab,
             PENALTY_LAST_N,
             s.repetition_penalty,
             s.frequency_penalty,
@@ -116,13 +142,13 @@ def chains(
         )
     if grammar is not None:
         if lazy_trigger is None:
-            smpl = lib.llama_sampler_init_grammar(engine._vocab, grammar.encode(), b"root")
+            smpl = lib.llama_sampler_init_grammar(words.vocab, grammar.encode(), b"root")
         else:
             pattern = rf"[\s\S]*?({_regex_escape(lazy_trigger)}[\s\S]*)".encode()
             pats = (ctypes.c_char_p * 1)(pattern)
             no_tokens = (lib.llama_token * 0)()
             smpl = lib.llama_sampler_init_grammar_lazy_patterns(
-                engine._vocab, grammar.encode(), b"root", pats, 1, no_tokens, 0
+                words.vocab, grammar.encode(), b"root", pats, 1, no_tokens, 0
             )
         if not smpl:
             filt.close()
@@ -149,7 +175,7 @@ def chains(
     return filt, pick
 
 
-def draw(engine: Engine, filt: Any, pick: Any, cand: Any, ban: bool) -> tuple[int, bool] | None:
+def draw(words: Vocabulary, filt: Any, pick: Any, cand: Any, ban: bool) -> tuple[int, bool] | None:
     """One token from the candidates (logits loaded); None when no token is allowed.
 
     Returns ``(token, drawn)``: ``drawn`` is False when the picker's choice was overridden
@@ -161,11 +187,11 @@ def draw(engine: Engine, filt: Any, pick: Any, cand: Any, ban: bool) -> tuple[in
     that non-finite logits need (which tokens are allowed, NaN cleared for the picker) is
     done only when there are some.
     """
-    lib = engine._lib
+    lib = words.lib
     data = cand.candidates_data
     arr = cand.candidates
     if ban:
-        data.logit[engine._eog] = -np.inf
+        data.logit[words.eog] = -np.inf
     arr.selected = -1
     lib.llama_sampler_apply(filt.sampler, ctypes.byref(arr))
     size = arr.size
@@ -264,8 +290,8 @@ class Decoder:
 
     def __init__(
         self,
-        engine: Engine,
-        prompt_len: int,
+        words: Vocabulary,
+        room: int,
         sampling: Sampling,
         *,
         max_tokens: int,
@@ -278,18 +304,18 @@ class Decoder:
     ) -> None:
         from llama_cpp._internals import LlamaTokenDataArray
 
-        self.engine = engine
+        self.words = words
         self.top_logprobs = top_logprobs
         self.processed = logprobs_mode == "processed_logprobs" and top_logprobs is not None
         self.greedy = sampling.temperature < GREEDY_BELOW
-        self.filt, self.pick = chains(engine, sampling, grammar=grammar, lazy_trigger=lazy_trigger)
-        self.cand = LlamaTokenDataArray(n_vocab=engine.n_vocab)
+        self.filt, self.pick = chains(words, sampling, grammar=grammar, lazy_trigger=lazy_trigger)
+        self.cand = LlamaTokenDataArray(n_vocab=words.n_vocab)
         self.trigger = lazy_trigger.encode() if grammar is not None and lazy_trigger else None
         self.grammar_on = grammar is not None and self.trigger is None
         self.seen = bytearray()  # generated text, while waiting for the lazy grammar's trigger
         self.ignore_eos = ignore_eos
         self.min_tokens = min_tokens
-        self.limit = min(max_tokens, engine.n_ctx - prompt_len)
+        self.limit = min(max_tokens, room)
         self.count = 0
         self.done = self.limit <= 0
         """No more tokens: end of generation, the budget, or nothing allowed."""
@@ -297,13 +323,13 @@ class Decoder:
     def step(self, row: np.ndarray) -> Step | None:
         """The next token from ``row`` (the logits after the last token); None when no token
         is allowed any more (then :attr:`done`)."""
-        engine = self.engine
+        words = self.words
         top_logprobs = self.top_logprobs
         want_raw = top_logprobs is not None and not self.processed
         lp = _log_softmax(row) if want_raw else None
         load(self.cand, row)
         ban = not self.grammar_on and (self.ignore_eos or self.count < self.min_tokens)
-        picked = draw(engine, self.filt, self.pick, self.cand, ban)
+        picked = draw(words, self.filt, self.pick, self.cand, ban)
         if picked is None:
             self.done = True
             return None
@@ -317,14 +343,14 @@ class Decoder:
                 logprob, top = 0.0, [(token, 0.0)] if top_logprobs > 0 else []
             else:
                 logprob, top = processed(self.cand, token, top_logprobs)
-        eog = engine.is_eog(token)
+        eog = words.is_eog(token)
         self.count += 1
         if eog or self.count >= self.limit:
             self.done = True
         elif self.trigger is not None and not self.grammar_on:
-            self.seen += engine.piece(token)
+            self.seen += words.piece(token)
             self.grammar_on = self.trigger in self.seen
-        return Step(token, b"" if eog else engine.piece(token), eog, logprob, top)
+        return Step(token, b"" if eog else words.piece(token), eog, logprob, top)
 
     def close(self) -> None:
         """Free the sampler chains."""
