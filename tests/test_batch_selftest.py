@@ -49,7 +49,7 @@ def test_separate_kv_caches_are_measured_equal_and_the_server_says_what_it_compa
     assert isinstance(test, dict), model
     assert test["equal"] is True and test["difference"] is None, test
     assert f"{len(selftest._ARRIVALS)} sequences" in test["compared"]
-    assert "against each alone on the one-slot path" in test["compared"]
+    assert "against each decoded alone" in test["compared"]
     assert model["batch_invariant"] is True
     assert "measured at start" in str(model["notice"]) and "equal bit for bit" in str(
         model["notice"]
