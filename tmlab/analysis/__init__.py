@@ -3,7 +3,8 @@
 ========================  ===================================================================
 ``whatif``                what-if sampling of returned alternatives (public as
                           ``tmlab.sampling``), over ``sampler_twin``, the numpy twin of the
-                          server's sampler chain
+                          server's sampler chain; ``frequency``: does a sampler draw from
+                          given numbers (exact binomial tests and their power)
 ``sweeps``, ``summary``   parameter grids into frames, and their summaries
 ``audits``, ``align``     determinism audits; two answers aligned token by token
 ``branching``             a branch from any token of an answer
