@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import pytest
@@ -456,3 +457,32 @@ def test_a_tiny_temperature_is_greedy(http: Any, tiny: float) -> None:
     for seed in (1, 2):
         res = chat(http, temperature=tiny, seed=seed, max_tokens=12, return_token_ids=True)
         assert res["choices"][0]["token_ids"] == greedy["choices"][0]["token_ids"]
+
+
+def test_a_json_schema_answer_never_holds_a_raw_control_character(http: Any) -> None:
+    """A string in a schema-constrained answer may not contain a raw newline (not JSON):
+    pushed hard toward the newline token, the answer still parses as strict JSON."""
+    newline = http.post("/tokenize", json={"prompt": "\n"}).json()["tokens"][-1]
+    schema = {
+        "type": "object",
+        "properties": {"note": {"type": "string"}},
+        "required": ["note"],
+    }
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a two-line poem as JSON."}],
+        "response_format": {"type": "json_schema", "json_schema": {"schema": schema}},
+        "logit_bias": {str(newline): 30},
+        "temperature": 0,
+        "max_tokens": 40,
+    }
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    text = choice["message"]["content"]
+    # the string's characters so far (the answer may stop at max_tokens inside it)
+    value = re.search(r'"note"\s*:\s*"((?:[^"\\]|\\.)*)', text)
+    assert value is not None, text
+    assert not [ch for ch in value.group(1) if ord(ch) < 0x20], text
+    if choice["finish_reason"] == "stop":
+        assert isinstance(json.loads(text)["note"], str)  # strict JSON

@@ -13,7 +13,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from tmlab.server.engine import Engine
 from tmlab.server.limits import prompt_bound
@@ -127,11 +127,18 @@ def _call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     return alternatives[0] if len(alternatives) == 1 else {"oneOf": alternatives}
 
 
+_LOOSE_CHAR: Final = r'char ::= [^"\\]'
+_JSON_CHAR: Final = r'char ::= [^"\\\x7F\x00-\x1F]'
+
+
 def _schema_grammar(engine: Engine, schema: dict[str, Any], param: str) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
         gbnf = json_schema_to_gbnf(json.dumps(schema))
+        # llama-cpp-python's converter lets a string hold raw control characters (a newline),
+        # which is not JSON; llama.cpp's own converter excludes them, as JSON_GBNF does
+        gbnf = gbnf.replace(_LOOSE_CHAR, _JSON_CHAR)
         return engine.grammar_from_gbnf(gbnf)
     except (
         GrammarError,
