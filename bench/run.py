@@ -51,6 +51,23 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, float | tuple[float, float
             ("logprobs_frame, absolute", "<", 0.2),
         ],
     ),
+    "parse": (
+        "ChatResult parsing",
+        [
+            ("ChatResult from a logprobs response, absolute", "<=", 0.1),
+            ("ChatResult vs json.loads of the same body", "<=", 1.0),
+        ],
+    ),
+    "trace": (
+        "sampler trace cost",
+        [
+            (
+                "sampler trace (64 positions × 50 candidates) vs the same request without it",
+                "<=",
+                1.1,
+            )
+        ],
+    ),
     "sweep": (
         "sweep efficiency",
         [
@@ -99,6 +116,10 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, float | tuple[float, float
             ("single-request tokens/s, --parallel 8 alone vs --parallel 1", ">=", 0.95),
             ("aggregate tokens/s at 8 concurrent, --parallel 8 vs --parallel 1", ">=", 1.7),
         ],
+    ),
+    "prompt_cache": (
+        "--prompt-cache: time to first token, prefix cached vs not (one server)",
+        [("TTFT of a ~1,500-token prompt, not cached ÷ prefix cached (--prompt-cache)", ">=", 5.0)],
     ),
     "shared": (
         "two kernels on the shared local server vs a server each (three servers)",
@@ -154,6 +175,8 @@ def main() -> None:
             "stream": lambda: __import__("client_overhead").streaming(loopback()),
             "sse": lambda: __import__("client_overhead").sse(),
             "frames": lambda: __import__("frames_speed").run(),
+            "parse": lambda: __import__("parse_speed").run(),
+            "trace": lambda: __import__("trace_cost").run(),
             "sweep": lambda: __import__("sweep_efficiency").run(loopback(0.2)),
             "llamacpp": lambda: __import__("llamacpp_server").run(),
             "server": lambda: __import__("server_overhead").run(),
@@ -161,6 +184,7 @@ def main() -> None:
             "import": lambda: __import__("import_time").run(),
             "branch": lambda: __import__("branch_cost").run(),
             "parallel": lambda: __import__("parallel").run(),
+            "prompt_cache": lambda: __import__("prompt_cache").run(),
             "shared": lambda: __import__("shared_server").run(),
             "display": lambda: __import__("display_rate").run(loopback()),
         }

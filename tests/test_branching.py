@@ -298,7 +298,7 @@ def test_the_tree_of_a_history_migrated_from_version_1(
     deeper = first.branch(0, max_tokens=3)
     conn = sqlite3.connect(history_db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         old = conn.execute("SELECT text, parent_id FROM requests WHERE id = 1").fetchone()
         assert old == ("an old answer", None)  # the old row is kept
     finally:

@@ -70,7 +70,8 @@ def test_one_control_per_parameter_generated_from_the_table(make, dead) -> None:
         "json": widgets.Textarea,
     }
     assert set(ex.controls) == {name for name, p in PARAMS.items() if editable(p)}
-    main, advanced = ex.children[4], ex.children[5]
+    left = ex.children[2].children[0]  # the controls' column (tmlab.jupyter.layout)
+    main, advanced = left.children[2], left.children[3]
     for name, ctrl in ex.controls.items():
         p = PARAMS[name]
         assert type(ctrl.input) is kinds[p.control], name

@@ -34,6 +34,7 @@ EXPECTED = {
     "ScoreError",
     "ScoreResult",
     "ServerError",
+    "Stepper",
     "StreamError",
     "Timing",
     "TmlabError",
@@ -48,6 +49,7 @@ EXPECTED = {
     "history",
     "load_ipython_extension",
     "local",
+    "logprobs_for_frame",
     "logprobs_frame",
     "params_table",
     "plot_sweep",
@@ -59,10 +61,14 @@ EXPECTED = {
     "session",
     "summarize",
     "sweep",
+    "trace_frame",
     "usage_frame",
     "validate_params",
     "tree",
     "continuations",
+    "cache_report",
+    "prefix_diff",
+    "plot_cache",
 }
 
 

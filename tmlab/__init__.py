@@ -122,19 +122,24 @@ if TYPE_CHECKING:
     from tmlab.analysis.align import diff
     from tmlab.analysis.audits import audit
     from tmlab.analysis.branch_tree import tree
+    from tmlab.analysis.caching import cache_report, prefix_diff
     from tmlab.analysis.classification import classify
     from tmlab.analysis.continuations import continuations
+    from tmlab.analysis.plots import plot_cache
     from tmlab.analysis.probes import needs, probe
     from tmlab.analysis.scoring import ScoreResult, score
     from tmlab.analysis.summary import plot_sweep, summarize
     from tmlab.analysis.sweeps import asweep, sweep
     from tmlab.client import local
-    from tmlab.frames import logprobs_frame, usage_frame
+    from tmlab.frames import logprobs_for_frame, logprobs_frame, trace_frame, usage_frame
     from tmlab.jupyter.explorer import Explorer
+    from tmlab.jupyter.stepper import Stepper
 
 # name -> (module, attribute or None for the module itself); imported on first use.
 _LAZY: dict[str, tuple[str, str | None]] = {
     "logprobs_frame": ("tmlab.frames", "logprobs_frame"),
+    "logprobs_for_frame": ("tmlab.frames", "logprobs_for_frame"),
+    "trace_frame": ("tmlab.frames", "trace_frame"),
     "usage_frame": ("tmlab.frames", "usage_frame"),
     "sweep": ("tmlab.analysis.sweeps", "sweep"),
     "asweep": ("tmlab.analysis.sweeps", "asweep"),
@@ -143,6 +148,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "audit": ("tmlab.analysis.audits", "audit"),
     "diff": ("tmlab.analysis.align", "diff"),
     "Explorer": ("tmlab.jupyter.explorer", "Explorer"),
+    "Stepper": ("tmlab.jupyter.stepper", "Stepper"),
     "sampling": ("tmlab.analysis.whatif", None),
     "local": ("tmlab.client.local", None),
     "score": ("tmlab.analysis.scoring", "score"),
@@ -152,6 +158,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "needs": ("tmlab.analysis.probes", "needs"),
     "tree": ("tmlab.analysis.branch_tree", "tree"),
     "continuations": ("tmlab.analysis.continuations", "continuations"),
+    "cache_report": ("tmlab.analysis.caching", "cache_report"),
+    "prefix_diff": ("tmlab.analysis.caching", "prefix_diff"),
+    "plot_cache": ("tmlab.analysis.plots", "plot_cache"),
 }
 
 
@@ -216,6 +225,7 @@ __all__ = [
     "ScoreError",
     "ScoreResult",
     "ServerError",
+    "Stepper",
     "StreamError",
     "Timing",
     "TmlabError",
@@ -225,16 +235,20 @@ __all__ = [
     "__version__",
     "asweep",
     "audit",
+    "cache_report",
     "classify",
     "continuations",
     "diff",
     "history",
     "load_ipython_extension",
     "local",
+    "logprobs_for_frame",
     "logprobs_frame",
     "needs",
     "params_table",
+    "plot_cache",
     "plot_sweep",
+    "prefix_diff",
     "probe",
     "rerun",
     "sampling",
@@ -243,6 +257,7 @@ __all__ = [
     "summarize",
     "sweep",
     "tree",
+    "trace_frame",
     "usage_frame",
     "validate_params",
 ]

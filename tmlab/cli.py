@@ -28,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "demo",
             help="serve the Explorer (or NOTEBOOK) as a web app with Voilà",
             description="Serve a notebook with Voilà: its widgets and text full-page, no code "
-            "cells. Default: the Explorer app with lesson prompts (explorer-app.ipynb).",
+            "cells. Default: the Explorer app with lesson prompts (explorer-app.ipynb); "
+            "--projector for a room (large type, each lesson's controls only).",
         )
     )
     args = parser.parse_args(argv)

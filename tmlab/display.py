@@ -17,12 +17,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALTERNATIVES_COLUMN",
+    "CELL_CHARS",
+    "MAX_ROWS",
     "PROB_BINS",
     "HTMLText",
     "chat_result_html",
     "chat_result_markdown",
+    "collapsed_html",
     "finish_notes",
+    "one_line_html",
+    "prob_colour",
+    "prob_legend_html",
     "stats_line",
+    "style_frame",
     "style_logprobs",
     "token_heatmap_html",
     "tokens_html",
@@ -31,19 +38,24 @@ __all__ = [
 
 
 def usage_line(res: ChatResult) -> str:
-    """One line: model · tokens · latency · TTFT · tokens/s · finish reason."""
+    """One line: model · tokens · cached tokens and hit rate · latency · TTFT · tokens/s ·
+    finish reason."""
     u, t = res.usage, res.timing
     parts = []
     if res.model:
         parts.append(str(res.model))
     if u.prompt_tokens is not None or u.completion_tokens is not None:
         tokens = f"{u.prompt_tokens if u.prompt_tokens is not None else '?'} prompt"
-        if u.cached_tokens:
-            tokens += f" ({u.cached_tokens} cached)"
         tokens += f" + {u.completion_tokens if u.completion_tokens is not None else '?'} completion"
         if u.reasoning_tokens:
             tokens += f" (incl. {u.reasoning_tokens} reasoning)"
         parts.append(tokens + " tokens")
+        if u.cached_tokens is not None and u.prompt_tokens:
+            # as the server reported it: 0 is a miss, no number at all is "not reported"
+            parts.append(
+                f"cached {u.cached_tokens:,} of {u.prompt_tokens:,} "
+                f"({_percent(u.cached_tokens / u.prompt_tokens)})"
+            )
     if t.latency_s is not None:
         parts.append(f"{t.latency_s:.2f} s")
     if t.ttft_s is not None and t.ttft_s != t.latency_s:
@@ -57,6 +69,16 @@ def usage_line(res: ChatResult) -> str:
     if not res.complete:
         parts.append("INCOMPLETE: a partial answer (stopped, or the stream broke off)")
     return " · ".join(parts)
+
+
+def _percent(share: float) -> str:
+    """A share as a whole percentage, never rounded up to 100% or down to 0% when it is not."""
+    pct = share * 100
+    if 0 < pct < 1:
+        return "<1%"
+    if 99 < pct < 100:
+        return ">99%"
+    return f"{pct:.0f}%"
 
 
 def finish_notes(res: ChatResult) -> list[str]:
@@ -155,15 +177,33 @@ def _alternatives(tokens: list[str], logprobs: list[float], generated: str) -> s
     return " \u00b7 ".join(shown)
 
 
-def style_logprobs(df: pd.DataFrame) -> Styler:
+MAX_ROWS = 60
+"""How many rows a styled table shows at most: a notebook cell, not a spreadsheet (a pandas
+Styler ignores ``display.max_rows``); a line above the table says how many more there are."""
+
+CELL_CHARS = 48
+"""How many characters of a text, dict or list cell :func:`style_frame` shows on its line."""
+
+
+def _more_rows(shown: int, total: int, unit: str, how: str) -> str:
+    return f"showing the first {shown:,} of {total:,} {unit} ({total - shown:,} more: {how})."
+
+
+def style_logprobs(df: pd.DataFrame, max_rows: int | None = MAX_ROWS) -> Styler:
     """A Styler of a logprobs frame: probability bars, the alternatives in one compact column,
     the notes as caption.
 
     ``top_tokens`` and ``top_logprobs`` (two Python lists per row, too wide for a notebook
     cell) are shown as one column, ``"A" 0.77 · "In" 0.16 · …``, that wraps within the cell;
     the row index, token ids and (for a single choice) the choice column are not shown. The
-    plain frame keeps its columns and exact values.
+    plain frame keeps its columns and exact values. At most ``max_rows`` rows are shown
+    (``None``: all), and the caption says how many more there are and where they are.
     """
+    total = len(df)
+    cut = max_rows is not None and total > max_rows
+    single_choice = "choice" in df and df["choice"].nunique() <= 1
+    if cut:
+        df = df.iloc[:max_rows]
     shown = df.copy()
     # Tokens as JSON strings, so that a leading space or a newline is visible.
     for col in ("token", "alt_token"):
@@ -210,18 +250,103 @@ def style_logprobs(df: pd.DataFrame) -> Styler:
     # Narrow enough for a notebook cell: no row index (position says it), no token ids and
     # no choice column for a single choice (the plain frame keeps them all).
     hidden: list[Hashable] = [c for c in ("token_id", "alt_token_id") if c in shown]
-    if "choice" in shown and shown["choice"].nunique() <= 1:
+    if single_choice:
         hidden.append("choice")
     styler = styler.hide(axis="index")
     if hidden:
         styler = styler.hide(subset=hidden, axis="columns")
     notes = df.attrs.get("notes")
     caption = [notes] if notes else []
+    if cut:
+        unit = "alternatives" if "alt_token" in df else "tokens"
+        how = "res.logprobs_frame() is the whole DataFrame; style_logprobs(frame, max_rows=None)"
+        caption.insert(0, _more_rows(len(df), total, unit, how + " styles every row"))
     if wrapped:
         caption.append(_ALT_NOTE)
     if caption:
         styler = styler.set_caption(html.escape(" ".join(caption)))
     return styler
+
+
+def one_line_html(value: Any, limit: int = CELL_CHARS) -> str:
+    """A cell's value on one line, at most ``limit`` characters (``…`` where cut), as HTML; the
+    whole value, escaped, in its ``title`` tooltip when the line does not show all of it.
+
+    Dicts and lists are written as JSON; newlines show as ``↵``; missing values as ``—``.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, str):
+        full = value
+    elif isinstance(value, dict | list | tuple):
+        try:
+            full = json.dumps(value, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):  # keys JSON cannot write (tuples …)
+            full = str(value)
+    else:
+        full = str(value)
+    line = full.replace("\r\n", "\n").replace("\n", " \u21b5 ").replace("\t", " ")
+    if len(line) > limit:
+        line = line[: max(limit - 1, 1)] + "\u2026"
+    text = html.escape(line, quote=False)
+    if line == full:
+        return text
+    return f'<span title="{html.escape(full, quote=True)}">{text}</span>'
+
+
+def style_frame(
+    df: pd.DataFrame,
+    *,
+    max_rows: int | None = MAX_ROWS,
+    cell_chars: int = CELL_CHARS,
+    more: str = "the DataFrame itself has them all",
+) -> Styler:
+    """A Styler of any frame that fits a notebook cell: text, dict and list columns on one
+    line each (at most ``cell_chars`` characters, the whole value in the tooltip), at most
+    ``max_rows`` rows with a caption saying how many more there are and ``more`` (where to get
+    them); numbers to 4 significant digits; the frame's ``attrs["notes"]`` in the caption.
+    """
+    import pandas as pd
+
+    total = len(df)
+    cut = max_rows is not None and total > max_rows
+    shown = df.iloc[:max_rows] if cut else df
+    texts = [
+        c
+        for c in shown.columns
+        if shown[c].dtype == object or isinstance(shown[c].dtype, pd.StringDtype)
+    ]
+    floats = [c for c in shown.columns if shown[c].dtype.kind == "f"]
+
+    def cell(value: Any) -> str:
+        return one_line_html(value, cell_chars)
+
+    formats: dict[Hashable, Any] = {c: cell for c in texts}
+    formats.update({c: "{:.4g}" for c in floats})
+    # one call: each call of Styler.format (pandas 3) resets the columns it is not given
+    styler = shown.style.format(formats, na_rep="\u2014")
+    if texts:  # per column, not per cell: the CSS stays small
+        one_line = [{"selector": "td", "props": "white-space: nowrap; text-align: left"}]
+        styler = styler.set_table_styles({c: one_line for c in texts}, overwrite=False)
+    if isinstance(shown.index, pd.RangeIndex):
+        styler = styler.hide(axis="index")
+    caption = [_more_rows(len(shown), total, "rows", more)] if cut else []
+    notes = df.attrs.get("notes")
+    if notes:
+        caption.append(str(notes))
+    if caption:
+        styler = styler.set_caption(html.escape(" ".join(caption)))
+    return styler
+
+
+def collapsed_html(df: pd.DataFrame, hint: str = "", max_rows: int | None = 200) -> HTMLText:
+    """A frame folded in a ``<details>``: one line (``all N rows`` and ``hint``) until opened,
+    then :func:`style_frame` of it (at most ``max_rows`` rows)."""
+    label = f"all {len(df):,} rows" + (f" \u00b7 {hint}" if hint else "")
+    table = style_frame(df, max_rows=max_rows).to_html()
+    return HTMLText(
+        f'<details class="tmlab-rows"><summary>{html.escape(label)}</summary>{table}</details>'
+    )
 
 
 # --- token heatmap -------------------------------------------------------------------------
@@ -265,6 +390,8 @@ _HOVER_CSS = (
 
 
 def prob_colour(p: float) -> str:
+    """The colour of probability ``p`` on tmlab's one probability scale (:data:`PROB_BINS`):
+    the heatmap, the token view and the plots (``tmlab.analysis.plots.prob_colormap``)."""
     if math.isnan(p):
         return _UNKNOWN_COLOUR
     for low, high, colour in PROB_BINS:
@@ -419,6 +546,12 @@ def _legend(what: str = _GENERATED) -> str:
         + "<br>\u2423 space \u00b7 \u21b5 newline \u00b7 \u21e5 tab \u00b7 hover a token for "
         "the returned alternatives and their probabilities</div>"
     )
+
+
+def prob_legend_html(what: str = _GENERATED) -> HTMLText:
+    """The colour legend of the probability scale, alone (for a view that colours tokens
+    without :func:`token_heatmap_html`, e.g. the Explorer's token view)."""
+    return HTMLText(_legend(what))
 
 
 def tokens_html(res: ChatResult, choice: int = 0) -> HTMLText:

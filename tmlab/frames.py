@@ -34,10 +34,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOGPROBS_COLUMNS",
+    "LOGPROBS_FOR_COLUMNS",
     "LONG_COLUMNS",
+    "TRACE_COLUMNS",
     "USAGE_COLUMNS",
+    "cache_hit_rate",
+    "logprobs_for_frame",
     "logprobs_frame",
     "mean_entropy",
+    "request_cost",
+    "stage_summary",
+    "trace_frame",
     "usage_frame",
 ]
 
@@ -70,6 +77,7 @@ USAGE_COLUMNS = [
     "model",
     "prompt_tokens",
     "cached_tokens",
+    "cache_hit_rate",
     "completion_tokens",
     "reasoning_tokens",
     "total_tokens",
@@ -229,6 +237,41 @@ def price_of(prices: Mapping[str, Any] | None, model: str | None) -> Mapping[str
     return entry if isinstance(entry, Mapping) else None
 
 
+def cache_hit_rate(prompt_tokens: Any, cached_tokens: Any) -> float | None:
+    """``cached_tokens / prompt_tokens``: the share of the prompt the server reused from its
+    cache. ``None`` when either count is unknown (the server did not say) or the prompt is
+    empty: unknown is not 0."""
+    if _missing(prompt_tokens) or _missing(cached_tokens) or int(prompt_tokens) <= 0:
+        return None
+    return int(cached_tokens) / int(prompt_tokens)
+
+
+def request_cost(
+    price: Mapping[str, Any], prompt_tokens: int, cached_tokens: int | None, completion_tokens: int
+) -> tuple[float, float]:
+    """``(cost_usd, saved_usd)`` of one request at ``price`` (USD per million tokens:
+    ``input``, ``output``, ``cached_input`` — default 0, as on Tensormesh).
+
+    Cached prompt tokens are billed at ``cached_input``, the others at ``input``;
+    ``saved_usd = cached_tokens × (input − cached_input)``: what the cache hits saved against
+    the same request billed without a cache (cached tokens × the input price when cached input
+    is free). An unknown ``cached_tokens`` counts as 0 cached.
+    """
+    cached = int(cached_tokens) if cached_tokens is not None and not _missing(cached_tokens) else 0
+    inp = float(price.get("input", 0.0))
+    cached_in = float(price.get("cached_input", 0.0))
+    cost = (
+        (prompt_tokens - cached) * inp
+        + cached * cached_in
+        + completion_tokens * float(price.get("output", 0.0))
+    )
+    return cost / 1e6, cached * (inp - cached_in) / 1e6
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
 def mean_entropy(res: ChatResult, choice: int = 0) -> float:
     """Mean over one choice's positions of ``entropy`` (nats, over the returned alternatives:
     a lower bound); NaN when the answer has no ``top_logprobs``."""
@@ -244,12 +287,14 @@ def usage_frame(
     results: ChatResult | Iterable[ChatResult],
     prices: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """One row per response: token counts, latency, time to first token, tokens/s, cost.
+    """One row per response: token counts, cache hit rate, latency, TTFT, tokens/s, cost.
 
-    ``prices`` in USD per million tokens, either ``{"input": 0.3, "output": 1.2,
-    "cached_input": 0.0}`` for every model or ``{model_name: {...}}``. Cached input tokens are
-    billed at ``cached_input`` (default 0, as on Tensormesh). A ``cost_usd`` column is added
-    when prices are given; it is <NA> for a model without a price. ``sequence_logprob``,
+    ``cache_hit_rate = cached_tokens / prompt_tokens`` (<NA> when the server did not report
+    cached tokens). ``prices`` in USD per million tokens, either ``{"input": 0.3, "output":
+    1.2, "cached_input": 0.0}`` for every model or ``{model_name: {...}}``. Cached input tokens
+    are billed at ``cached_input`` (default 0, as on Tensormesh). ``cost_usd`` and
+    ``saved_usd`` (cached tokens × (input − cached_input) price: what the cache saved) are
+    added when prices are given; <NA> for a model without a price. ``sequence_logprob``,
     ``mean_logprob`` and ``perplexity`` are over the first choice's generated tokens with
     logprobs, as returned by the server (NaN without logprobs; see :mod:`tmlab.likelihood`).
     """
@@ -262,6 +307,7 @@ def usage_frame(
                 "model": r.model,
                 "prompt_tokens": u.prompt_tokens,
                 "cached_tokens": u.cached_tokens,
+                "cache_hit_rate": cache_hit_rate(u.prompt_tokens, u.cached_tokens),
                 "completion_tokens": u.completion_tokens,
                 "reasoning_tokens": u.reasoning_tokens,
                 "total_tokens": u.total_tokens,
@@ -285,22 +331,190 @@ def usage_frame(
         df[col] = pd.array(df[col].tolist(), dtype="Int64")
     for col in ("latency_s", "ttft_s", "tokens_per_s", *_LIKELIHOOD):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    df["cache_hit_rate"] = pd.array(df["cache_hit_rate"].tolist(), dtype="Float64")
     if prices:
         costs: list[float | None] = []
+        saved: list[float | None] = []
         for r in items:
             price = price_of(prices, r.model)
             u = r.usage
             if price is None or u.prompt_tokens is None or u.completion_tokens is None:
                 costs.append(None)
+                saved.append(None)
                 continue
-            cached = u.cached_tokens or 0
-            costs.append(
-                (
-                    (u.prompt_tokens - cached) * float(price.get("input", 0.0))
-                    + cached * float(price.get("cached_input", 0.0))
-                    + u.completion_tokens * float(price.get("output", 0.0))
-                )
-                / 1e6
-            )
+            cost, save = request_cost(price, u.prompt_tokens, u.cached_tokens, u.completion_tokens)
+            costs.append(cost)
+            saved.append(save)
         df["cost_usd"] = pd.array(costs, dtype="Float64")
+        df["saved_usd"] = pd.array(saved, dtype="Float64")
     return df
+
+
+TRACE_COLUMNS = [
+    "choice",
+    "position",
+    "token",
+    "stage_index",
+    "stage",
+    "setting",
+    "active",
+    "kept",
+    "removed_mass",
+    "entropy",
+    "candidate",
+    "candidate_id",
+    "p",
+    "cut_by",
+    "drawn",
+]
+
+TRACE_NOTES = (
+    "The sampler trace, from the server's own sampler chain in its order: p is each "
+    "candidate's probability after the stage (0 once a stage removed it), over the whole "
+    "vocabulary; kept counts the tokens still allowed; removed_mass is the probability, in "
+    "the previous stage's distribution, that the stage removed; entropy is over the whole "
+    "distribution after the stage, in nats. The first stage is the model's raw "
+    "distribution, the last the one the token was drawn from. Exact, not reconstructed."
+)
+
+
+def trace_frame(res: ChatResult, choice: int | None = None) -> pd.DataFrame:
+    """The sampler trace (``sampler_trace`` of the embedded server): one row per (position,
+    stage, candidate); empty, with a note saying why, when the response has none."""
+    records: list[tuple[Any, ...]] = []
+    found = False
+    for c in res.choices:
+        if choice is not None and c.index != choice:
+            continue
+        trace = c.raw.get("sampler_trace")
+        if not isinstance(trace, dict):
+            continue
+        found = True
+        for pos in trace.get("positions") or []:
+            cands = pos["candidates"]
+            for si, st in enumerate(pos["stages"]):
+                for cand, p in zip(cands, st["p"], strict=True):
+                    records.append(
+                        (
+                            c.index,
+                            pos["position"],
+                            pos["token"],
+                            si,
+                            st["stage"],
+                            st["setting"],
+                            st["active"],
+                            st["kept"],
+                            st["removed_mass"],
+                            st["entropy"],
+                            cand["token"],
+                            cand["id"],
+                            p,
+                            cand["cut_by"],
+                            cand["id"] == pos["token_id"],
+                        )
+                    )
+    df = pd.DataFrame.from_records(records, columns=TRACE_COLUMNS)
+    df.attrs["notes"] = (
+        TRACE_NOTES
+        if found
+        else "No sampler trace in this response: ask with sampler_trace=True (tmlab's "
+        "embedded server; other servers do not report their sampler's stages)."
+    )
+    return df
+
+
+LOGPROBS_FOR_COLUMNS = [
+    "choice",
+    "position",
+    "token",
+    "token_id",
+    "raw_logprob",
+    "raw_prob",
+    "raw_rank",
+    "logprob",
+    "prob",
+    "rank",
+    "cut_by",
+]
+
+
+def logprobs_for_frame(res: ChatResult) -> pd.DataFrame:
+    """Given tokens' numbers at every generated position (``logprobs_for``): raw log-probability
+    and rank (the model's distribution), and in the distribution the token was drawn from
+    (NaN and ``cut_by`` once a stage removed it). Exact, over the whole vocabulary."""
+    records: list[tuple[Any, ...]] = []
+    for c in res.choices:
+        lf = c.raw.get("logprobs_for")
+        if not isinstance(lf, dict):
+            continue
+        tokens = lf["tokens"]
+        for pos in lf["positions"]:
+            for i, tok in enumerate(tokens):
+                raw, lp = pos["raw_logprob"][i], pos["logprob"][i]
+                records.append(
+                    (
+                        c.index,
+                        pos["position"],
+                        tok["token"],
+                        tok["id"],
+                        raw,
+                        math.exp(raw),
+                        pos["raw_rank"][i],
+                        math.nan if lp is None else lp,
+                        0.0 if lp is None else math.exp(lp),
+                        pos["rank"][i],
+                        pos["cut_by"][i],
+                    )
+                )
+    df = pd.DataFrame.from_records(records, columns=LOGPROBS_FOR_COLUMNS)
+    for col in ("raw_rank", "rank"):
+        df[col] = pd.array(df[col].tolist(), dtype="Int64")
+    df.attrs["notes"] = (
+        "raw_*: the model's distribution (log-softmax of the logits); logprob, prob, rank: "
+        "the distribution the token was drawn from, after the sampler's stages (NaN, prob 0: "
+        "removed by cut_by). Ranks over the whole vocabulary, 1 = most likely."
+    )
+    return df
+
+
+def stage_summary(res: ChatResult, choice: int = 0, *, top: int = 5) -> pd.DataFrame:
+    """The sampler trace in brief: one row per (position, stage that acted), with the stage's
+    setting, how many tokens it kept, the mass it removed, the entropy after it and its
+    ``top`` most likely candidates (``token p``, most likely first)."""
+    df = trace_frame(res, choice)
+    rows: list[dict[str, Any]] = []
+    if not df.empty:
+        active = df[df["active"]]
+        for (pos, _), g in active.groupby(["position", "stage_index"], sort=True):
+            best = g[g["p"] > 0].nlargest(top, "p")
+            first = g.iloc[0]
+            setting = first["setting"]
+            rows.append(
+                {
+                    "position": pos,
+                    "token": first["token"],
+                    "stage": first["stage"],
+                    "setting": "" if setting is None else str(setting),
+                    "kept": first["kept"],
+                    "removed_mass": first["removed_mass"],
+                    "entropy": first["entropy"],
+                    "top": " · ".join(
+                        f"{t!r} {p:.3f}" for t, p in zip(best["candidate"], best["p"], strict=True)
+                    ),
+                }
+            )
+    out = pd.DataFrame(
+        rows,
+        columns=[
+            "position",
+            "token",
+            "stage",
+            "setting",
+            "kept",
+            "removed_mass",
+            "entropy",
+            "top",
+        ],
+    )
+    out.attrs["notes"] = df.attrs["notes"]
+    return out

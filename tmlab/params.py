@@ -200,6 +200,33 @@ def _token_ids(v: Any) -> str | None:
     return "a non-empty list of token ids (ints ≥ 0)"
 
 
+def _sampler_trace(v: Any) -> str | None:
+    if v is True or v is False:
+        return None
+    if not isinstance(v, dict) or set(v) - {"top", "positions"}:
+        return "true or {'top': 1..100, 'positions': [0..255, ...]}"
+    top = v.get("top", 20)
+    if type(top) is not int or not 1 <= top <= 100:
+        return f"top={top!r} is not in 1..100"
+    positions = v.get("positions")
+    if positions is not None and (
+        not isinstance(positions, list)
+        or not all(type(p) is int and 0 <= p < 256 for p in positions)
+    ):
+        return "positions must be a list of generated positions in 0..255"
+    return None
+
+
+def _logprobs_for(v: Any) -> str | None:
+    if (
+        isinstance(v, list)
+        and 1 <= len(v) <= 50
+        and all((type(t) is int and t >= 0) or (isinstance(t, str) and t) for t in v)
+    ):
+        return None
+    return "a list of 1..50 token ids (ints ≥ 0) or single tokens' texts"
+
+
 # --- the table ----------------------------------------------------------------------------
 
 # One line per parameter, so that a new server parameter is one more line: a table is
@@ -257,6 +284,8 @@ _TABLE: tuple[Param, ...] = (
     Param("logprobs_mode", "enum", "dropdown", "Extension, not on the Tensormesh page (honoured per request by tmlab's embedded server; vLLM sets it server-wide with --logprobs-mode): what logprobs describe, raw_logprobs (the model's distribution before sampling) or processed_logprobs (the one the token was drawn from).", choices=("raw_logprobs", "processed_logprobs"), group="extensions"),
     Param("add_generation_prompt", "bool", "toggle", "Not on the Tensormesh page; vLLM and the embedded server: end the prompt with the assistant header (servers default to true).", group="extensions"),
     Param("continue_final_message", "bool", "toggle", "Not on the Tensormesh page; vLLM and the embedded server: continue the final assistant message instead of starting a new one.", group="extensions"),
+    Param("sampler_trace", "json", "json", "Not on the Tensormesh page; the embedded server only: for each generated position (the first 256), the distribution after each stage of the sampler chain (raw, logit_bias, penalties, grammar, top_k, typical_p, top_p, min_p, temperature) with its top candidates; true or {'top': N ≤ 100, 'positions': [...]}.", shape=_sampler_trace, shape_help="true or {'top': 1..100, 'positions': [0..255, ...]}", group="extensions"),
+    Param("logprobs_for", "json", "json", "Not on the Tensormesh page; the embedded server only: these tokens' raw and processed log-probability and rank at every generated position, in or out of the top 20 (token ids or single tokens' texts).", shape=_logprobs_for, shape_help="a list of 1..50 token ids or single tokens' texts", group="extensions"),
     Param("continue_token_ids", "json", "json", "Not on the Tensormesh page; the embedded server only: the final assistant message as token ids, used verbatim instead of re-tokenising its text (needs continue_final_message).", shape=_token_ids, shape_help="a non-empty list of token ids (ints ≥ 0)", group="extensions"),
 )
 # fmt: on

@@ -8,6 +8,7 @@ legacy ``{tokens, token_logprobs, top_logprobs}`` shape; reasoning from ``messag
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -160,41 +161,97 @@ def _token_id(item: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+_new = object.__new__
+_set = object.__setattr__
+_NAN = float("nan")
+
+
 def _parse_openai(content: list[dict[str, Any]]) -> list[TokenLogprob]:
-    out = []
+    # A long answer has hundreds of thousands of alternatives: the objects are made without
+    # the frozen dataclasses' per-field ``__init__`` (same fields, same values), and the
+    # common case (a float logprob, an int token_id or none) takes no function call.
+    out: list[TokenLogprob] = []
+    append = out.append
     for item in content:
-        top = tuple(
-            TopLogprob(t.get("token", ""), float(t["logprob"]), t.get("bytes"), _token_id(t))
-            for t in item.get("top_logprobs") or []
-            if t.get("logprob") is not None
-        )
-        value = item.get("logprob")
-        out.append(
-            TokenLogprob(
-                item.get("token", ""),
-                float(value) if value is not None else float("nan"),
-                item.get("bytes"),
-                _token_id(item),
-                top,
+        top: list[TopLogprob] = []
+        add = top.append
+        for t in item.get("top_logprobs") or ():
+            lp = t.get("logprob")
+            if type(lp) is not float:
+                if lp is None:
+                    continue
+                lp = float(lp)
+            tid = t.get("token_id")
+            if type(tid) is not int:
+                tid = _token_id(t)
+            alt = _new(TopLogprob)
+            _set(
+                alt,
+                "__dict__",
+                {
+                    "token": t.get("token", ""),
+                    "logprob": lp,
+                    "bytes": t.get("bytes"),
+                    "token_id": tid,
+                },
             )
+            add(alt)
+        value = item.get("logprob")
+        if type(value) is not float:
+            value = _NAN if value is None else float(value)
+        tid = item.get("token_id")
+        if type(tid) is not int:
+            tid = _token_id(item)
+        tok = _new(TokenLogprob)
+        _set(
+            tok,
+            "__dict__",
+            {
+                "token": item.get("token", ""),
+                "logprob": value,
+                "bytes": item.get("bytes"),
+                "token_id": tid,
+                "top": tuple(top),
+            },
         )
+        append(tok)
     return out
+
+
+def _has_logprobs(lp: Any) -> bool:
+    """Whether :func:`parse_logprobs` of ``lp`` is a list (not ``None``), without parsing."""
+    return isinstance(lp, dict) and (
+        isinstance(lp.get("content"), list) or isinstance(lp.get("tokens"), list)
+    )
 
 
 def parse_logprobs(lp: Any) -> list[TokenLogprob] | None:
     """Read a choice's ``logprobs`` in either shape; ``None`` when there are none."""
-    if not isinstance(lp, dict):
+    if not _has_logprobs(lp):
         return None
-    if isinstance(lp.get("content"), list):
-        return _parse_openai(lp["content"])
-    if isinstance(lp.get("tokens"), list):
+    # Making ~10⁵ objects triggers the cyclic garbage collector many times, and each pass
+    # walks every object alive, the raw response's millions included: it is paused for the
+    # parse (nothing made here is cyclic) and restored as it was.
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        if isinstance(lp.get("content"), list):
+            return _parse_openai(lp["content"])
         return _parse_legacy(lp)
-    return None
+    finally:
+        if paused:
+            gc.enable()
 
 
 @dataclass(frozen=True)
 class Choice:
-    """One choice of a response."""
+    """One choice of a response.
+
+    ``logprobs`` is read from ``raw`` the first time it is used (a long answer with many
+    alternatives has ~10⁵ of them; a result that never looks at them never pays for them);
+    the objects are then kept, so every later access returns the same list.
+    """
 
     index: int
     text: str
@@ -205,9 +262,26 @@ class Choice:
     token_ids: list[int] | None
     raw: dict[str, Any] = field(repr=False)
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for an attribute not set: ``logprobs`` of a choice read by from_raw,
+        # parsed now from the raw choice and kept.
+        if name == "logprobs" and "raw" in self.__dict__:
+            value = parse_logprobs(self.__dict__["raw"].get("logprobs"))
+            _set(self, "logprobs", value)
+            return value
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def has_logprobs(self) -> bool:
+        """Whether :attr:`logprobs` is a list (possibly empty) rather than ``None``, known
+        without reading them."""
+        if "logprobs" in self.__dict__:
+            return self.__dict__["logprobs"] is not None
+        return _has_logprobs(self.raw.get("logprobs"))
+
     @classmethod
     def from_raw(cls, choice: dict[str, Any]) -> Choice:
-        """Read one element of ``choices``."""
+        """Read one element of ``choices`` (its ``logprobs`` when first used)."""
         msg = choice.get("message") or {}
         content = msg.get("content")
         if isinstance(content, list):  # content parts
@@ -220,16 +294,18 @@ class Choice:
         if inline is not None:
             reasoning = inline if reasoning is None else reasoning + inline
             content = answer
-        return cls(
-            index=int(choice.get("index", 0) or 0),
-            text=content,
-            reasoning=reasoning,
-            tool_calls=list(msg.get("tool_calls") or []),
-            finish_reason=choice.get("finish_reason"),
-            logprobs=parse_logprobs(choice.get("logprobs")),
-            token_ids=choice.get("token_ids"),
-            raw=choice,
-        )
+        self = _new(cls)
+        for name, value in (
+            ("index", int(choice.get("index", 0) or 0)),
+            ("text", content),
+            ("reasoning", reasoning),
+            ("tool_calls", list(msg.get("tool_calls") or [])),
+            ("finish_reason", choice.get("finish_reason")),
+            ("token_ids", choice.get("token_ids")),
+            ("raw", choice),
+        ):
+            _set(self, name, value)
+        return self
 
 
 @dataclass(frozen=True)
@@ -319,7 +395,7 @@ class ChatResult:
             bool(self.request.get("logprobs"))
             and self.complete
             and bool(self.choices)
-            and all(c.logprobs is None for c in self.choices)
+            and not any(c.has_logprobs for c in self.choices)
         )
 
     @property
@@ -448,6 +524,19 @@ class ChatResult:
         from tmlab.frames import usage_frame
 
         return usage_frame(self, prices=prices)
+
+    def trace_frame(self, choice: int | None = None) -> pd.DataFrame:
+        """Same as :func:`tmlab.trace_frame`: the sampler's stages, one row per (position,
+        stage, candidate)."""
+        from tmlab.frames import trace_frame
+
+        return trace_frame(self, choice)
+
+    def logprobs_for_frame(self) -> pd.DataFrame:
+        """Same as :func:`tmlab.logprobs_for_frame`: given tokens at every position."""
+        from tmlab.frames import logprobs_for_frame
+
+        return logprobs_for_frame(self)
 
     def tokens_html(self, choice: int = 0) -> str:
         """The token heatmap: same as :func:`tmlab.display.tokens_html` (displays in Jupyter)."""

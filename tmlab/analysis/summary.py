@@ -37,8 +37,11 @@ SUMMARY_NOTES = (
     "answer distribution it is low for small n. top_share: the most frequent answer's count / "
     "n. mean_latency_s and the mean token counts: over the answered requests. mean_entropy: "
     "the mean of the per-request token entropies (nats, over the returned alternatives: a "
-    "lower bound). cost_usd: the answered requests at the given prices (USD per million "
-    "tokens; cached input tokens at cached_input, default 0)."
+    "lower bound). cache_hit_rate: the cell's cached prompt tokens / its prompt tokens, over "
+    "the answered requests whose server reported cached tokens (<NA>: none did). cost_usd: "
+    "the answered requests at the given prices (USD per million tokens; cached input tokens "
+    "at cached_input, default 0); saved_usd: cached tokens x (input - cached_input), what the "
+    "cache saved."
 )
 
 
@@ -69,12 +72,13 @@ def _session_prices() -> Mapping[str, Any] | None:
     return prices if isinstance(prices, Mapping) else None
 
 
-def _cost(ok: pd.DataFrame, prices: Mapping[str, Any]) -> float | None:
+def _cost(ok: pd.DataFrame, prices: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(cost_usd, saved_usd) of the answered requests; (None, None) when one is unknown."""
     import pandas as pd
 
-    from tmlab.frames import price_of
+    from tmlab.frames import price_of, request_cost
 
-    total = 0.0
+    total = saved = 0.0
     for model, p, c, out in zip(
         ok["model"] if "model" in ok else [None] * len(ok),
         ok["prompt_tokens"],
@@ -84,14 +88,22 @@ def _cost(ok: pd.DataFrame, prices: Mapping[str, Any]) -> float | None:
     ):
         price = price_of(prices, model)
         if price is None or pd.isna(p) or pd.isna(out):
-            return None  # unknown: better no number than a low one
-        cached = 0 if pd.isna(c) else int(c)
-        total += (
-            (int(p) - cached) * float(price.get("input", 0.0))
-            + cached * float(price.get("cached_input", 0.0))
-            + int(out) * float(price.get("output", 0.0))
-        )
-    return total / 1e6
+            return None, None  # unknown: better no number than a low one
+        cost, save = request_cost(price, int(p), None if pd.isna(c) else int(c), int(out))
+        total += cost
+        saved += save
+    return total, saved
+
+
+def _hit_rate(ok: pd.DataFrame) -> float | None:
+    """Σ cached / Σ prompt tokens over the requests whose server reported both."""
+    import pandas as pd
+
+    if "cached_tokens" not in ok or "prompt_tokens" not in ok:
+        return None
+    known = ok["cached_tokens"].notna().to_numpy() & ok["prompt_tokens"].notna().to_numpy()
+    prompt = pd.to_numeric(ok["prompt_tokens"][known]).sum()
+    return float(pd.to_numeric(ok["cached_tokens"][known]).sum() / prompt) if prompt else None
 
 
 def _mean(series: Any) -> float:
@@ -107,8 +119,9 @@ def summarize(df: pd.DataFrame, prices: Mapping[str, Any] | None = None) -> pd.D
     Grouped by the grid's parameter columns and ``model``. Columns: ``n, errors,
     distinct_answers, answer_entropy_bits, top_answer, top_share, answers`` (a dict answer ->
     count, most frequent first), ``mean_latency_s, mean_prompt_tokens,
-    mean_completion_tokens``, ``mean_entropy`` (when the sweep asked for logprobs) and
-    ``cost_usd`` when prices are known (``prices``, else ``%tmconfig prices=``; USD per
+    mean_completion_tokens``, ``mean_entropy`` (when the sweep asked for logprobs),
+    ``cache_hit_rate`` (Σ cached ÷ Σ prompt tokens) and ``cost_usd``, ``saved_usd`` (what
+    cached tokens saved) when prices are known (``prices``, else ``%tmconfig prices=``; USD per
     million tokens, as in :func:`tmlab.usage_frame`). See ``attrs["notes"]``.
     """
     import numpy as np
@@ -151,14 +164,17 @@ def summarize(df: pd.DataFrame, prices: Mapping[str, Any] | None = None) -> pd.D
         )
         if has_entropy:
             record["mean_entropy"] = _mean(ok["mean_entropy"])
+        record["cache_hit_rate"] = _hit_rate(ok)
         if prices:
-            record["cost_usd"] = _cost(ok, prices) if "prompt_tokens" in ok else None
+            cost, saved = _cost(ok, prices) if "prompt_tokens" in ok else (None, None)
+            record.update(cost_usd=cost, saved_usd=saved)
         records.append(record)
     out = pd.DataFrame.from_records(records)
     if not records:
         out = pd.DataFrame(columns=[*keys, "n", "errors", "distinct_answers"])
-    if "cost_usd" in out.columns:
-        out["cost_usd"] = pd.array(out["cost_usd"].tolist(), dtype="Float64")
+    for col in ("cache_hit_rate", "cost_usd", "saved_usd"):
+        if col in out.columns:
+            out[col] = pd.array(out[col].tolist(), dtype="Float64")
     out.attrs["notes"] = SUMMARY_NOTES
     out.attrs["keys"] = keys
     return out
@@ -226,10 +242,50 @@ def plot_sweep(
             ax.scatter(
                 values[x].tolist(), values[y].tolist(), s=10, alpha=0.3, color=line.get_color()
             )
+    from matplotlib.ticker import MaxNLocator
+
     ax.set_xlabel(x)
     one_per_point = len(frame) == len(frame.drop_duplicates(subset=[x, *lines]))
     ax.set_ylabel(y if one_per_point else f"{y} (mean)")
-    ax.set_title(f"{y} vs {x}")
+    for axis, column in ((ax.xaxis, x), (ax.yaxis, y)):
+        if _counts(frame[column]):  # counts: no tick at 2.5 answers
+            axis.set_major_locator(MaxNLocator(integer=True))
+    per = "" if one_per_point else "\n(line: mean per point; dots: each answer)"
+    ax.set_title(f"{_axis_label(y)} vs {_axis_label(x)}{per}", fontsize=10)  # with units
     if lines:
         ax.legend(title=", ".join(lines) if hue else None, fontsize="small")
     return ax
+
+
+_UNITS = {
+    "distinct_answers": "count",
+    "n": "count",
+    "errors": "count",
+    "answer_entropy_bits": "bits",
+    "top_share": "share of answers, 0\u20131",
+    "latency_s": "seconds",
+    "mean_latency_s": "seconds",
+    "mean_prompt_tokens": "tokens",
+    "mean_completion_tokens": "tokens",
+    "prompt_tokens": "tokens",
+    "completion_tokens": "tokens",
+    "mean_entropy": "nats",
+    "cache_hit_rate": "share, 0\u20131",
+    "cost_usd": "USD",
+    "saved_usd": "USD",
+    "max_tokens": "tokens",
+}
+
+
+def _axis_label(column: str) -> str:
+    """A column name with its unit: ``latency_s (seconds)``, ``distinct_answers (count)``."""
+    unit = _UNITS.get(column)
+    return f"{column} ({unit})" if unit else column
+
+
+def _counts(values: pd.Series) -> bool:
+    """Whether a column holds whole numbers only (counts, top_k …): integer ticks."""
+    import pandas as pd
+
+    numbers = pd.to_numeric(values, errors="coerce").dropna()
+    return bool(len(numbers)) and bool((numbers == numbers.round()).all())

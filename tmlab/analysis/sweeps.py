@@ -65,6 +65,7 @@ SWEEP_COLUMNS = [
     "finish_reason",
     "prompt_tokens",
     "cached_tokens",
+    "cache_hit_rate",
     "completion_tokens",
     "total_tokens",
     "latency_s",
@@ -84,7 +85,9 @@ SWEEP_NOTES = (
     "are those of the first choice. mean_entropy: the mean over the answer's tokens of the "
     "entropy (nats) over the returned top_logprobs alternatives only - a lower bound of the "
     "full distribution's entropy; NaN when no alternatives were returned. error: None, or the "
-    "error's class and message. history_id: the request's row in tmlab.history()."
+    "error's class and message. history_id: the request's row in tmlab.history(). "
+    "cache_hit_rate: cached_tokens / prompt_tokens, as the server reported them (<NA> when it "
+    "did not report cached tokens)."
 )
 
 
@@ -264,12 +267,15 @@ def _row(
     row.update(model=model, repeat=job.repeat, error=error, history_id=hid)
     if res is None:
         return row
+    from tmlab.frames import cache_hit_rate
+
     u, t = res.usage, res.timing
     row.update(
         text=res.text,
         finish_reason=res.finish_reason,
         prompt_tokens=u.prompt_tokens,
         cached_tokens=u.cached_tokens,
+        cache_hit_rate=cache_hit_rate(u.prompt_tokens, u.cached_tokens),
         completion_tokens=u.completion_tokens,
         total_tokens=u.total_tokens,
         latency_s=t.latency_s,
@@ -364,6 +370,9 @@ def _frame(
         )
     for col in ("latency_s", "ttft_s", "mean_entropy"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    df["cache_hit_rate"] = pd.array(
+        [None if v is None or v != v else float(v) for v in df["cache_hit_rate"]], dtype="Float64"
+    )
     df["repeat"] = df["repeat"].astype(np.int64)
     df["error"] = df["error"].astype(object).where(df["error"].notna(), None)
     notes = SWEEP_NOTES

@@ -307,6 +307,7 @@ def start(
     parallel: int = 1,
     minimal: bool = False,
     kv_unified: bool = False,
+    prompt_cache: bool = False,
 ) -> LocalServer:
     """Start a local server in a subprocess and wait until ``/health`` answers.
 
@@ -320,7 +321,9 @@ def start(
     ``minimal`` serves as a server without the optional capabilities (no logprobs, echo or
     continuation; ``n`` = 1), for trying what a notebook does elsewhere; ``kv_unified`` shares
     one KV cache among the slots (llama.cpp's ``--kv-unified``: answers then depend on the
-    batch, and the server says so). Raises
+    batch, and the server says so); ``prompt_cache`` reuses the KV cache of a prompt's longest
+    common prefix with an earlier one (``--prompt-cache``: ``cached_tokens`` in usage; whether
+    it changes the numbers is measured at start, ``/v1/models`` says). Raises
     :class:`~tmlab.LocalServerError` (with the server's last stderr lines) if it exits or is
     not healthy within ``timeout`` seconds; an interrupt (Ctrl-C) while waiting stops the child
     before it propagates. Unless ``quiet``, shows one line of progress (stdout, or a display in
@@ -343,6 +346,8 @@ def start(
         extra += ["--minimal"]
     if kv_unified:
         extra += ["--kv-unified"]
+    if prompt_cache:
+        extra += ["--prompt-cache"]
     return _start(
         host, port, model_path, api_key, timeout, n_ctx, None, None if quiet else 1.0, extra
     )

@@ -55,7 +55,7 @@ __all__ = [
     "tree_rows",
 ]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """Stored in ``PRAGMA user_version``; later columns are added by migration, never by
 starting a new file."""
 
@@ -83,6 +83,7 @@ COLUMNS: Final = (
     "branch_position",
     "branch_token",
     "prefix_logprob",
+    "cached_tokens",
 )
 
 SOURCES: Final = ("client", "magic", "explorer", "sweep", "probe")
@@ -137,7 +138,12 @@ CREATE INDEX IF NOT EXISTS requests_parent ON requests(parent_id);
 _ANSWERS: Final = """
 ALTER TABLE requests ADD COLUMN answer BLOB;
 """
-MIGRATIONS: Final[tuple[str, ...]] = (_CREATE, _BRANCHES, _ANSWERS)
+# Version 4: the prompt tokens the server reused from its cache (usage.prompt_tokens_details.
+# cached_tokens); NULL where the server did not say, and in rows recorded before version 4.
+_CACHED: Final = """
+ALTER TABLE requests ADD COLUMN cached_tokens INTEGER;
+"""
+MIGRATIONS: Final[tuple[str, ...]] = (_CREATE, _BRANCHES, _ANSWERS, _CACHED)
 
 _source: contextvars.ContextVar[str] = contextvars.ContextVar("tmlab_source", default="client")
 _branch: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -331,6 +337,7 @@ def record(
             finish_reason=result.finish_reason,
             complete=int(result.complete and error is None),
             prompt_tokens=usage.prompt_tokens,
+            cached_tokens=usage.cached_tokens,
             completion_tokens=usage.completion_tokens,
             total_tokens=usage.total_tokens,
             latency_s=timing.latency_s if timing.latency_s is not None else latency_s,

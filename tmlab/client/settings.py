@@ -233,9 +233,10 @@ class Session:
 
     def update(self, **changes: Any) -> None:
         """Change some settings: ``base_url``, ``model``, ``key_env``, ``local``, ``history``
-        (``"off"`` or a path), ``prices`` (``{"input": USD, "output": USD}`` per million
-        tokens), ``parallel`` (the slots of the embedded server this session starts: requests
-        decoded together; 1, the default, is exact), ``max_tokens`` (the front ends' default
+        (``"off"`` or a path), ``prices`` (``{"input": USD, "output": USD, "cached_input":
+        USD}`` per million tokens; cached input 0 when not given), ``parallel`` (the slots
+        of the embedded server this session starts: requests decoded together; 1, the
+        default, is exact), ``max_tokens`` (the front ends' default
         length limit: an int ≥ 1, or ``"off"``/``"none"`` for none). ``None`` clears one. Raises
         :class:`~tmlab.ParameterError` before changing anything if a name or value is wrong.
         """

@@ -4,6 +4,7 @@
 
     tmlab demo                          # the packaged explorer-app.ipynb on http://127.0.0.1:8866/
     tmlab demo lesson.ipynb --host 0.0.0.0 --port 8866     # a notebook of one's own, for a room
+    tmlab demo --projector              # large type, each lesson's controls only
 
 Voilà runs the notebook in a fresh kernel for every page that is opened and shows its
 Markdown and widgets, never its code; a browser can only talk to the widgets (Voilà refuses
@@ -15,6 +16,10 @@ Otherwise ``tmlab demo`` starts one embedded local model server before serving a
 every page's kernel at it (``TENSORMESH_SERVERLESS_BASE_URL`` in their environment): a page
 would otherwise start a model of its own (about 400 MB each), so a room of 30 browsers would
 start 30. The server is stopped with the app.
+
+Projector mode (``--projector``) sets :data:`ENV_PROJECTOR` to ``1`` in the pages' kernels;
+the packaged app then builds ``Explorer(large=True)``: larger type and token view, and only
+the controls the chosen lesson is about, legible from the back of a room.
 
 The default notebook ships inside the package (``tmlab/apps/explorer-app.ipynb``, see
 :func:`app_notebook`), so ``tmlab demo`` works from any install of ``tmlab[demo]``; the
@@ -39,13 +44,24 @@ from tmlab.errors import LocalServerError, ParameterError
 if TYPE_CHECKING:
     from tmlab.client.local import LocalServer
 
-__all__ = ["APP_NOTEBOOK", "DEFAULT_PORT", "app_notebook", "build_parser", "demo", "voila_argv"]
+__all__ = [
+    "APP_NOTEBOOK",
+    "DEFAULT_PORT",
+    "ENV_PROJECTOR",
+    "app_notebook",
+    "build_parser",
+    "demo",
+    "voila_argv",
+]
 
 APP_NOTEBOOK = "explorer-app.ipynb"
 """The file name of the packaged app notebook (in ``tmlab/apps/``)."""
 
 DEFAULT_PORT = 8866
 """Voilà's own default port."""
+
+ENV_PROJECTOR = "TMLAB_PROJECTOR"
+"""Set to ``1`` by ``tmlab demo --projector`` for the pages' kernels (the app reads it)."""
 
 _INSTALL_HINT = "install it with: pip install 'tmlab[demo]' (or make lab / make test)"
 
@@ -83,6 +99,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     p.add_argument(
         "--no-browser", action="store_true", help="do not open the app in a browser here"
+    )
+    p.add_argument(
+        "--projector",
+        action="store_true",
+        help="projector mode: large type and token view, only each lesson's own controls",
     )
     p.add_argument(
         "--show-tracebacks",
@@ -178,6 +199,9 @@ def demo(args: argparse.Namespace) -> int:
     except ParameterError as exc:
         print(f"tmlab demo: error: --base-url: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "projector", False):
+        os.environ[ENV_PROJECTOR] = "1"  # the kernels Voilà starts inherit it
+        _say("projector mode: large type, each lesson's own controls")
     try:
         server = _model_server(base_url)
     except LocalServerError as exc:

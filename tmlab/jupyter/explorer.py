@@ -24,13 +24,15 @@ Stable names for code and tests: ``controls[name]`` (a :class:`ParamControl` per
 ``model_widget``, ``tabs``, ``answer``, ``heatmap``, ``error`` (the error line),
 ``call_line``, ``whatif``, ``token_view`` (the clickable Tokens tab), ``branches`` (the
 Branches tab); ``params()``, ``sent_params()``, ``run()``, ``stop()``, ``wait()``, ``pin()``,
-``branch()``, ``show_run()``, ``runs_frame()``, ``close()``; ``result`` (the last ChatResult).
+``branch()``, ``show_run()``, ``runs_frame()``, ``show_controls()``, ``close()``; ``result``
+(the last ChatResult).
 CSS classes for browser tests (the token view's own are in ``tokenview.js``: ``tmlab-tv-tok``,
 ``tmlab-tv-alt``):
 ``tmlab-explorer``, ``tmlab-send``, ``tmlab-stop``, ``tmlab-pin``, ``tmlab-auto``,
 ``tmlab-prompt``, ``tmlab-model``, ``tmlab-answer``, ``tmlab-heatmap``, ``tmlab-error``,
 ``tmlab-control-<name>``, ``tmlab-reset``, ``tmlab-whatif``, ``tmlab-pins``,
-``tmlab-tokenview``, ``tmlab-branches``.
+``tmlab-tokenview``, ``tmlab-branches``; the layout's (:mod:`tmlab.jupyter.layout`):
+``tmlab-bar``, ``tmlab-left``, ``tmlab-right``, ``tmlab-large``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import json
 import threading
 import time
 import warnings
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -61,7 +64,8 @@ from tmlab.jupyter.controls import (
 from tmlab.jupyter.explain import error_line
 from tmlab.jupyter.explorer_branches import BranchesView, BranchRunner
 from tmlab.jupyter.job import ExplorerRequest, StoppedByUser, deadline, partial_result, send
-from tmlab.jupyter.live import Debounce, Throttle
+from tmlab.jupyter.layout import LESSON_CONTROLS, answer_html, arrange, show_only
+from tmlab.jupyter.live import Debounce, Throttle, cost_line
 from tmlab.jupyter.load import LoadLine
 from tmlab.jupyter.pins import Pin, pins_frame, pins_html
 from tmlab.jupyter.tokenview import TokenView
@@ -81,21 +85,17 @@ CHANGE_LIMIT = "set max_tokens here, or `%tmconfig max_tokens=N|off`, to change"
 AUTO_SEND_DELAY = 0.4
 """Seconds of quiet after the last change before auto-send sends (a burst is one request)."""
 
-_CSS = """<style>
-.tmlab-explorer .tmlab-unset { opacity: 0.5; }
-.tmlab-explorer .tmlab-unset:hover { opacity: 0.85; }
-.tmlab-explorer .tmlab-invalid textarea, .tmlab-explorer .tmlab-invalid input {
-  outline: 2px solid #c62828; }
-.tmlab-explorer .tmlab-call pre { white-space: pre-wrap; word-break: break-all; margin: 0; }
-</style>"""
-
 
 class Explorer(widgets.VBox):
     """An ipywidgets panel to explore sampling parameters on one prompt.
 
     ``client`` defaults to ``tmlab.Client()`` (the session's settings; with no API key the
     embedded local model). ``initial_params`` set some controls (they count as touched);
-    ``model`` picks the model. Displaying the Explorer shows the panel.
+    ``model`` picks the model. Displaying the Explorer shows the panel: the answer beside
+    the controls where the panel is wide, stacked below them where it is narrow
+    (:mod:`tmlab.jupyter.layout`). ``large=True`` is projector mode: larger type and token
+    view, and only the controls named in ``show`` (default: the parameters given that have a
+    control, else temperature, top_k, top_p and seed); ``show`` alone hides the others.
     """
 
     def __init__(
@@ -105,6 +105,8 @@ class Explorer(widgets.VBox):
         system: str = "",
         *,
         model: str | None = None,
+        large: bool = False,
+        show: Iterable[str] | None = None,
         **initial_params: Any,
     ) -> None:
         validate_params(initial_params)  # an unknown name or a bad value: fail here, clearly
@@ -238,28 +240,29 @@ class Explorer(widgets.VBox):
         for c in self.controls.values():
             c.observe(self._on_control, names="revision")
 
-        header = widgets.HBox(
-            [self._model_box, self.send_button, self.stop_button, self.pin_button, self.auto_send],
-            layout=widgets.Layout(flex_flow="row wrap", align_items="center"),
-        )
+        bar = [self._model_box, self.send_button, self.stop_button, self.pin_button]
         super().__init__(
-            [
-                widgets.HTML(_CSS),
-                header,
-                self.system,
-                self.prompt,
-                main_controls,
-                advanced,
-                self.call_line,
-                self.status,
-                self.load.widget,
-                self.error,
-                self.reasoning_pane,
-                self.tabs,
-                self.pins_view,
-                self.clear_pins_button,
-            ]
+            arrange(
+                [*bar, self.auto_send],
+                [self.system, self.prompt, main_controls, advanced, self.call_line],
+                [
+                    self.status,
+                    self.load.widget,
+                    self.error,
+                    self.reasoning_pane,
+                    self.tabs,
+                    self.pins_view,
+                    self.clear_pins_button,
+                ],
+            )
         )
+        self.large = large
+        """Projector mode: larger type, fewer controls (the lesson's own)."""
+        if large:
+            self.add_class("tmlab-large")
+            given = [n for n in initial_params if n in self.controls]
+            show = show if show is not None else given or LESSON_CONTROLS
+        self.show_controls(show)
         self.add_class("tmlab-explorer")
         self._refresh_call()
         self._models_thread.start()
@@ -271,6 +274,11 @@ class Explorer(widgets.VBox):
         except ParameterError as exc:
             shown = f"invalid: {exc}"
         return f"<tmlab.Explorer ({shown or 'no parameter set'}): display it to see the panel>"
+
+    def show_controls(self, names: Iterable[str] | None) -> list[str]:
+        """Show only the controls named (``None``: all), e.g. a lesson's; hidden ones keep
+        their values and are still sent when set. Returns the names shown."""
+        return show_only(self.controls, names)
 
     # -- what is sent -----------------------------------------------------------------------
 
@@ -504,7 +512,7 @@ class Explorer(widgets.VBox):
     # -- views of a result ----------------------------------------------------------------
 
     def _render(self, res: ChatResult) -> None:
-        self.answer.value = _answer_html(res)
+        self.answer.value = answer_html(res)
         if res.reasoning:
             self.reasoning.value = (
                 f'<div style="white-space: pre-wrap; opacity: 0.8">{html.escape(res.reasoning)}'
@@ -527,9 +535,10 @@ class Explorer(widgets.VBox):
         self.token_view.show(res if has_logprobs or res.parent is not None else None)
         self.branches.add(res)
         prices = _session_prices()
-        self.usage.value = f"<div>{html.escape(_display.usage_line(res))}</div>" + res.usage_frame(
-            prices=prices
-        ).to_html(index=False, na_rep="—")
+        lines = [_display.usage_line(res), cost_line(res, prices) or ""]  # cost, money saved
+        self.usage.value = "".join(f"<div>{html.escape(x)}</div>" for x in lines if x) + (
+            res.usage_frame(prices=prices).to_html(index=False, na_rep="—")
+        )
         self.raw.value = (
             "<details><summary>request (as sent, no key)</summary>"
             f"<pre>{html.escape(json.dumps(res.request, indent=1, ensure_ascii=False))}</pre>"
@@ -644,28 +653,3 @@ def _session_prices() -> dict[str, Any] | None:
 
     prices = getattr(session, "prices", None)
     return prices if isinstance(prices, dict) else None
-
-
-def _answer_html(res: ChatResult) -> str:
-    out = []
-    many = len(res.choices) > 1
-    prefix = res.full_text[: len(res.full_text) - len(res.text)]
-    if prefix:  # a branch or a prefill: what it continued, dimmed
-        prefix = f'<span style="opacity: 0.6">{html.escape(prefix)}</span>'
-    for choice in res.choices or []:
-        label = f"<b>[{choice.index}]</b> " if many else ""
-        before = prefix if choice.index == 0 else ""
-        out.append(
-            f'<div style="white-space: pre-wrap">{label}{before}{html.escape(choice.text)}</div>'
-        )
-    for call in res.tool_calls:
-        fn = call.get("function") or {}
-        signature = f"{fn.get('name')}({fn.get('arguments', '')})"
-        out.append(f"<pre>{html.escape(signature)}</pre>")
-    if not res.complete:
-        out.append('<div style="color: #b26a00"><i>partial answer (stopped or broke off)</i></div>')
-    out.append(
-        '<div style="font-size: smaller; opacity: 0.7">'
-        f"{html.escape(_display.usage_line(res))}</div>"
-    )
-    return "".join(out)

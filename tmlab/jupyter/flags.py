@@ -40,7 +40,7 @@ __all__ = [
     "parse_flags",
 ]
 
-SHOW_CHOICES = ("answer", "reasoning", "logprobs", "usage", "raw")
+SHOW_CHOICES = ("answer", "reasoning", "logprobs", "trace", "usage", "raw")
 DEFAULT_SHOW = frozenset({"answer", "reasoning", "usage"})
 
 # Table parameters the magic sets through its own flags instead (``--logprobs [N]`` sets
@@ -131,6 +131,14 @@ OWN_FLAGS: tuple[Own, ...] = (
         "off",
     ),
     Own(("--debug",), None, "switch", "show the full traceback on error", "off"),
+    Own(
+        ("--trace",),
+        "[POSITIONS]",
+        "positions like 0-4,9 (each in 0..255)",
+        "show the sampler's stages under the answer: the distribution after each stage of "
+        "the chain, at every position or at these (sets sampler_trace; tmlab's embedded server)",
+        "off",
+    ),
     Own(
         ("--repeat",),
         "N",
@@ -316,6 +324,7 @@ def _parser() -> LineParser:
     own.add_argument("--continue", dest="_continue", action="store_true")
     own.add_argument("--new", dest="_new", action="store_true")
     own.add_argument("--debug", dest="_debug", action="store_true")
+    own.add_argument("--trace", dest="_trace", nargs="?", const=True, type=_positions)
     own.add_argument("--repeat", dest="_repeat", type=_repeat)
     own.add_argument("--prefill", dest="_prefill")
     own.add_argument("--branch", dest="_branch", type=_branch)
@@ -330,6 +339,26 @@ def _top_n(text: str) -> int:
     if not 0 <= n <= 20:
         raise argparse.ArgumentTypeError(f"{n} is out of range (N in 0..20)")
     return n
+
+
+def _positions(text: str) -> list[int]:
+    """``0-4,9`` → [0, 1, 2, 3, 4, 9] (generated positions to trace, each in 0..255)."""
+    out: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        try:
+            a = int(low)
+            b = int(high) if high else a
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a list of positions like 0-4,9"
+            ) from None
+        if not 0 <= a <= b < 256:
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r}: positions are in 0..255 (the first 256 generated tokens)"
+            )
+        out.extend(range(a, b + 1))
+    return sorted(set(out))
 
 
 def _show(text: str) -> frozenset[str]:
@@ -413,6 +442,7 @@ def parse_flags(line: str) -> Flags:
     flags.branch = ns.pop("_branch")
     _check_continuation(flags, ns)
     top = ns.pop("_logprobs")
+    trace = ns.pop("_trace")
     as_json = ns.pop("_json")
     show = ns.pop("_show")
     params: dict[str, Any] = {}
@@ -426,6 +456,10 @@ def parse_flags(line: str) -> Flags:
         params["logprobs"] = True
         if top is not True:
             params["top_logprobs"] = top
+    if trace is not None:
+        if "sampler_trace" in params:
+            raise FlagError("--trace and --sampler-trace exclude each other")
+        params["sampler_trace"] = True if trace is True else {"positions": trace}
     if as_json:
         if "response_format" in params:
             raise FlagError("--json and --response-format exclude each other")
@@ -435,8 +469,11 @@ def parse_flags(line: str) -> Flags:
     flags.grid = grid
     if show is not None:
         flags.show = show
-    elif params.get("logprobs"):
-        flags.show = DEFAULT_SHOW | {"logprobs"}
+    else:
+        if params.get("logprobs"):
+            flags.show = flags.show | {"logprobs"}
+        if trace is not None:
+            flags.show = flags.show | {"trace"}
     return flags
 
 

@@ -223,15 +223,20 @@ class LiveAnswer:
 
 
 def cost_line(res: ChatResult, prices: Mapping[str, Any] | None) -> str | None:
-    """``cost $X (…)`` from the usage and the prices (USD per million tokens), or None."""
+    """``cost $X[, saved $Y by N cached tokens] (…)`` from the usage and the prices (USD per
+    million tokens), or None."""
     if not prices:
         return None
     from tmlab.frames import usage_frame
 
-    cost = usage_frame(res, prices=prices)["cost_usd"].iloc[0]
+    row = usage_frame(res, prices=prices).iloc[0]
+    cost, saved = row["cost_usd"], row["saved_usd"]
     if cost is None or cost != cost or str(cost) == "<NA>":
         return None
-    return f"cost ${float(cost):.6f} (at the given prices per 1M tokens: {_prices(prices, res)})"
+    line = f"cost ${float(cost):.6f}"
+    if res.usage.cached_tokens:
+        line += f", saved ${float(saved):.6f} by {res.usage.cached_tokens:,} cached tokens"
+    return line + f" (at the given prices per 1M tokens: {_prices(prices, res)})"
 
 
 def _prices(prices: Mapping[str, Any], res: ChatResult) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import html
 import os
 import re
 import shlex
@@ -32,7 +33,7 @@ from tmlab.jupyter.explain import error_line
 from tmlab.jupyter.flags import FlagError, Flags, LineParser, help_text, parse_flags
 from tmlab.jupyter.live import LiveAnswer, MarkdownView, result_view
 from tmlab.jupyter.magic_branches import continued_note, send
-from tmlab.jupyter.template import interpolate
+from tmlab.jupyter.template import interpolate, unnamed_notice
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,7 +74,7 @@ class _ShownOnce:
     execution (the value of a cell that ran the magic from code), it displays normally.
     """
 
-    def __init__(self, res: ChatResult, execution_count: int) -> None:
+    def __init__(self, res: ChatResult | pd.DataFrame, execution_count: int) -> None:
         self.res = res
         self.execution_count = execution_count
 
@@ -162,6 +163,9 @@ class TmChat(Magics):
                 "use %%tmchat with the message in the cell below"
             )
         prompt = interpolate(cell, self._namespace()).strip()
+        notice = unnamed_notice(cell, self._namespace())
+        if notice:  # {audience} with no audience: sent as written, and said so in one line
+            display(MarkdownView(f"<small><i>{html.escape(notice)}</i></small>", notice))
         if not prompt:
             raise TmchatError("%%tmchat: the cell is empty; write the message below %%tmchat")
         if flags.new:
@@ -214,6 +218,8 @@ class TmChat(Magics):
         live.finish(result_view(res, flags.show, prices=session.prices, note=continued_note(res)))
         if "logprobs" in flags.show:
             self._show_logprobs(res)
+        if "trace" in flags.show:
+            self._show_trace(res)
         return res
 
     def _interrupted(self, exc: KeyboardInterrupt, flags: Flags, live: LiveAnswer) -> NoReturn:
@@ -250,6 +256,16 @@ class TmChat(Magics):
         else:
             display(MarkdownView("*no logprobs in the answer*", "no logprobs in the answer"))
 
+    def _show_trace(self, res: ChatResult) -> None:
+        from tmlab.frames import stage_summary
+
+        df = stage_summary(res)
+        if len(df):
+            display(df)
+        else:
+            note = df.attrs["notes"]
+            display(MarkdownView(f"*{note}*", note))
+
     def _sweep(self, flags: Flags, prompt: str) -> pd.DataFrame:
         """Comma lists / --repeat: a small sweep; shows its summary, returns its rows."""
         from tmlab.analysis.summary import summarize
@@ -271,9 +287,18 @@ class TmChat(Magics):
             if flags.debug:
                 raise
             raise TmchatError(error_line(exc)) from None
-        display(summarize(df))
-        if flags.out:
+        from tmlab.display import collapsed_html, style_frame
+
+        display(style_frame(summarize(df), more="tmlab.summarize(df) is the whole summary"))
+        if flags.out:  # the rows go to --out; the screen keeps the summary
             self._namespace()[flags.out] = df
+            rows = f"{len(df)} rows (one per answer) are in `{flags.out}`, a DataFrame"
+            display(MarkdownView(f"<small>{rows}</small>", rows))
+        else:  # the rows, collapsed: a click away, not a page of scrolling
+            display(collapsed_html(df, "add --out NAME to keep them as a DataFrame"))
+        shell = self.shell
+        if shell is not None:  # the cell's value (_ , Out[n]) is the frame, not shown again
+            df._ipython_display_ = _ShownOnce(df, shell.execution_count)  # type: ignore[attr-defined]
         return df
 
     # -- %tmconfig ------------------------------------------------------------------------
@@ -281,7 +306,7 @@ class TmChat(Magics):
     @line_magic
     def tmconfig(self, line: str) -> Any:
         """%tmconfig [model=NAME] [base_url=URL] [key=env:VAR | key] [local] [history=off|PATH]
-        [prices=IN,OUT] [parallel=N] [max_tokens=N|off]
+        [prices=IN,OUT[,CACHED]] [parallel=N] [max_tokens=N|off]
 
         Without arguments: the settings in force (the key only as "set (from VAR)" or "not
         set"). With arguments: change them for this session; tmlab.Client(), the widget and
@@ -333,8 +358,8 @@ class TmChat(Magics):
             else:
                 raise TmchatError(
                     f"%tmconfig: unknown setting {name!r}; use model=NAME, base_url=URL, "
-                    "key=env:VAR, key, local, history=off|PATH, prices=IN,OUT, parallel=N, "
-                    "max_tokens=N|off, reset"
+                    "key=env:VAR, key, local, history=off|PATH, prices=IN,OUT[,CACHED], "
+                    "parallel=N, max_tokens=N|off, reset"
                 )
         except TmchatError:
             raise

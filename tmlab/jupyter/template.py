@@ -9,6 +9,10 @@ two differences that keep bodies full of JSON or code intact:
 - a body whose braces name no variable at all is sent unchanged, ``{{``/``}}`` included:
   ``{"a": {"b": 1}}`` stays valid JSON. As soon as one field names a variable (also an
   escaped ``{{name}}``), the str.format rules apply to the whole body.
+
+A body that is sent with a ``{word}`` left as written because no variable has that name (a
+prompt template whose variable was not defined: ``Explain tokens to a {audience}.``) gets a
+one-line notice from :func:`unnamed_fields`; a body that reads as JSON or code gets none.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["interpolate"]
+__all__ = ["interpolate", "unnamed_fields", "unnamed_notice"]
 
 # name, then .attr / [key] parts, then !conversion and :format_spec (as str.format has them)
 _FIELD = re.compile(r"([^\W\d]\w*(?:\.[^\W\d]\w*|\[[^\[\]{}]+\])*)(?:!([rsa]))?(?::([^{}]*))?")
@@ -76,3 +80,46 @@ def interpolate(body: str, namespace: Mapping[str, Any]) -> str:
             out.append(body[i])
             i += 1
     return "".join(out) if named else body
+
+
+_WORD = re.compile(r"(?<![{$])\{([^\W\d]\w*)\}(?!\})")
+# What code or JSON has and a prompt rarely does: a brace alone on a line or closing one, a
+# JSON object's start, a block or statement end, an assignment or call around the braces, a
+# "key": value pair, an f-string.
+_CODE = re.compile(
+    r"^\s*[{\[]\s*$|^\s*[}\]]|^\s*\{\s*\"|[;{]\s*$|[=(]\s*\{|\}\s*[);]|\{\s*\"\w*\"\s*:"
+    r"|\bf[\"'][^\"']*\{",
+    re.MULTILINE,
+)
+
+
+def unnamed_fields(body: str, namespace: Mapping[str, Any]) -> list[str]:
+    """The ``{word}`` fields of a prose ``body`` that name no variable of ``namespace``, in
+    order, once each: a template's variable that was not defined, sent as written.
+
+    Only single-brace plain names count (``{audience}``, not ``{{audience}}``, ``{0}`` or
+    ``{"a": 1}``), and none in a body that reads as JSON or code (braces opening a line or a
+    block, ``=``/``(`` before a brace, ``;``, ``"key":``): there braces are the text itself.
+    """
+    if "{" not in body or _CODE.search(body):
+        return []
+    names = []
+    for m in _WORD.finditer(body):
+        name = m.group(1)
+        if name not in names and _resolve(name, namespace) is None:
+            names.append(name)
+    return names
+
+
+def unnamed_notice(body: str, namespace: Mapping[str, Any]) -> str | None:
+    """One line saying which ``{word}`` fields name no variable (``None`` when all do)."""
+    names = unnamed_fields(body, namespace)
+    if not names:
+        return None
+    fields = ", ".join("{" + n + "}" for n in names)
+    first = names[0]
+    verb = "names no variable" if len(names) == 1 else "name no variables"
+    return (
+        f"note: {fields} {verb} in this notebook, so the braces are sent as written; "
+        f"define it first ({first} = ...) to fill it in"
+    )

@@ -70,6 +70,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "An answer's numbers then depend on what else is decoded with it; the start-up "
         "self-test shows it and the server says so",
     )
+    p.add_argument(
+        "--prompt-cache",
+        action="store_true",
+        help="reuse the KV cache of the longest common token prefix with an earlier prompt "
+        "(per slot; never across prompt_cache_isolation_key values) and report it as "
+        "usage.prompt_tokens_details.cached_tokens. Whether reuse changes the numbers is "
+        "measured on the loaded model at start (/v1/models says prompt_cache.exact)",
+    )
     p.add_argument("--n-ctx", type=int, default=8192, help="context size in tokens")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp")
     limits = p.add_argument_group(
@@ -243,6 +251,15 @@ def serve(args: argparse.Namespace) -> int:
         engine.batch = batch
         if not args.quiet:
             print(f"batching: {batch.invariance.describe()}", file=sys.stderr, flush=True)
+    if args.prompt_cache:
+        from tmlab.server.prompt_cache import PromptCache
+        from tmlab.server.selftest import measure_prompt_cache
+
+        engine.prompt_cache = PromptCache()
+        check = measure_prompt_cache(engine)
+        engine.prompt_cache = PromptCache(check=check)  # counts start at 0
+        if not args.quiet:
+            print(f"prompt cache: {check.describe()}", file=sys.stderr, flush=True)
     if not args.quiet:
         print(
             f"loaded {engine.model_name} ({engine.model_path.name}) in "

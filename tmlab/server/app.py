@@ -46,6 +46,7 @@ from tmlab.meta import VERSION
 from tmlab.server.chat import run_chat
 from tmlab.server.engine import Engine
 from tmlab.server.limits import Admission, Limits, prompt_bound, read_body
+from tmlab.server.prompt_cache import CacheScope
 from tmlab.server.prompting import Plan, plan_request
 from tmlab.server.protocol import (
     ChatRequest,
@@ -184,10 +185,11 @@ class _Server:
         timing = ServerTiming(arrived=time.perf_counter())
         request.state.timing = timing  # the request log reads its tokens
         self.check_auth(request)
-        cancel = threading.Event()
+        cancel = CacheScope()  # the request's cancel flag, and its prompt-cache scope
         engine = self.engine
         with self.admitted():
             req, plan = await self.prepared(request, self.chat_plan)
+            cancel.key = req.get("prompt_cache_isolation_key")
             if not req.stream:
 
                 def complete() -> dict[str, Any] | None:
@@ -259,6 +261,7 @@ class _Server:
                         "owned_by": "tmlab",
                         "max_model_len": self.engine.n_ctx,
                         **self.batching(),
+                        "prompt_cache": self.prompt_cache(),
                     }
                 ],
             }
@@ -283,6 +286,11 @@ class _Server:
             )
         return info
 
+    def prompt_cache(self) -> dict[str, Any]:
+        """Whether prompts reuse cached prefixes, whether that was measured exact, the counts."""
+        cache = self.engine.prompt_cache
+        return {"enabled": False} if cache is None else cache.as_json()
+
     async def stats(self, request: Request) -> Response:
         """``GET /v1/stats``: requests queued and running, tokens/s, what each slot does."""
         running = self.worker.running
@@ -301,6 +309,7 @@ class _Server:
                 "tokens_per_s": round(self.counters.tokens_per_s(), 2),
                 "slots": slots,
                 **shared,
+                "prompt_cache": self.prompt_cache(),
                 **self.counters.snapshot(),
             }
         )
@@ -343,6 +352,10 @@ class _Server:
         )
 
     async def tokenize(self, request: Request) -> Response:
+        """``POST /tokenize``: ``{"prompt": str}``, or a chat request's ``messages`` (with
+        ``add_generation_prompt``, ``tools``, … as in a chat request): the token ids of the
+        text, or exactly those of the prompt the chat template makes of the messages, with
+        each token's text (``pieces``) and their ``count``."""
         self.check_auth(request)
         engine = self.engine
 
@@ -368,7 +381,15 @@ class _Server:
 
         with self.admitted():  # tokenising uses the vocabulary only: no job for the worker
             tokens = await self.prepared(request, count)
-        return _JSON({"tokens": tokens, "count": len(tokens), "max_model_len": engine.n_ctx})
+        return _JSON(
+            {
+                "tokens": tokens,
+                "count": len(tokens),
+                "max_model_len": engine.n_ctx,
+                # each token's text, special tokens spelled out (a partial UTF-8 sequence: U+FFFD)
+                "pieces": [engine.token_text(t) for t in tokens],
+            }
+        )
 
     async def detokenize(self, request: Request) -> Response:
         self.check_auth(request)

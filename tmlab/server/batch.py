@@ -38,6 +38,11 @@ class sending a preset with a short prompt rarely does: that takes milliseconds)
 holds the
 same bits that evaluating the prompt again would, so the numbers are unchanged.
 
+Prompt cache (``--prompt-cache``, :mod:`tmlab.server.prompt_cache`): a finished sequence's
+slot keeps its prompt's cells and isolation key; a new sequence takes the free slot holding
+the longest prefix of its prompt under its key (else an empty one, else the one idle longest)
+and evaluates the rest in the usual pieces.
+
 Cost: llama.cpp splits one call into a forward pass per run of consecutive slot numbers
 (with one KV stream per slot), so generating sequences in slots 0, 1 and 3 take two passes;
 a new request takes the lowest free slot, which fills such gaps first. With one slot (the
@@ -59,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tmlab.server.engine import Engine
+from tmlab.server.prompt_cache import CacheScope, reusable, scope_of
 from tmlab.server.sampler import Decoder, Step
 
 if TYPE_CHECKING:
@@ -113,6 +119,17 @@ class _Seq:
     leader: _Seq | None = None  # evaluating the same prompt: this one waits and copies it
     followers: list[_Seq] = field(default_factory=list)
     group: Group | None = None
+    scope: CacheScope | None = None  # the request's prompt-cache scope (its key)
+
+
+@dataclass
+class _Held:
+    """What an idle slot's cells hold (prompt cache): a prompt's first ``len(prompt)`` tokens,
+    evaluated for ``key``, since ``since``."""
+
+    prompt: list[int]
+    key: str | None
+    since: float = field(default_factory=time.monotonic)
 
 
 class BatchEngine:
@@ -160,6 +177,7 @@ class BatchEngine:
         """Prompt tokens not evaluated again: copied from a sequence with the same prompt."""
         self._waiting: deque[_Seq] = deque()
         self._slots: list[_Seq | None] = [None] * parallel
+        self._held: list[_Held | None] = [None] * parallel  # with the prompt cache
         self._cond = threading.Condition()
         self._closed = False
         # samples half of a step's sequences while the scheduler samples the other half when
@@ -198,6 +216,7 @@ class BatchEngine:
                 f"prompt of {len(prompt)} tokens leaves no room in {self.engine.n_ctx}"
             )
         seq = _Seq(list(prompt), make_decoder, cancel or threading.Event(), group=group)
+        seq.scope = scope_of(cancel)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batch engine is closed")
@@ -230,6 +249,14 @@ class BatchEngine:
                     out.append(SlotState(i, state, len(seq.prompt), seq.generated))
         return out
 
+    def forget_prompts(self) -> None:
+        """Empty the prompt cache of the idle slots."""
+        with self._cond:
+            for slot, held in enumerate(self._held):
+                if held is not None and self._slots[slot] is None:
+                    self._lib.llama_memory_seq_rm(self._mem, slot, -1, -1)
+                    self._held[slot] = None
+
     def close(self, timeout: float | None = 5.0) -> bool:
         """Stop the scheduler (sequences still running end); True once it has stopped."""
         with self._cond:
@@ -257,7 +284,13 @@ class BatchEngine:
                 other.leader = head
             seq.followers = []
         if seq.slot >= 0:
-            self._lib.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+            if self.engine.prompt_cache is not None and error is None:
+                # kept for the next prompts: the cells of its prompt evaluated so far
+                key = seq.scope.key if seq.scope is not None else None
+                self._held[seq.slot] = _Held(seq.prompt[: seq.fed], key)
+            else:
+                self._lib.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+                self._held[seq.slot] = None
             self._slots[seq.slot] = None
             seq.slot = -1
         if seq.decoder is not None:
@@ -278,7 +311,7 @@ class BatchEngine:
             if None not in self._slots:
                 break
             self._waiting.remove(seq)
-            seq.slot = self._slots.index(None)
+            seq.slot = self._free_slot(seq)
             self._slots[seq.slot] = seq
             try:
                 seq.decoder = seq.make_decoder()
@@ -289,6 +322,42 @@ class BatchEngine:
                 self._finish(seq)
             else:
                 self._follow(seq)
+                self._reuse(seq)
+
+    def _free_slot(self, seq: _Seq) -> int:
+        """The slot for ``seq`` (lock held): the lowest free one; with the prompt cache, the
+        free one holding the longest prefix of its prompt for its key, else an empty one,
+        else the one idle longest."""
+        free = [i for i, s in enumerate(self._slots) if s is None]
+        if self.engine.prompt_cache is None:
+            return free[0]
+        key = seq.scope.key if seq.scope is not None else None
+
+        def rank(i: int) -> tuple[int, int, float]:
+            held = self._held[i]
+            if held is None:
+                return (0, 1, 0.0)
+            same = reusable(held.prompt, seq.prompt) if held.key == key else 0
+            return (same, 0, -held.since)
+
+        return max(free, key=rank)
+
+    def _reuse(self, seq: _Seq) -> None:
+        """Keep the cells of the prompt prefix ``seq``'s slot holds, drop the rest (lock held);
+        a follower's slot is emptied (it copies its leader's stream)."""
+        held, self._held[seq.slot] = self._held[seq.slot], None
+        cache = self.engine.prompt_cache
+        if cache is None:
+            return
+        key = seq.scope.key if seq.scope is not None else None
+        start = 0
+        if held is not None:
+            if seq.leader is None and held.key == key:
+                start = reusable(held.prompt, seq.prompt)
+            self._lib.llama_memory_seq_rm(self._mem, seq.slot, start, -1)
+        if seq.leader is None:
+            cache.used(seq.scope, len(seq.prompt), start)
+            seq.fed = seq.pos = start
 
     def _follow(self, seq: _Seq) -> None:
         """Let ``seq`` share the evaluation of its prompt with a sequence that has the same

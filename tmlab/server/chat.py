@@ -44,6 +44,7 @@ from tmlab.server.response import (
     logprob_content,
     perf_metrics,
     raw_output,
+    trace_dict,
     usage,
 )
 from tmlab.server.sampler import Sampling
@@ -257,6 +258,8 @@ class ChatRun:
         pending_lp: list[dict[str, Any]] | None = [] if logprobs is not None else None
         pending_ids: list[int] = []
         raw = bytearray()
+        traced: list[dict[str, Any]] = []
+        watched: list[dict[str, Any]] = []
         limit = min(plan.max_tokens, engine.n_ctx - len(prompt))
         finish = None
         eog = False
@@ -271,8 +274,13 @@ class ChatRun:
             ignore_eos=bool(req.get("ignore_eos")),
             cancel=self.cancel,
             group=self.group if plan.reasoning is None else None,  # after reasoning: apart
+            trace=plan.trace,
         ):
             self._first_token()
+            if step.trace is not None:
+                traced.append(step.trace)
+            if step.watch is not None:
+                watched.append(step.watch)
             token_ids.append(step.token_id)
             raw += engine.token_bytes(step.token_id)
             entry = logprob_content(engine, step) if logprobs is not None else None
@@ -335,6 +343,7 @@ class ChatRun:
             raw_prompts=raw_prompts,
             rest_logprobs=pending_lp or [],
             rest_ids=pending_ids,
+            trace=trace_dict(plan.trace, traced, watched, engine.token_bytes),
         )
 
 
@@ -389,6 +398,7 @@ def run_chat(
             extra: dict[str, Any] = {"stop_reason": r.stop_reason}
             if req.get("raw_output"):
                 extra["raw_output"] = raw_output(plan, r)
+            extra.update(r.trace)
             run._send(
                 i,
                 {},
@@ -419,7 +429,7 @@ def run_chat(
             if r is None:
                 return None
             results.append(r)
-    total = usage(plan, results)
+    total = usage(plan, results, cancel)  # cancel is the prompt-cache scope (app.py)
     timing.tokens = int(total.get("completion_tokens") or 0)
     perf = perf_metrics(plan, timing, results) if req.get("perf_metrics_in_response") else None
     if emit is not None:

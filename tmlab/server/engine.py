@@ -30,9 +30,12 @@ summed in float64: within 1e-6 of a float64 computation); the first token has no
 Sampling (the sampler chains, the checks around them, the processed distribution) is in
 :mod:`tmlab.server.sampler`; the names it defines are re-exported here.
 
-Every generation evaluates its whole prompt from position 0 (no KV-cache reuse): splitting a
-prompt into different batches changes the rounding of the quantised kernels, and the same
-request must give the same numbers whatever came before it. ``cached_tokens`` is always 0.
+By default every generation evaluates its whole prompt from position 0 (no KV-cache reuse),
+and ``cached_tokens`` is 0. With the opt-in prompt cache (``--prompt-cache``,
+:mod:`tmlab.server.prompt_cache`) a prompt reuses the cells of its longest common prefix with
+the prompt evaluated before it (same isolation key), and the rest is evaluated in the pieces an
+evaluation from position 0 is cut into, so that the numbers stay those of a full evaluation
+(measured at start).
 
 """
 
@@ -49,10 +52,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tmlab.meta import MODEL_FILE, MODEL_NAME
+from tmlab.server.prompt_cache import PromptCache, reusable, scope_of
 from tmlab.server.sampler import LOGPROBS_MODES, Decoder, GrammarError, Sampling, Step
 
 if TYPE_CHECKING:
     from tmlab.server.batch import BatchEngine, Group
+    from tmlab.server.trace import TraceSpec
 
 __all__ = ["Engine", "default_model_path"]
 
@@ -127,6 +132,12 @@ class Engine:
         """The server's default for requests that do not set ``logprobs_mode``."""
         # The prompt the context holds after an explicit prefill, until generate() uses it.
         self._prefilled: list[int] | None = None
+        self.prompt_cache: PromptCache | None = None
+        """The prompt cache (``--prompt-cache``; None: off, every prompt from position 0)."""
+        # what the one-slot context's first cells hold: a prompt of this many tokens (the
+        # rest of llm.input_ids[:llm.n_tokens] was generated), for this isolation key
+        self._held_prompt = 0
+        self._held_key: str | None = None
 
     # --- tokens ------------------------------------------------------------------------
 
@@ -230,7 +241,8 @@ class Engine:
         top_logprobs: int = 0,
         cancel: threading.Event | None = None,
     ) -> list[Step] | None:
-        """Evaluate ``prompt`` from position 0, whatever the KV cache holds.
+        """Evaluate ``prompt`` from position 0, whatever the KV cache holds (with the prompt
+        cache and ``score_last=0``: from the end of the prefix it reuses, in the same pieces).
 
         Always the same split into llama.cpp batches for the same prompt (``n_batch`` tokens
         each, as ``Llama.eval`` splits it), hence the same numbers (reusing a cached prefix
@@ -255,17 +267,52 @@ class Engine:
     ) -> list[Step] | None:
         self._prefilled = None
         if score_last <= 0:
+            pos = self._reuse(tokens, cancel)
             self.llm.reset()
+            self.llm.n_tokens = pos  # Llama.eval drops the cells from here on
             step = self.llm.n_batch
-            for i in range(0, len(tokens), step):
+            while pos < len(tokens):  # cut where an evaluation from position 0 cuts it
                 if cancel is not None and cancel.is_set():
                     return None
-                self.llm.eval(tokens[i : i + step])
+                end = min(len(tokens), (pos // step + 1) * step)
+                self.llm.eval(tokens[pos:end])
+                pos = end
             return []
+        if self.prompt_cache is not None:  # scored from position 0: nothing reused
+            self.prompt_cache.used(scope_of(cancel), len(tokens), 0)
+            self._held_key, self._held_prompt = self._key(cancel), len(tokens)
         steps = self._scored_eval(tokens, min(score_last, len(tokens)), top_logprobs, cancel)
         if steps is not None:
             self._prefilled = tokens
         return steps
+
+    @staticmethod
+    def _key(cancel: threading.Event | None) -> str | None:
+        scope = scope_of(cancel)
+        return scope.key if scope is not None else None
+
+    def _reuse(self, tokens: list[int], cancel: threading.Event | None) -> int:
+        """How many cells of the one-slot context ``tokens`` reuses (0 without the cache)."""
+        cache = self.prompt_cache
+        if cache is None:
+            return 0
+        key = self._key(cancel)
+        start = 0
+        if key == self._held_key:
+            held = self.llm.input_ids[: min(self._held_prompt, self.llm.n_tokens)].tolist()
+            start = reusable(held, tokens)
+        cache.used(scope_of(cancel), len(tokens), start)
+        self._held_key, self._held_prompt = key, len(tokens)
+        return start
+
+    def forget_prompts(self) -> None:
+        """Empty the prompt cache (the one-slot context's, and every slot's with
+        ``--parallel``): the next prompts are evaluated from position 0. Worker thread only."""
+        self._held_key, self._held_prompt = None, 0
+        self._prefilled = None
+        self.llm.reset()
+        if self.batch is not None:
+            self.batch.forget_prompts()
 
     def _scored_eval(
         self, tokens: list[int], k: int, top_logprobs: int, cancel: threading.Event | None
@@ -346,6 +393,7 @@ class Engine:
         min_tokens: int = 0,
         cancel: threading.Event | None = None,
         group: Group | None = None,
+        trace: TraceSpec | None = None,
     ) -> Iterator[Step]:
         """Generate up to ``max_tokens`` tokens after ``prompt``, one :class:`Step` each.
 
@@ -358,6 +406,7 @@ class Engine:
         ``eog=True``), at ``max_tokens``, when no token is allowed, when ``cancel`` is set,
         or when the caller stops iterating. ``group``: with ``--parallel``, sent together with
         other sequences (:class:`~tmlab.server.batch.Group`); one slot ignores it.
+        ``trace``: the sampler trace asked for (:mod:`tmlab.server.trace`), in each step.
         """
         if not prompt:
             raise ValueError("empty prompt")
@@ -378,6 +427,7 @@ class Engine:
                 lazy_trigger=lazy_trigger,
                 ignore_eos=ignore_eos,
                 min_tokens=min_tokens,
+                trace=trace,
             )
 
         if self.batch is not None:  # --parallel N: decoded beside other sequences

@@ -19,6 +19,7 @@ from tmlab.server.engine import Engine
 from tmlab.server.limits import prompt_bound
 from tmlab.server.protocol import ChatRequest, RequestError, bad
 from tmlab.server.sampler import GrammarError
+from tmlab.server.trace import TraceError, TraceSpec, trace_spec
 
 __all__ = ["REASONING_BUDGETS", "TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "Plan", "plan_request"]
 
@@ -61,6 +62,7 @@ class Plan:
     reasoning: tuple[int, int] | None = None  # (min, max) reasoning tokens
     stop: list[str] = field(default_factory=list)
     echo_text: str = ""
+    trace: TraceSpec | None = None  # sampler_trace / logprobs_for (tmlab.server.trace)
 
 
 def _text(content: Any) -> str:
@@ -428,6 +430,22 @@ def plan_request(
         reasoning = (budget // 2, budget)
     if reasoning is not None:
         reasoning = _fit_reasoning(engine, text, reasoning)
+    kind = (
+        {"forced": "tool call", "auto": "tool call (after <tool_call>)"}.get(tool_mode or "")
+        or rf.get("type")
+        if grammar is not None
+        else None
+    )
+    try:
+        trace = trace_spec(
+            req.get("sampler_trace"),
+            req.get("logprobs_for"),
+            n_vocab=engine.n_vocab,
+            tokenize=lambda t: engine.tokenize(t, special=False),
+            grammar=kind,
+        )
+    except TraceError as exc:
+        raise bad(str(exc), exc.param) from None
     return Plan(
         messages=messages,
         prompt_text=text,
@@ -438,4 +456,5 @@ def plan_request(
         reasoning=reasoning,
         stop=stop,
         echo_text=echo_text,
+        trace=trace,
     )

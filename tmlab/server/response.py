@@ -8,6 +8,7 @@ pieces. All numbers are plain Python types (no numpy floats).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from tmlab.server.engine import Engine
 from tmlab.server.prompting import Plan
 from tmlab.server.protocol import ChatRequest
 from tmlab.server.sampler import Step
+from tmlab.server.trace import CHAIN, TraceSpec
 
 __all__ = [
     "ChoiceResult",
@@ -23,6 +25,7 @@ __all__ = [
     "logprob_content",
     "perf_metrics",
     "raw_output",
+    "trace_dict",
     "usage",
 ]
 
@@ -58,6 +61,8 @@ class ChoiceResult:
     rest_ids: list[int] = field(default_factory=list)
     # what the logprobs describe: {"logprobs_mode": ..., "echo_tokens": ...}
     logprobs_meta: dict[str, Any] = field(default_factory=dict)
+    # {"sampler_trace": ..., "logprobs_for": ...} when asked (tmlab.server.trace)
+    trace: dict[str, Any] = field(default_factory=dict)
 
 
 def _lp_entry(engine: Engine, token: int, logprob: float | None) -> dict[str, Any]:
@@ -78,16 +83,28 @@ def logprob_content(engine: Engine, step: Step) -> dict[str, Any]:
     return entry
 
 
-def usage(plan: Plan, results: list[ChoiceResult]) -> dict[str, Any]:
-    """OpenAI usage: completion tokens include reasoning tokens (counted apart too)."""
+def usage(plan: Plan, results: list[ChoiceResult], cache: object = None) -> dict[str, Any]:
+    """OpenAI usage: completion tokens include reasoning tokens (counted apart too).
+
+    ``cache``: the request's :class:`~tmlab.server.prompt_cache.CacheScope` (its cancel
+    flag): ``cached_tokens`` are the prompt tokens its evaluation reused (0 without
+    ``--prompt-cache``); ``cache_exact: false`` is added when it reused some and the start-up
+    self-test found that reuse changes the numbers.
+    """
+    from tmlab.server.prompt_cache import CacheScope
+
     prompt = len(plan.prompt_tokens)
     completion = sum(len(r.token_ids) + r.reasoning_tokens for r in results)
+    scope = cache if isinstance(cache, CacheScope) else None
+    cached = min(scope.cached_tokens or 0, prompt) if scope is not None else 0
+    details: dict[str, Any] = {"cached_tokens": cached}
+    if cached and scope is not None and scope.exact is False:
+        details["cache_exact"] = False
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        # every prompt is evaluated in full (see engine): nothing is reused
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": details,
         "completion_tokens_details": {"reasoning_tokens": sum(r.reasoning_tokens for r in results)},
     }
 
@@ -143,4 +160,33 @@ def choice_dict(req: ChatRequest, plan: Plan, r: ChoiceResult) -> dict[str, Any]
         choice["token_ids"] = r.token_ids
     if req.get("raw_output"):
         choice["raw_output"] = raw_output(plan, r)
+    choice.update(r.trace)
     return choice
+
+
+def trace_dict(
+    spec: TraceSpec | None,
+    traced: list[dict[str, Any]],
+    watched: list[dict[str, Any]],
+    token_bytes: Callable[[int], bytes],
+) -> dict[str, Any]:
+    """A choice's ``sampler_trace`` and ``logprobs_for`` (what was asked of them)."""
+    if spec is None:
+        return {}
+    out: dict[str, Any] = {}
+    if spec.trace:
+        out["sampler_trace"] = {
+            "chain": list(CHAIN),
+            "top": spec.top,
+            "draw": traced[0]["draw"] if traced else None,
+            "positions": traced,
+        }
+    if spec.watch:
+        out["logprobs_for"] = {
+            "tokens": [
+                {"id": t, "token": token_bytes(t).decode("utf-8", errors="replace")}
+                for t in spec.watch
+            ],
+            "positions": watched,
+        }
+    return out

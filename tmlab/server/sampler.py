@@ -26,10 +26,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tmlab.server.trace import TraceSpec
 
 __all__ = [
     "GREEDY_BELOW",
@@ -88,6 +92,8 @@ class Step:
     eog: bool  # end of generation (EOS / EOT)
     logprob: float | None = None
     top: list[tuple[int, float]] | None = None  # (token id, logprob), most likely first
+    trace: dict[str, Any] | None = None  # its sampler_trace entry (tmlab.server.trace)
+    watch: dict[str, Any] | None = None  # its logprobs_for entry
 
 
 class Vocabulary(Protocol):
@@ -116,6 +122,9 @@ class Vocabulary(Protocol):
 
     def piece(self, token: int) -> bytes:
         """``token``'s bytes in the text (empty for control tokens)."""
+
+    def token_bytes(self, token: int) -> bytes:
+        """``token``'s bytes, control tokens spelled out (``<|im_end|>``)."""
 
 
 # How many of the last generated tokens the penalties look at (llama.cpp reads -1 as 0: off).
@@ -175,7 +184,14 @@ def chains(
     return filt, pick
 
 
-def draw(words: Vocabulary, filt: Any, pick: Any, cand: Any, ban: bool) -> tuple[int, bool] | None:
+def draw(
+    words: Vocabulary,
+    filt: Any,
+    pick: Any,
+    cand: Any,
+    ban: bool,
+    observe: Callable[[str], None] | None = None,
+) -> tuple[int, bool] | None:
     """One token from the candidates (logits loaded); None when no token is allowed.
 
     Returns ``(token, drawn)``: ``drawn`` is False when the picker's choice was overridden
@@ -186,14 +202,22 @@ def draw(words: Vocabulary, filt: Any, pick: Any, cand: Any, ban: bool) -> tuple
     copies and one check over the vocabulary besides llama.cpp's own samplers; the work
     that non-finite logits need (which tokens are allowed, NaN cleared for the picker) is
     done only when there are some.
+
+    ``observe`` (the sampler trace, :mod:`tmlab.server.trace`): the chains' samplers are
+    applied one at a time, as a chain applies them, and ``observe`` is called after each
+    with its llama.cpp name (and first with ``"raw"``, then ``"eos_ban"`` when banning).
     """
     lib = words.lib
     data = cand.candidates_data
     arr = cand.candidates
+    if observe is not None:
+        observe("raw")
     if ban:
         data.logit[words.eog] = -np.inf
+        if observe is not None:
+            observe("eos_ban")
     arr.selected = -1
-    lib.llama_sampler_apply(filt.sampler, ctypes.byref(arr))
+    _apply(lib, filt.sampler, arr, observe)
     size = arr.size
     ids = np.array(data.id[:size])
     logits = np.array(data.logit[:size])
@@ -204,7 +228,7 @@ def draw(words: Vocabulary, filt: Any, pick: Any, cand: Any, ban: bool) -> tuple
             return None
         if np.isnan(logits).any() or np.isposinf(logits).any():
             data.logit[:size] = np.where(finite, logits, -np.inf)  # no NaN for the picker
-    lib.llama_sampler_apply(pick.sampler, ctypes.byref(arr))
+    _apply(lib, pick.sampler, arr, observe)
     token = int(data.id[arr.selected]) if 0 <= arr.selected < arr.size else -1
     # every candidate left is allowed when every logit was finite: the picker only
     # truncates, reorders and rescales the candidates the filter left
@@ -214,6 +238,17 @@ def draw(words: Vocabulary, filt: Any, pick: Any, cand: Any, ban: bool) -> tuple
     lib.llama_sampler_accept(filt.sampler, token)
     lib.llama_sampler_accept(pick.sampler, token)
     return token, drawn
+
+
+def _apply(lib: Any, chain: Any, arr: Any, observe: Callable[[str], None] | None) -> None:
+    """Apply a sampler chain to ``arr``; with ``observe``, member by member."""
+    if observe is None:
+        lib.llama_sampler_apply(chain, ctypes.byref(arr))
+        return
+    for i in range(lib.llama_sampler_chain_n(chain)):
+        member = lib.llama_sampler_chain_get(chain, i)
+        lib.llama_sampler_apply(member, ctypes.byref(arr))
+        observe(lib.llama_sampler_name(member).decode())
 
 
 def _allowed(ids: np.ndarray, finite: np.ndarray, token: int) -> bool:
@@ -301,6 +336,7 @@ class Decoder:
         lazy_trigger: str | None = None,
         ignore_eos: bool = False,
         min_tokens: int = 0,
+        trace: TraceSpec | None = None,
     ) -> None:
         from llama_cpp._internals import LlamaTokenDataArray
 
@@ -317,6 +353,8 @@ class Decoder:
         self.min_tokens = min_tokens
         self.limit = min(max_tokens, room)
         self.count = 0
+        self.trace = trace
+        self.settings = _settings(sampling, trace, ignore_eos=ignore_eos, min_tokens=min_tokens)
         self.done = self.limit <= 0
         """No more tokens: end of generation, the budget, or nothing allowed."""
 
@@ -329,11 +367,22 @@ class Decoder:
         lp = _log_softmax(row) if want_raw else None
         load(self.cand, row)
         ban = not self.grammar_on and (self.ignore_eos or self.count < self.min_tokens)
-        picked = draw(words, self.filt, self.pick, self.cand, ban)
+        spec = self.trace
+        observer = None
+        if spec is not None and (spec.watch or spec.covers(self.count)):
+            from tmlab.server.trace import Observer
+
+            observer = Observer(self.cand, words.n_vocab)
+        picked = draw(words, self.filt, self.pick, self.cand, ban, observer)
         if picked is None:
             self.done = True
             return None
         token, drawn = picked
+        trace = watch = None
+        if observer is not None and spec is not None:
+            trace, watch = observer.report(
+                words, settings=self.settings, spec=spec, token=token, position=self.count
+            )
         logprob = top = None
         if lp is not None and top_logprobs is not None:
             logprob = float(lp[token])
@@ -350,12 +399,37 @@ class Decoder:
         elif self.trigger is not None and not self.grammar_on:
             self.seen += words.piece(token)
             self.grammar_on = self.trigger in self.seen
-        return Step(token, b"" if eog else words.piece(token), eog, logprob, top)
+        return Step(token, b"" if eog else words.piece(token), eog, logprob, top, trace, watch)
 
     def close(self) -> None:
         """Free the sampler chains."""
         self.filt.close()
         self.pick.close()
+
+
+def _settings(
+    s: Sampling, trace: TraceSpec | None, *, ignore_eos: bool, min_tokens: int
+) -> dict[str, Any]:
+    """Each stage's setting as the sampler trace reports it (stages not in the chain have
+    none)."""
+    if trace is None:
+        return {}
+    out: dict[str, Any] = {
+        "eos_ban": "ignore_eos" if ignore_eos else f"min_tokens={min_tokens}",
+        "logit_bias": {str(k): v for k, v in s.logit_bias.items()},
+        "penalties": {
+            "repetition_penalty": s.repetition_penalty,
+            "frequency_penalty": s.frequency_penalty,
+            "presence_penalty": s.presence_penalty,
+        },
+        "grammar": trace.grammar,
+        "top_k": s.top_k,
+        "typical_p": s.typical_p,
+        "top_p": s.top_p,
+        "min_p": s.min_p,
+        "temperature": s.temperature,
+    }
+    return out
 
 
 def _log_softmax(row: np.ndarray) -> np.ndarray:

@@ -1,4 +1,8 @@
-"""Is batching exact on the loaded model? A short self-test when batching starts.
+"""Is batching exact on the loaded model? Is the prompt cache? Short self-tests at start.
+
+(:func:`measure_prompt_cache`, with ``--prompt-cache``: the same prompts evaluated from
+position 0 and after a cached prefix, compared bit for bit; see
+:mod:`tmlab.server.prompt_cache`.)
 
 Whether a sequence's numbers are those it gets alone is a property of llama.cpp's kernels for
 this model file, quantisation, instruction set and build (see :mod:`tmlab.server.batch`), not a
@@ -21,19 +25,21 @@ kernels) and is tested (``tests/test_parallel.py``).
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from tmlab.server.prompt_cache import CacheCheck, CacheScope
 from tmlab.server.sampler import Sampling
 
 if TYPE_CHECKING:
     from tmlab.server.batch import BatchEngine
     from tmlab.server.engine import Engine
 
-__all__ = ["PROMPTS", "Invariance", "measure"]
+__all__ = ["PROMPTS", "Invariance", "measure", "measure_prompt_cache"]
 
 PROMPTS: tuple[str, ...] = (
     "Name three colours.",
@@ -154,3 +160,84 @@ def measure(engine: Engine, batch: BatchEngine) -> Invariance:
     )
     difference = _first_difference(alone, batched)
     return Invariance(difference is None, compared, difference, time.perf_counter() - started)
+
+
+# --- the prompt cache ------------------------------------------------------------------
+
+_SYSTEM = " ".join(
+    f"Rule {i}: when asked about the number {i * 7}, answer kindly and briefly." for i in range(28)
+)
+"""The self-test's long system prompt (~600 tokens: the cached prefix crosses a piece)."""
+
+_QUESTIONS = ("Name three colours.", "What is two plus two?")
+
+
+def measure_prompt_cache(engine: Engine) -> CacheCheck:
+    """Evaluate the self-test's prompts from position 0, then after a cached prefix; compare
+    the sampled tokens and their logprobs bit for bit.
+
+    Three reuses, as a class meets them: a second question after the same long system prompt
+    (the system prompt reused), the same prompt again (all but its last token reused), and the
+    next turn of a conversation (the previous prompt reused, the answer evaluated again). Each
+    is decoded with seeded sampling at temperature 1, its top alternatives' raw logprobs too.
+    Call it before the server takes requests, with ``engine.prompt_cache`` set: it uses the
+    engine (and its batch engine, if any) and leaves the cache empty.
+    """
+    assert engine.prompt_cache is not None, "turn the prompt cache on first"
+    started = time.perf_counter()
+    tag = secrets.token_hex(8)
+    first = [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": _QUESTIONS[0]}]
+    second = [first[0], {"role": "user", "content": _QUESTIONS[1]}]
+
+    def run(messages: list[dict[str, str]], key: str) -> tuple[Trace, list[int], int]:
+        prompt = engine.tokenize(engine.render(messages))
+        scope = CacheScope(key)
+        steps = engine.generate(
+            prompt,
+            Sampling(temperature=1.0, seed=SEED),
+            max_tokens=TOKENS,
+            top_logprobs=TOP,
+            ignore_eos=True,
+            cancel=scope,
+        )
+        trace: Trace = [(s.token_id, s.logprob, list(s.top or [])) for s in steps]
+        return trace, [t for t, _, _ in trace], scope.cached_tokens or 0
+
+    def turn(answer: list[int]) -> list[dict[str, str]]:
+        said = engine.detokenize([t for t in answer if not engine.is_eog(t)])
+        return [*first, {"role": "assistant", "content": said}, {"role": "user", "content": "Why?"}]
+
+    engine.forget_prompts()
+    try:
+        # from position 0: a fresh isolation key each, which nothing cached shares
+        scratch_first, answer, _ = run(first, f"{tag}-a")
+        conversation = turn(answer)
+        order = (conversation, second, second)  # each reuses a prefix of the one before
+        alone = [run(m, f"{tag}-{i}")[0] for i, m in enumerate(order[:2])]
+        alone.append(alone[1])  # the same prompt: the same trace from position 0
+        engine.forget_prompts()
+        key = f"{tag}-cached"
+        cached_first, _, _ = run(first, key)
+        reruns = [run(m, key) for m in order]
+    finally:
+        engine.forget_prompts()
+    cached = [cached_first, *(r[0] for r in reruns)]
+    difference = _first_difference([scratch_first, *alone], cached)
+    lengths = [len(engine.tokenize(engine.render(m))) for m in order]
+    reused = sum(r[2] for r in reruns)
+    compared = (
+        f"3 prompts of {min(lengths)}–{max(lengths)} tokens evaluated after a cached prefix "
+        f"({reused} of {sum(lengths)} prompt tokens reused: the next turn of a conversation, "
+        f"a shared system prompt, the same prompt again), {TOKENS} sampled tokens each, "
+        f"seeded, their logprobs and top {TOP}, against each evaluated from position 0"
+    )
+    if difference is not None:
+        difference = difference.replace("batched", "cached").replace("alone", "from scratch")
+    return CacheCheck(
+        difference is None,
+        compared,
+        difference,
+        reused,
+        sum(lengths),
+        time.perf_counter() - started,
+    )
