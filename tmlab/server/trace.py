@@ -198,50 +198,88 @@ def trace_spec(
     )
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    """log-softmax over the finite entries (the others stay -inf), as the sampler computes
-    processed logprobs."""
-    finite = np.isfinite(x)
-    out = np.full(x.shape, -np.inf)
-    v = x[finite]
-    m = v.max()
-    out[finite] = v - (m + np.log(np.exp(v - m).sum()))
-    return out
+class _Dist:
+    """One stage's distribution: the tokens it still allows and their log-probabilities.
 
+    Kept compact (a truncated stage holds a few tokens, not the vocabulary); the dense view
+    over the whole vocabulary (-inf for removed tokens) is made once, when asked.
+    """
 
-def _rank(lp: np.ndarray, token: int) -> int | None:
-    """1 + how many tokens are more likely than ``token`` (None: removed)."""
-    if not np.isfinite(lp[token]):
-        return None
-    return 1 + int(np.count_nonzero(lp > lp[token]))
+    def __init__(self, ids: np.ndarray, weights: np.ndarray, n_vocab: int) -> None:
+        finite = np.isfinite(weights)
+        if not finite.all():
+            ids, weights = ids[finite], weights[finite]
+        x = weights.astype(np.float64)
+        m = x.max()
+        # as the sampler computes processed logprobs (tmlab.server.sampler._log_softmax)
+        self.ids = ids.astype(np.int64)
+        self.lp = x - (m + np.log(np.exp(x - m).sum()))
+        self.n = n_vocab
+        self._dense: np.ndarray | None = None
 
+    @classmethod
+    def point(cls, token: int, n_vocab: int) -> _Dist:
+        """All the mass on ``token`` (greedy: the limit T → 0)."""
+        return cls(np.array([token]), np.array([0.0]), n_vocab)
 
-def _top(lp: np.ndarray, n: int) -> list[int]:
-    finite = int(np.count_nonzero(np.isfinite(lp)))
-    n = min(n, finite)
-    if n <= 0:
-        return []
-    idx = np.argpartition(-lp, n - 1)[:n]
-    return [int(i) for i in idx[np.argsort(-lp[idx], kind="stable")]]
+    @property
+    def kept(self) -> int:
+        """How many tokens it allows."""
+        return int(self.ids.size)
+
+    def dense(self) -> np.ndarray:
+        """Log-probabilities over the whole vocabulary (-inf: removed)."""
+        if self._dense is None:
+            ids = self.ids
+            if ids.size == self.n and bool((ids[1:] > ids[:-1]).all()):
+                self._dense = self.lp  # every id, in order: ids == 0..n-1
+            else:
+                self._dense = np.full(self.n, -np.inf)
+                self._dense[self.ids] = self.lp
+        return self._dense
+
+    def entropy(self) -> float:
+        """Entropy in nats (exact: every allowed token)."""
+        return float(-(np.exp(self.lp) * self.lp).sum())
+
+    def rank(self, token: int) -> int | None:
+        """1 + how many tokens are more likely than ``token`` (None: removed)."""
+        v = self.dense()[token]
+        if not np.isfinite(v):
+            return None
+        return 1 + int(np.count_nonzero(self.lp > v))
+
+    def top(self, n: int) -> list[int]:
+        """The ids of the ``n`` most likely tokens, most likely first."""
+        n = min(n, self.kept)
+        if n <= 0:
+            return []
+        idx = np.argpartition(-self.lp, n - 1)[:n]
+        idx = idx[np.argsort(-self.lp[idx], kind="stable")]
+        return [int(self.ids[i]) for i in idx]
 
 
 class Observer:
-    """Called by :func:`~tmlab.server.sampler.draw` after each stage with the stage's name:
-    keeps the dense distribution (log-weights over the whole vocabulary, -inf removed) that
-    the candidates array then holds."""
+    """Called by :func:`~tmlab.server.sampler.draw` after each sampler with its llama.cpp
+    name: keeps the distribution the candidates array then holds (stages of :data:`CHAIN`;
+    of the final draw only its name)."""
 
     def __init__(self, cand: Any, n_vocab: int) -> None:
         self.cand = cand
         self.n = n_vocab
-        self.ran: dict[str, np.ndarray] = {}
+        self.ran: dict[str, _Dist] = {}
+        self.draw = "dist"
 
     def __call__(self, name: str) -> None:
+        stage = _STAGE_OF.get(name, name)
+        if stage not in CHAIN:
+            self.draw = {"mirostat-v2": "mirostat"}.get(name, name)
+            return
         arr = self.cand.candidates
         data = self.cand.candidates_data
         size = int(arr.size)
-        dense = np.full(self.n, -np.inf)
-        dense[np.asarray(data.id[:size], dtype=np.int64)] = data.logit[:size]
-        self.ran[_STAGE_OF.get(name, name)] = dense
+        ids = np.array(data.id[:size])
+        self.ran[stage] = _Dist(ids, np.array(data.logit[:size]), self.n)
 
     def report(
         self,
@@ -255,42 +293,33 @@ class Observer:
         """``(trace, watch)`` of the step that drew ``token``: the position's trace entry when
         ``spec`` covers ``position``, its ``logprobs_for`` entry when ``spec`` watches tokens.
         ``settings``: each stage's setting."""
-        draw_name = next(
-            (d for d in ("greedy", "mirostat-v2", "dist") if d in self.ran), "dist"
-        ).replace("-v2", "")
-        dists = _distributions(self.ran, token, greedy=draw_name == "greedy")
+        dists = self._stages(token)
         trace = None
         if spec.covers(position):
-            trace = _entry(words, dists, settings, spec, token, position, draw_name)
+            trace = _entry(words, dists, settings, spec, token, position, self.draw)
         watch = _watch(dists, spec.watch, position) if spec.watch else None
         return trace, watch
 
-
-def _distributions(
-    ran: dict[str, np.ndarray], token: int, *, greedy: bool
-) -> list[tuple[str, bool, np.ndarray]]:
-    """(stage, active, log-probabilities after it) for every stage of :data:`CHAIN`."""
-    out: list[tuple[str, bool, np.ndarray]] = []
-    prev: np.ndarray | None = None
-    for stage in CHAIN:
-        weights = ran.get(stage)
-        if stage == "temperature" and greedy:
-            lp = np.full(ran["raw"].shape, -np.inf)
-            lp[token] = 0.0
-            out.append((stage, True, lp))
-            continue
-        if weights is None:
-            assert prev is not None  # raw always ran
-            out.append((stage, False, prev))
-            continue
-        prev = _log_softmax(weights)
-        out.append((stage, True, prev))
-    return out
+    def _stages(self, token: int) -> list[tuple[str, bool, _Dist]]:
+        """(stage, active, distribution after it) for every stage of :data:`CHAIN`."""
+        out: list[tuple[str, bool, _Dist]] = []
+        prev = self.ran["raw"]
+        for stage in CHAIN:
+            if stage == "temperature" and self.draw == "greedy":
+                out.append((stage, True, _Dist.point(token, self.n)))
+                continue
+            dist = self.ran.get(stage)
+            if dist is None:
+                out.append((stage, False, prev))
+                continue
+            out.append((stage, True, dist))
+            prev = dist
+        return out
 
 
 def _entry(
     words: Any,
-    dists: list[tuple[str, bool, np.ndarray]],
+    dists: list[tuple[str, bool, _Dist]],
     settings: dict[str, Any],
     spec: TraceSpec,
     token: int,
@@ -299,34 +328,37 @@ def _entry(
 ) -> dict[str, Any]:
     raw = dists[0][2]
     final = dists[-1][2]
-    cands = list(dict.fromkeys([*_top(raw, spec.top), *_top(final, spec.top), token]))
+    cands = list(dict.fromkeys([*raw.top(spec.top), *final.top(spec.top), token]))
+    at = np.array(cands, dtype=np.int64)
     cut: dict[int, str | None] = dict.fromkeys(cands)
     stages: list[dict[str, Any]] = []
-    prev_p: np.ndarray | None = None
-    for stage, active, lp in dists:
-        p = np.exp(lp)
-        kept = np.isfinite(lp)
-        removed = 0.0 if prev_p is None else float(prev_p[~kept].sum())
-        for c in cands:
-            if cut[c] is None and not kept[c]:
+    prev: _Dist | None = None
+    for stage, active, dist in dists:
+        if prev is None or dist.kept == prev.kept:
+            removed = 0.0  # a stage only removes: as many kept, nothing removed
+        else:  # the previous stage's mass on what this one no longer allows
+            removed = max(0.0, 1.0 - float(np.exp(prev.dense()[dist.ids]).sum()))
+        lp = dist.dense()[at]
+        for c, v in zip(cands, lp, strict=True):
+            if cut[c] is None and not np.isfinite(v):
                 cut[c] = stage
         stages.append(
             {
                 "stage": stage,
                 "setting": settings.get(stage) if active else None,
                 "active": active,
-                "kept": int(np.count_nonzero(kept)),
+                "kept": dist.kept,
                 "removed_mass": removed,
-                "entropy": float(-(p[kept] * lp[kept]).sum()),
-                "p": [float(p[c]) for c in cands],
+                "entropy": dist.entropy(),
+                "p": np.exp(lp).tolist(),
             }
         )
-        prev_p = p
+        prev = dist
     return {
         "position": position,
         "token_id": token,
         "token": _text(words, token),
-        "rank": _rank(raw, token),
+        "rank": raw.rank(token),
         "draw": draw_name,
         "candidates": [{"id": c, "token": _text(words, c), "cut_by": cut[c]} for c in cands],
         "stages": stages,
@@ -334,19 +366,22 @@ def _entry(
 
 
 def _watch(
-    dists: list[tuple[str, bool, np.ndarray]], watch: Sequence[int], position: int
+    dists: list[tuple[str, bool, _Dist]], watch: Sequence[int], position: int
 ) -> dict[str, Any]:
     raw = dists[0][2]
     final = dists[-1][2]
+    at = np.array(watch, dtype=np.int64)
+    raw_lp = raw.dense()[at]
+    final_lp = final.dense()[at]
     cut: list[str | None] = []
     for t in watch:
-        cut.append(next((stage for stage, _, lp in dists if not np.isfinite(lp[t])), None))
+        cut.append(next((st for st, _, d in dists if not np.isfinite(d.dense()[t])), None))
     return {
         "position": position,
-        "raw_logprob": [float(raw[t]) for t in watch],
-        "raw_rank": [_rank(raw, t) for t in watch],
-        "logprob": [float(final[t]) if np.isfinite(final[t]) else None for t in watch],
-        "rank": [_rank(final, t) for t in watch],
+        "raw_logprob": raw_lp.tolist(),
+        "raw_rank": [raw.rank(t) for t in watch],
+        "logprob": [float(v) if np.isfinite(v) else None for v in final_lp],
+        "rank": [final.rank(t) for t in watch],
         "cut_by": cut,
     }
 
