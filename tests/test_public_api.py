@@ -61,6 +61,7 @@ EXPECTED = {
     "session",
     "summarize",
     "sweep",
+    "token_probs",
     "trace_frame",
     "usage_frame",
     "validate_params",

@@ -288,3 +288,33 @@ def test_a_server_without_a_trace_says_so(llamacpp_server: str) -> None:
         res = client.chat("Hi", max_tokens=2, sampler_trace=True)
     df = res.trace_frame()
     assert df.empty and "No sampler trace" in df.attrs["notes"]
+
+
+def test_token_probs_exact_on_the_embedded_server_bounded_elsewhere(
+    local_server: Any, llamacpp_server: str
+) -> None:
+    with tmlab.Client(base_url=local_server.base_url, model=MODEL) as client:
+        here = client.chat(ASK, **SETTINGS, seed=3, max_tokens=4, logprobs_for=[" purple"])
+    exact = tmlab.token_probs(here, [" purple"])
+    assert len(exact) == 4 and exact["exact"].all() and exact["source"].eq("logprobs_for").all()
+    lf = here.logprobs_for_frame()
+    assert exact["prob"].tolist() == pytest.approx(lf["prob"].tolist())
+
+    with tmlab.Client(base_url=llamacpp_server, timeout=120) as client:
+        res = client.chat(ASK, temperature=0, max_tokens=4, logprobs=True, top_logprobs=5)
+    first = res.choices[0].logprobs[0]
+    best = max(first.top, key=lambda a: a.logprob)
+    far = tmlab.token_probs(res, [best.token, " purple"])
+    at0 = far[far["position"] == 0].set_index("token")
+    # among the alternatives: exact, rank 1; outside: a bound no larger than the 5th's p
+    assert at0.loc[best.token, "exact"] and at0.loc[best.token, "rank"] == 1
+    assert at0.loc[best.token, "prob"] == pytest.approx(math.exp(best.logprob))
+    outside = at0.loc[" purple"]
+    assert not outside["exact"] and math.isnan(outside["prob"])
+    least = min(math.exp(a.logprob) for a in first.top)
+    assert 0 < outside["bound"] <= least
+    assert "not among them" in outside["source"] and "p ≤ bound" in far.attrs["notes"]
+    with tmlab.Client(base_url=llamacpp_server, timeout=120) as client:
+        plain = client.chat("Hi", max_tokens=2)
+    with pytest.raises(tmlab.ParameterError, match="no logprobs"):
+        tmlab.token_probs(plain, ["x"])

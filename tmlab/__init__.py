@@ -130,6 +130,7 @@ if TYPE_CHECKING:
     from tmlab.analysis.scoring import ScoreResult, score
     from tmlab.analysis.summary import plot_sweep, summarize
     from tmlab.analysis.sweeps import asweep, sweep
+    from tmlab.analysis.token_probs import token_probs
     from tmlab.client import local
     from tmlab.frames import logprobs_for_frame, logprobs_frame, trace_frame, usage_frame
     from tmlab.jupyter.explorer import Explorer
@@ -140,6 +141,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "logprobs_frame": ("tmlab.frames", "logprobs_frame"),
     "logprobs_for_frame": ("tmlab.frames", "logprobs_for_frame"),
     "trace_frame": ("tmlab.frames", "trace_frame"),
+    "token_probs": ("tmlab.analysis.token_probs", "token_probs"),
     "usage_frame": ("tmlab.frames", "usage_frame"),
     "sweep": ("tmlab.analysis.sweeps", "sweep"),
     "asweep": ("tmlab.analysis.sweeps", "asweep"),
@@ -256,8 +258,9 @@ __all__ = [
     "session",
     "summarize",
     "sweep",
-    "tree",
+    "token_probs",
     "trace_frame",
+    "tree",
     "usage_frame",
     "validate_params",
 ]

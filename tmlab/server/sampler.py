@@ -439,9 +439,12 @@ def _log_softmax(row: np.ndarray) -> np.ndarray:
 
 
 def _top(lp: np.ndarray, n: int) -> list[tuple[int, float]]:
+    """(index, value) of the ``n`` largest, most likely first; of tied values the lower index
+    first (as the sampler trace lists its candidates)."""
     n = min(n, lp.shape[0])
-    idx = np.argpartition(-lp, n - 1)[:n]
-    idx = idx[np.argsort(-lp[idx], kind="stable")]
+    kth = np.partition(lp, lp.size - n)[lp.size - n]  # cheaper than an argpartition
+    idx = np.flatnonzero(lp >= kth)
+    idx = idx[np.argsort(-lp[idx], kind="stable")][:n]
     return [(int(i), float(lp[i])) for i in idx]
 
 

@@ -30,6 +30,7 @@ processed log-probability and rank, and the stage that removed the token.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -201,8 +202,8 @@ def trace_spec(
 class _Dist:
     """One stage's distribution: the tokens it still allows and their log-probabilities.
 
-    Kept compact (a truncated stage holds a few tokens, not the vocabulary); the dense view
-    over the whole vocabulary (-inf for removed tokens) is made once, when asked.
+    Kept compact: a truncated stage holds its few tokens, not the vocabulary, and a token's
+    log-probability is found by a search among them (-inf when the stage removed it).
     """
 
     def __init__(self, ids: np.ndarray, weights: np.ndarray, n_vocab: int) -> None:
@@ -212,10 +213,13 @@ class _Dist:
         x = weights.astype(np.float64)
         m = x.max()
         # as the sampler computes processed logprobs (tmlab.server.sampler._log_softmax)
-        self.ids = ids.astype(np.int64)
         self.lp = x - (m + np.log(np.exp(x - m).sum()))
+        self.ids = ids
         self.n = n_vocab
-        self._dense: np.ndarray | None = None
+        # every id in order (a stage that removed nothing from a fresh row): index directly
+        self.whole = ids.size == n_vocab and bool((ids[1:] > ids[:-1]).all())
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        self._entropy: float | None = None
 
     @classmethod
     def point(cls, token: int, n_vocab: int) -> _Dist:
@@ -227,24 +231,26 @@ class _Dist:
         """How many tokens it allows."""
         return int(self.ids.size)
 
-    def dense(self) -> np.ndarray:
-        """Log-probabilities over the whole vocabulary (-inf: removed)."""
-        if self._dense is None:
-            ids = self.ids
-            if ids.size == self.n and bool((ids[1:] > ids[:-1]).all()):
-                self._dense = self.lp  # every id, in order: ids == 0..n-1
-            else:
-                self._dense = np.full(self.n, -np.inf)
-                self._dense[self.ids] = self.lp
-        return self._dense
+    def at(self, tokens: np.ndarray) -> np.ndarray:
+        """The log-probabilities of ``tokens`` (-inf: removed)."""
+        if self.whole:
+            return self.lp[tokens]
+        if self._sorted is None:
+            order = np.argsort(self.ids, kind="stable")
+            self._sorted = (self.ids[order], self.lp[order])
+        ids, lp = self._sorted
+        i = np.minimum(np.searchsorted(ids, tokens), ids.size - 1)
+        return np.where(ids[i] == tokens, lp[i], -np.inf)
 
     def entropy(self) -> float:
         """Entropy in nats (exact: every allowed token)."""
-        return float(-(np.exp(self.lp) * self.lp).sum())
+        if self._entropy is None:
+            self._entropy = float(-(np.exp(self.lp) * self.lp).sum())
+        return self._entropy
 
     def rank(self, token: int) -> int | None:
         """1 + how many tokens are more likely than ``token`` (None: removed)."""
-        v = self.dense()[token]
+        v = self.at(np.array([token]))[0]
         if not np.isfinite(v):
             return None
         return 1 + int(np.count_nonzero(self.lp > v))
@@ -254,8 +260,12 @@ class _Dist:
         n = min(n, self.kept)
         if n <= 0:
             return []
-        idx = np.argpartition(-self.lp, n - 1)[:n]
-        idx = idx[np.argsort(-self.lp[idx], kind="stable")]
+        lp = self.lp
+        # the n-th largest value, then every index at or above it (a partition of the values
+        # is cheaper than an argpartition); ties at the boundary: the lower index first
+        kth = np.partition(lp, lp.size - n)[lp.size - n]
+        idx = np.flatnonzero(lp >= kth)
+        idx = idx[np.argsort(-lp[idx], kind="stable")][:n]
         return [int(self.ids[i]) for i in idx]
 
 
@@ -337,8 +347,8 @@ def _entry(
         if prev is None or dist.kept == prev.kept:
             removed = 0.0  # a stage only removes: as many kept, nothing removed
         else:  # the previous stage's mass on what this one no longer allows
-            removed = max(0.0, 1.0 - float(np.exp(prev.dense()[dist.ids]).sum()))
-        lp = dist.dense()[at]
+            removed = max(0.0, 1.0 - float(np.exp(prev.at(dist.ids)).sum()))
+        lp = dist.at(at)
         for c, v in zip(cands, lp, strict=True):
             if cut[c] is None and not np.isfinite(v):
                 cut[c] = stage
@@ -371,11 +381,13 @@ def _watch(
     raw = dists[0][2]
     final = dists[-1][2]
     at = np.array(watch, dtype=np.int64)
-    raw_lp = raw.dense()[at]
-    final_lp = final.dense()[at]
-    cut: list[str | None] = []
-    for t in watch:
-        cut.append(next((st for st, _, d in dists if not np.isfinite(d.dense()[t])), None))
+    raw_lp = raw.at(at)
+    final_lp = final.at(at)
+    alive = [np.isfinite(d.at(at)) for _, _, d in dists]
+    cut: list[str | None] = [
+        next((dists[s][0] for s in range(len(dists)) if not alive[s][i]), None)
+        for i in range(len(watch))
+    ]
     return {
         "position": position,
         "raw_logprob": raw_lp.tolist(),
@@ -386,6 +398,13 @@ def _watch(
     }
 
 
+_TEXTS: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
+
+
 def _text(words: Any, token: int) -> str:
     """The token as text, control tokens spelled out (as in the logprobs entries)."""
-    return bytes(words.token_bytes(token)).decode("utf-8", errors="replace")
+    texts = _TEXTS.setdefault(words, {})
+    text = texts.get(token)
+    if text is None:
+        text = texts[token] = bytes(words.token_bytes(token)).decode("utf-8", errors="replace")
+    return text
