@@ -281,3 +281,16 @@ def test_comma_lists_run_a_small_sweep(ip: InteractiveShell) -> None:
     rows = history().iloc[before:]
     assert sorted(p["temperature"] for p in rows["params"]) == [0.0, 0.0, 1.0, 1.0]
     assert any("distinct_answers" in o.data.get("text/html", "") for o in cap.outputs)
+
+
+def test_trace_shows_the_stage_table_under_the_answer(ip: InteractiveShell) -> None:
+    result, cap = run(
+        ip, "%%tmchat --trace 0-1 --top-k 3 --temperature 0.7 --seed 2 --max-tokens 4\nHi."
+    )
+    assert result.success, cap.stderr
+    assert last_row()["params"]["sampler_trace"] == {"positions": [0, 1]}
+    tables = [o.data.get("text/html", "") for o in cap.outputs if "text/html" in o.data]
+    stage_table = next(t for t in tables if "removed_mass" in t)
+    assert stage_table.count("top_k") == 2 and "temperature" in stage_table
+    result, cap = run(ip, "%%tmchat --trace 300\nHi.")
+    assert "0..255" in _one_error_line(result, cap)
