@@ -4,7 +4,8 @@ embedded server has cached vs the same prompt evaluated from position 0.
 One server with ``--prompt-cache``. "Not cached": each request carries a fresh
 ``prompt_cache_isolation_key``, which nothing cached shares, so its whole prompt is evaluated.
 "Cached": a fixed key, the same long system prompt and a user question that changes every
-round, so all but the question's tokens come from the cache. TTFT as the client sees it on a
+round, so all but the question's tokens come from the cache; each is sent right after a request
+with its key (one slot holds one prompt, and a "not cached" request replaces it). TTFT as the client sees it on a
 streamed request (the first content chunk), one token, greedy; medians, interleaved. The
 server's own ``perf_metrics.time_to_first_token`` is in the detail.
 
@@ -28,7 +29,7 @@ from tmlab.meta import MODEL_NAME
 SYSTEM = " ".join(
     f"Rule {i}: when a student asks about the number {i * 7}, answer kindly, briefly and in "
     "plain words."
-    for i in range(68)
+    for i in range(57)
 )
 
 _round = itertools.count()
@@ -74,13 +75,16 @@ def run(rounds: int = 5) -> list[Row]:
         fixed = "bench-" + secrets.token_hex(4)
         cached: list[dict[str, Any]] = []
         fresh: list[dict[str, Any]] = []
-        ttft(client, fixed, [])  # warm up, and the fixed key's prefix is now cached
+        ttft(client, fixed, [])  # warm up
+
+        def warm() -> float:
+            # one slot holds one prompt, and the cold requests replace it: cache it again
+            ttft(client, fixed, [])
+            return ttft(client, fixed, cached)
+
         say("  cached vs not cached …")
         med = interleaved_values(
-            {
-                "cold": lambda: ttft(client, secrets.token_hex(8), fresh),
-                "warm": lambda: ttft(client, fixed, cached),
-            },
+            {"cold": lambda: ttft(client, secrets.token_hex(8), fresh), "warm": warm},
             rounds,
             budget=300,
         )

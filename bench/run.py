@@ -68,6 +68,13 @@ BENCHMARKS: dict[str, tuple[str, list[tuple[str, str, float | tuple[float, float
             )
         ],
     ),
+    "stepper": (
+        "tmlab.Stepper (loads the model)",
+        [
+            ("Stepper step ÷ a plain one-token continuation request", "<=", 1.2),
+            ("Stepper slider redraw, no request (50 candidates × 8 stages), ms", "<=", 50.0),
+        ],
+    ),
     "sweep": (
         "sweep efficiency",
         [
@@ -177,6 +184,7 @@ def main() -> None:
             "frames": lambda: __import__("frames_speed").run(),
             "parse": lambda: __import__("parse_speed").run(),
             "trace": lambda: __import__("trace_cost").run(),
+            "stepper": lambda: __import__("stepper").run(),
             "sweep": lambda: __import__("sweep_efficiency").run(loopback(0.2)),
             "llamacpp": lambda: __import__("llamacpp_server").run(),
             "server": lambda: __import__("server_overhead").run(),

@@ -17,6 +17,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
+import tmlab
 from tmlab.client.settings import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, session
 from tmlab.local import LocalServer
 
@@ -66,39 +67,47 @@ def test_blocks_are_found_and_skips_say_why() -> None:
     ]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def shell(
-    local_server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    local_server: LocalServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InteractiveShell]:
-    monkeypatch.setenv("TMLAB_HISTORY", str(tmp_path / "history.sqlite3"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    for var in (ENV_API_KEY, ENV_BASE_URL, ENV_MODEL):
-        monkeypatch.delenv(var, raising=False)
-    ip = InteractiveShell.instance()
-    ip.reset()
-    session.reset()
-    session.update(base_url=local_server.base_url)
-    yield ip
-    ip.reset()
-    session.reset()
+    """One IPython session for every block, in order (as a reader runs them)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMLAB_HISTORY", str(tmp_path_factory.mktemp("readme") / "history.sqlite3"))
+        mp.setenv("MPLBACKEND", "Agg")
+        for var in (ENV_API_KEY, ENV_BASE_URL, ENV_MODEL):
+            mp.delenv(var, raising=False)
+        ip = InteractiveShell.instance()
+        ip.reset()
+        yield ip
+        # what a kernel's exit would close: the clients and widgets the blocks made
+        for value in list(ip.user_ns.values()):
+            if isinstance(value, tmlab.Client | tmlab.Explorer):
+                value.close()
+        ip.reset()
 
 
-def test_every_python_block_runs_as_written(shell: InteractiveShell) -> None:
-    ran = 0
-    for block in blocks(README.read_text(encoding="utf-8")):
-        if block.no_run is not None:
-            continue
-        where = f"README.md line {block.line}"
-        if not block.ipython:
-            compile(block.code, where, "exec")  # a script runs it too: no top-level await
-        print(f"running {where}", flush=True)  # noqa: T201  (which block, when one hangs)
-        with capture_output() as cap:
-            result = shell.run_cell(block.code, store_history=True)
-        if not result.success:
-            error = result.error_in_exec or result.error_before_exec
-            pytest.fail(f"{where} failed: {error!r}\n{block.code}\n{cap.stdout}\n{cap.stderr}")
-        ran += 1
-    assert ran >= 10
+RUNNABLE = [b for b in blocks(README.read_text(encoding="utf-8")) if b.no_run is None]
+
+
+@pytest.mark.parametrize("block", RUNNABLE, ids=[f"line{b.line}" for b in RUNNABLE])
+def test_python_block_runs_as_written(
+    shell: InteractiveShell, local_server: LocalServer, block: Block
+) -> None:
+    """One block (one test each: a slow machine times each alone); the earlier blocks ran
+    before it in the same session, as in the README's order."""
+    session.update(base_url=local_server.base_url)  # each test starts with a fresh session
+    where = f"README.md line {block.line}"
+    if not block.ipython:
+        compile(block.code, where, "exec")  # a script runs it too: no top-level await
+    with capture_output() as cap:
+        result = shell.run_cell(block.code, store_history=True)
+    if not result.success:
+        error = result.error_in_exec or result.error_before_exec
+        pytest.fail(f"{where} failed: {error!r}\n{block.code}\n{cap.stdout}\n{cap.stderr}")
+
+
+def test_the_blocks_made_what_they_say(shell: InteractiveShell) -> None:
     ns = shell.user_ns
-    # what the blocks made is what they say
+    assert len(RUNNABLE) >= 10
     assert ns["res"].text and ns["reviews"] and ns["df"]["temperature"].nunique() == 3

@@ -41,7 +41,13 @@ def test_first_view_is_the_servers_trace(made: Any) -> None:
     assert st.requests == 1
     assert st.view_label.startswith("exact: the server's own trace")
     names = [r["stage"] for r in st.stages]
-    assert names[0] == "raw" and names[-5:] == ["top_k", "typical_p", "top_p", "min_p", "temperature"]
+    assert names[0] == "raw" and names[-5:] == [
+        "top_k",
+        "typical_p",
+        "top_p",
+        "min_p",
+        "temperature",
+    ]
     assert st.columns and st.drawn
     assert sum(c["drawn"] for c in st.columns) <= 1
     # the bars hold the trace's numbers: the raw row is the raw stage's p of each candidate
@@ -183,3 +189,23 @@ def test_bad_arguments_name_the_parameter(local_server: Any) -> None:
     with pytest.raises(ParameterError) as err:
         Stepper(PROMPT, client=client, max_tokens=5)
     assert err.value.param == "max_tokens"
+
+
+def test_on_llama_cpps_own_server_it_works_from_top_logprobs(
+    llamacpp_server: str, history_db: str
+) -> None:
+    """A server that is not tmlab's: no trace is asked, the view is the what-if over the raw
+    top_logprobs, and a step is a continuation (checked once per server)."""
+    st = Stepper(PROMPT, client=tmlab.Client(base_url=llamacpp_server), seed=3)
+    try:
+        assert st.wait(300) and st.error is None, st.error
+        assert st.view.kind == "raw" and st.columns
+        assert st.view_label.startswith("what-if approximation over the returned top_logprobs")
+        assert "sampler_trace" not in tmlab.history(n=1).iloc[-1]["params"]
+        st.top_k = 3  # within the returned alternatives: exact
+        assert "exact" in st.view_label
+        st.sample()
+        assert st.wait(300) and st.error is None, st.error
+        assert len(st.steps) == 1 and st.text
+    finally:
+        st.close()

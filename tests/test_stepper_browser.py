@@ -56,7 +56,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[JupyterLab, 
     root.mkdir()
     state.mkdir()
     history = base / "history.sqlite3"
-    server = JupyterLab(root, state, env={"TMLAB_HISTORY": str(history)})
+    # one slot: the shared server then starts without the batching self-test (minutes on a
+    # loaded 2-core machine); the Stepper sends one request at a time anyway
+    env = {"TMLAB_HISTORY": str(history), "TMLAB_PARALLEL": "1"}
+    server = JupyterLab(root, state, env=env)
     server.start()
     try:
         yield server, history
@@ -141,6 +144,17 @@ def test_stepper_in_the_browser(lab: tuple[JupyterLab, Path]) -> None:
             page.locator("button[data-action=back]").click()
             _until(lambda: sofar.text_content() == one, 30, "Back to remove it", page, out)
             page.screenshot(path=str(out / "stepped.png"))
+
+            # the keyboard: 1 takes the first candidate, Backspace goes back
+            first = page.locator(".tmlab-st-cand[data-index='0']").get_attribute("data-token")
+            page.locator(".tmlab-st").first.focus()
+            page.keyboard.press("1")
+            want = one + (first or "").replace("\u2423", " ")
+            _until(lambda: sofar.text_content() == want, 60, "key 1 to add a token", page, out)
+            expect(page.locator(".tmlab-st-status")).to_contain_text("drew", timeout=60_000)
+            page.locator(".tmlab-st").first.focus()
+            page.keyboard.press("Backspace")
+            _until(lambda: sofar.text_content() == one, 30, "Backspace to go back", page, out)
 
             # a slider change redraws the bars at once, without a request
             n = _requests(history)

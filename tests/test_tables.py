@@ -149,3 +149,15 @@ def test_a_template_word_that_names_no_variable_gets_a_one_line_notice(
             '%%tmchat --max-tokens 4\n{"task": "echo", "x": {"y": 1}}', store_history=True
         )
     assert result.success and not any("names no variable" in str(o.data) for o in cap.outputs)
+
+
+@pytest.mark.slow
+def test_tmconfig_shows_the_slots_of_the_server_it_talks_to(ip: InteractiveShell) -> None:
+    # the session's own default for a shared local server is 3 slots; this server has 1
+    with capture_output():
+        result = ip.run_cell("%tmconfig", store_history=True)
+    assert result.success
+    assert result.result["value"]["parallel"] == "1 (from its /v1/models)"
+    with capture_output():
+        result = ip.run_cell("%tmconfig base_url=http://127.0.0.1:9/v1", store_history=True)
+    assert result.result["value"]["parallel"] == "unknown (not said)"  # nothing answers there

@@ -326,7 +326,7 @@ def style_frame(
     # one call: each call of Styler.format (pandas 3) resets the columns it is not given
     styler = shown.style.format(formats, na_rep="\u2014")
     if texts:  # per column, not per cell: the CSS stays small
-        one_line = [{"selector": "td", "props": "white-space: nowrap; text-align: left"}]
+        one_line: Any = [{"selector": "td", "props": "white-space: nowrap; text-align: left"}]
         styler = styler.set_table_styles({c: one_line for c in texts}, overwrite=False)
     if isinstance(shown.index, pd.RangeIndex):
         styler = styler.hide(axis="index")

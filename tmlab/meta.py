@@ -19,6 +19,7 @@ from typing import Any, Final
 
 # VERSION is served by __getattr__ below (so it is not listed here: it has no binding).
 __all__ = [
+    "LOCAL_SAMPLING_DEFAULTS",
     "MODEL_FILE",
     "MODEL_NAME",
     "READY_PREFIX",
@@ -40,6 +41,21 @@ UNKNOWN_VERSION: Final = "0+unknown"
 
 READY_PREFIX: Final = "TMLAB_SERVER_READY "
 """A server prints this, then its base URL, on stdout once it listens."""
+
+LOCAL_SAMPLING_DEFAULTS: Final[dict[str, Any]] = {
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "mirostat_lr": 0.1,
+}
+"""What the embedded server uses for a sampling parameter a request does not send (its
+``Sampling`` defaults: the model's distribution untouched; ``top_k`` 0 is off). The front ends
+show these without importing the server; ``tests/test_meta_defaults.py`` checks they match."""
 
 
 def write_state(path: Path, url: str, instance: str | None) -> None:

@@ -50,12 +50,14 @@ import traitlets
 
 from tmlab.client.settings import LENGTH_LIMITS, session
 from tmlab.errors import ParameterError
+from tmlab.meta import LOCAL_SAMPLING_DEFAULTS
 from tmlab.params import NOT_GIVEN, PARAMS, Param, validate_params
 
 __all__ = [
     "FEATURED",
     "ParamControl",
     "build_controls",
+    "default_note",
     "editable",
     "featured",
     "layout_controls",
@@ -89,6 +91,37 @@ def _default(p: Param) -> Any:
     """The server's default from the table (``Param.default``), or ``None`` if unknown."""
     value = getattr(p, "default", None)
     return None if value is NOT_GIVEN else value
+
+
+def default_note(p: Param) -> str:
+    """What a server does when ``p`` is not sent, where known: ``": 1 (embedded server), 1
+    (Tensormesh page)"``; ``""`` when neither is known.
+
+    The embedded server's value is what it uses (:data:`tmlab.meta.LOCAL_SAMPLING_DEFAULTS`),
+    the Tensormesh page's the parameter table's ``default``; the one of the server this session
+    talks to comes first.
+    """
+    local = LOCAL_SAMPLING_DEFAULTS.get(p.name)
+    page = _default(p)
+    parts = []
+    if local is not None:
+        off = " = off" if p.name == "top_k" and local == 0 else ""
+        parts.append(f"{_fmt(local)}{off} (embedded server)")
+    if page is not None:
+        parts.append(f"{_fmt(page)} (Tensormesh page)")
+    if len(parts) == 2 and not _session_is_local():
+        parts.reverse()
+    return ": " + ", ".join(parts) if parts else ""
+
+
+def _session_is_local() -> bool:
+    """Whether this session's requests go to the embedded server (no key, no base URL)."""
+    from tmlab.client.settings import resolve_settings
+
+    try:
+        return resolve_settings(None, None, None).local
+    except Exception:  # a setting that does not resolve: the order does not matter then
+        return True
 
 
 def _fmt(value: Any) -> str:
@@ -406,8 +439,7 @@ class ParamControl(widgets.HBox):
         else:
             self.remove_class("tmlab-set")
             self.add_class("tmlab-unset")
-            default = _default(self.param)
-            shown = "unset · server default" + ("" if default is None else f": {_fmt(default)}")
+            shown = "unset · server default" + default_note(self.param)
             limit = session.max_tokens_default() if self.name == LENGTH_LIMITS[0] else None
             if limit is not None:  # the Explorer sends the session's default instead
                 shown = f"unset · session default: {limit}"

@@ -78,12 +78,12 @@ CSS = f"""<style>
   .tmlab-explorer .tmlab-left .tmlab-control {{ flex-wrap: wrap; row-gap: 0; }}
   .tmlab-explorer .tmlab-left .tmlab-control .widget-slider,
   .tmlab-explorer .tmlab-left .tmlab-control .widget-textarea {{
-    width: auto !important; flex: 1 1 240px; min-width: 220px; }}
+    width: auto !important; flex: 3 1 260px; min-width: 260px; }}
   .tmlab-explorer .tmlab-left .tmlab-control .widget-text,
   .tmlab-explorer .tmlab-left .tmlab-control .widget-dropdown {{
     width: auto !important; flex: 1 1 200px; min-width: 160px; }}
-  .tmlab-explorer .tmlab-left .tmlab-status {{ min-width: 0 !important; flex: 0 1 auto;
-    max-width: 170px; }}
+  .tmlab-explorer .tmlab-left .tmlab-status {{ min-width: 0 !important; flex: 1 1 120px;
+    max-width: 220px; }}
   .tmlab-explorer .tmlab-left .tmlab-status .widget-html-content {{ white-space: normal;
     line-height: 1.2; }}
   .tmlab-explorer.tmlab-large .tmlab-left {{ flex-basis: clamp(420px, 48%, 640px); }}
@@ -96,16 +96,18 @@ CSS = f"""<style>
 .tmlab-explorer.tmlab-large .tmlab-left .tmlab-control .widget-slider {{ flex: 1 1 100%;
   min-width: 0; }}
 .tmlab-explorer.tmlab-large .tmlab-reset {{ width: 48px !important; }}
+.tmlab-explorer.tmlab-large .tmlab-control .widget-label {{ width: auto !important;
+  flex: 0 0 auto; max-width: none; }}
 .tmlab-explorer.tmlab-large .tmlab-seed-random {{ width: 110px !important; }}
-.tmlab-explorer.tmlab-large .tmlab-status-line,
-.tmlab-explorer.tmlab-large .tmlab-load {{ font-size: 15px; line-height: 1.3; }}
+.tmlab-explorer.tmlab-large .tmlab-status-line {{ font-size: 15px; line-height: 1.3; }}
+.tmlab-explorer.tmlab-large .tmlab-load {{ display: none; }}
 .tmlab-explorer.tmlab-large .tmlab-answer {{ font-size: 26px; line-height: 1.4; }}
 .tmlab-explorer.tmlab-large .tmlab-tv {{ font-size: 26px; line-height: 1.9; }}
 .tmlab-explorer.tmlab-large .tmlab-tv-note {{ font-size: 18px; }}
 body:has(.tmlab-explorer.tmlab-large) .tmlab-tv-alts {{ font-size: 20px; }}
 .tmlab-explorer.tmlab-large .lm-TabBar {{ min-height: 36px; }}
-.tmlab-explorer.tmlab-large .lm-TabBar-tab {{ font-size: 18px; min-height: 34px;
-  line-height: 34px; }}
+.tmlab-explorer.tmlab-large .lm-TabBar-tab {{ font-size: 16px; min-height: 34px;
+  line-height: 34px; padding: 0 6px; }}
 .tmlab-explorer.tmlab-large .tmlab-prompt textarea {{ font-size: 22px; }}
 .tmlab-explorer.tmlab-large .tmlab-call,
 .tmlab-explorer.tmlab-large .tmlab-advanced {{ display: none !important; }}
@@ -122,10 +124,12 @@ def arrange(
     """The Explorer's children: the stylesheet, the bar (Send, Stop …), and the two columns
     (``left``: prompt and controls; ``right``: the answer and its tabs).
 
-    Class names for tests: ``tmlab-bar``, ``tmlab-body``, ``tmlab-left``, ``tmlab-right``. The
-    bar sticks to the top of the page while the panel is in view, where no box around the panel
-    scrolls on its own (ipywidgets boxes do: give one around the Explorer the class
-    ``tmlab-lesson``, as the app does).
+    Class names for tests: ``tmlab-bar``, ``tmlab-body``, ``tmlab-left``, ``tmlab-right``.
+    What keeps Send and Stop in view with the answer is that both columns are at most a
+    viewport high (each scrolls inside). The bar is also ``position: sticky``, which only
+    takes effect where no box around the panel scrolls (JupyterLab's output area and Voilà's
+    page do: there it stays put); a box of one's own around the Explorer can take the class
+    ``tmlab-lesson`` (``overflow: visible``).
     """
     top = widgets.HBox(list(bar))
     top.add_class("tmlab-bar")

@@ -329,7 +329,7 @@ class TmChat(Magics):
                 self._sync_from_session()
                 continue
             self._config_word(word)
-        return _settings_frame(session.describe())
+        return _settings_frame(_server_slots(session.describe()))
 
     def _config_word(self, word: str) -> None:
         from tmlab.client.settings import session
@@ -466,6 +466,27 @@ def _prices(value: str) -> dict[str, float]:
     if len(numbers) == 3:
         prices["cached_input"] = numbers[2]
     return prices
+
+
+def _server_slots(settings: dict[str, Any]) -> dict[str, Any]:
+    """``parallel`` of the server the session talks to, when it is not the embedded one: what
+    its ``/v1/models`` says (tmlab's and llama.cpp's servers), else that it is unknown."""
+    if settings.get("local"):
+        return settings
+    from tmlab.client import Client
+
+    slots = None
+    try:
+        with Client(timeout=3.0, max_retries=0) as client:
+            for entry in client.models():
+                value = entry.get("parallel") if isinstance(entry, dict) else None
+                if isinstance(value, int) and not isinstance(value, bool):
+                    slots = value
+                    break
+    except Exception:  # an unreachable server: %tmconfig still shows the settings
+        slots = None
+    shown = f"{slots} (from its /v1/models)" if slots is not None else "unknown (not said)"
+    return {**settings, "parallel": shown}
 
 
 def _settings_frame(settings: dict[str, Any]) -> pd.DataFrame:

@@ -35,54 +35,25 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anywidget
-import numpy as np
 import traitlets
 
-from tmlab.analysis.stages import Stage, cut_by, run_chain
+from tmlab.analysis.stepper_view import SLIDERS, TRACE_TOP, View, stage_rows, view_of
 from tmlab.errors import BadRequestError, ParameterError, TmlabError
 
 if TYPE_CHECKING:
     from tmlab.client import Client
     from tmlab.result import ChatResult
 
-__all__ = ["SLIDERS", "Stepper", "View"]
-
-SLIDERS = ("temperature", "top_k", "top_p", "min_p")
-"""The settings the Stepper's sliders move (the rest of ``**params`` is sent as given)."""
+__all__ = ["Stepper"]
 
 TOP_LOGPROBS = 20
-TRACE_TOP = 50
-COLUMNS = 16  # candidates drawn as bars
 DEBOUNCE_S = 0.4
-_PRE = ("eos_ban", "logit_bias", "penalties", "grammar")  # stages before the truncation
 _DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
-
-
-@dataclass
-class View:
-    """One position's candidates as a response returned them, and the token drawn there."""
-
-    ids: list[int | None]
-    labels: list[str]
-    pieces: list[bytes]
-    logprobs: np.ndarray  # before truncation (trace: the stage before top_k; else raw)
-    other_mass: float | None
-    tail_max: float | None
-    settings: dict[str, Any]  # the slider values the request was sent with
-    kind: str  # "trace" | "raw" | "processed" | "none"
-    trace: dict[str, Any] | None = None
-    drawn: int | None = None  # index into the candidates of the token the server drew
-    drawn_label: str = ""
-    ended: bool = False  # the server drew end-of-generation
-    bounded: bool = True  # the candidates hold the top of the distribution before top_k
-    entropy: float = math.nan  # of the raw distribution (trace: exact; else lower bound)
-    gap: float = math.nan  # top-2 gap of the raw distribution
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,216 +62,6 @@ class _Step:
     piece: bytes
     label: str
     view: View
-
-
-def _label(text: str) -> str:
-    marks = {" ": "\u2423", "\n": "\u21b5", "\t": "\u21e5", "\r": "\u240d"}
-    return "".join(
-        marks.get(c, c if c.isprintable() else c.encode("unicode_escape").decode()) for c in text
-    ) or "\u2205"
-
-
-def _piece(token: str, raw_bytes: list[int] | None) -> bytes:
-    return bytes(raw_bytes) if raw_bytes is not None else token.encode()
-
-
-def _entropy_gap(p: np.ndarray) -> tuple[float, float]:
-    q = np.sort(p[p > 0])[::-1]
-    ent = float(-(q * np.log(q)).sum()) if q.size else math.nan
-    gap = float(q[0] - q[1]) if q.size > 1 else math.nan
-    return ent, gap
-
-
-def view_of(res: ChatResult, settings: dict[str, Any], meaning: str | None) -> View:
-    """The candidates of ``res``'s single generated position (``meaning``: the logprobs' mode
-    when not traced, ``"processed_logprobs"`` or else raw)."""
-    choice = res.choices[0] if res.choices else None
-    ended = choice is not None and choice.finish_reason == "stop" and not choice.text
-    trace = choice.raw.get("sampler_trace") if choice is not None else None
-    positions = trace.get("positions") if isinstance(trace, dict) else None
-    if positions:
-        return _trace_view(trace, positions[0], settings, ended)
-    entries = choice.logprobs if choice is not None else None
-    if not entries:  # no logprobs: only the text of the token the server drew
-        text = choice.text if choice is not None else ""
-        return View([], [], [], np.zeros(0), None, None, settings, "none", None, None,
-                    _label(text) if text else "", ended or not text,
-                    extra={"piece": text.encode()})
-    tok = entries[0]
-    alts = sorted(tok.top, key=lambda a: -a.logprob)
-    ids = [a.token_id for a in alts]
-    labels = [_label(a.token) for a in alts]
-    pieces = [_piece(a.token, a.bytes) for a in alts]
-    lp = np.array([a.logprob for a in alts], dtype=float)
-    drawn = next(
-        (
-            i
-            for i, a in enumerate(alts)
-            if (a.token_id == tok.token_id if a.token_id is not None else a.token == tok.token)
-        ),
-        None,
-    )
-    if drawn is None:  # the drawn token was not among the alternatives: add it, at the end
-        ids.append(tok.token_id)
-        labels.append(_label(tok.token))
-        pieces.append(_piece(tok.token, tok.bytes))
-        lp = np.append(lp, tok.logprob)
-        drawn = len(ids) - 1
-    kind = "processed" if meaning == "processed_logprobs" else "raw"
-    p = np.exp(lp)
-    covered = float(p[: len(alts)].sum())
-    other = max(0.0, 1.0 - covered) if kind == "raw" else None
-    ent, gap = _entropy_gap(p)
-    tail = float(lp[: len(alts)].min()) if alts else None
-    view = View(ids, labels, pieces, lp, other, tail, settings, kind, None, drawn)
-    view.drawn_label, view.entropy, view.gap = labels[drawn], ent, gap
-    view.ended = ended or tok.token == ""
-    return view
-
-
-def _trace_view(
-    trace: dict[str, Any], pos: dict[str, Any], settings: dict[str, Any], ended: bool
-) -> View:
-    cands = pos["candidates"]
-    stages = pos["stages"]
-    names = [s["stage"] for s in stages]
-    before = stages[max(0, names.index("top_k") - 1)] if "top_k" in names else stages[0]
-    p_in = np.asarray(before["p"], dtype=float)
-    with np.errstate(divide="ignore"):
-        lp = np.log(p_in)
-    top = int(trace.get("top") or TRACE_TOP)
-    finite = np.sort(p_in[p_in > 0])[::-1]
-    tail = math.log(finite[min(top, finite.size) - 1]) if finite.size else None
-    ids = [int(c["id"]) for c in cands]
-    labels = [_label(c["token"]) for c in cands]
-    pieces = [c["token"].encode() for c in cands]
-    drawn = ids.index(int(pos["token_id"])) if pos.get("token_id") in ids else None
-    raw_p = np.asarray(stages[0]["p"], dtype=float)
-    _, gap = _entropy_gap(raw_p)
-    pre_active = any(s["active"] and s["stage"] in ("logit_bias", "penalties") for s in stages)
-    view = View(
-        ids,
-        labels,
-        pieces,
-        lp,
-        max(0.0, 1.0 - float(p_in.sum())),
-        tail,
-        settings,
-        "trace",
-        pos,
-        drawn,
-        labels[drawn] if drawn is not None else "",
-        ended,
-        bounded=not pre_active,  # a bias or penalty may lift an unseen token above the tail
-        entropy=float(stages[0]["entropy"]),
-        gap=gap,
-    )
-    return view
-
-
-# --- the stage rows drawn (all numbers computed here) ----------------------------------
-
-
-def _fmt_setting(v: Any) -> str:
-    if v is None:
-        return "off"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def _row(
-    name: str, setting: Any, active: bool, p: np.ndarray, cut: list[str | None], cols: list[int],
-    removed: float, entropy: float, kept: int, label: str
-) -> dict[str, Any]:
-    cells = []
-    for i in cols:
-        val = float(p[i])
-        cells.append(
-            {"h": round(val, 4), "txt": f"{val:.3f}" if val >= 0.0005 else ("0" if val == 0 else "<.001"),
-             "cut": cut[i] or ""}
-        )
-    return {
-        "stage": name,
-        "setting": _fmt_setting(setting) if active else "off",
-        "active": active,
-        "kept": kept,
-        "removed": f"{removed:.3f}",
-        "entropy": "" if math.isnan(entropy) else f"{entropy:.3f}",
-        "label": label,
-        "cells": cells,
-    }
-
-
-def stage_rows(view: View, settings: dict[str, Any], order: str) -> tuple[list[dict[str, Any]], list[int], str]:
-    """(rows, candidate columns shown, the view's label) under ``settings``, with no request.
-
-    The server's own trace when it was taken with these settings; else the stages recomputed
-    by :func:`run_chain` from the candidates, labelled exact or approximate with its bound.
-    """
-    n = len(view.ids)
-    if n == 0:
-        return [], [], "no logprobs: this server returns no candidates; Sample still works"
-    cols = [int(c) for c in np.argsort(-view.logprobs, kind="stable")[:COLUMNS]]
-    if view.kind == "trace" and view.trace is not None and settings == view.settings:
-        cut = [c.get("cut_by") for c in view.trace["candidates"]]
-        rows = []
-        for s in view.trace["stages"]:
-            if not s["active"] and s["stage"] in _PRE:
-                continue
-            rows.append(
-                _row(s["stage"], s["setting"], s["active"], np.asarray(s["p"], dtype=float), cut,
-                     cols, float(s["removed_mass"]), float(s["entropy"]), int(s["kept"]), "exact")
-            )
-        return rows, cols, "exact: the server's own trace of this step"
-    if view.kind == "processed":
-        p = np.exp(view.logprobs)
-        row = _row("processed", None, True, p, [None] * n, cols, 0.0, _entropy_gap(p)[0], n,
-                   "as returned")
-        row["setting"] = "as drawn"
-        return [row], cols, (
-            "processed logprobs (the distribution the token was drawn from): they cannot be "
-            "reshaped locally without applying a temperature twice; a slider asks the server again"
-        )
-    stages = run_chain(
-        view.logprobs,
-        **{k: settings[k] for k in SLIDERS},
-        order=order,
-        other_mass=view.other_mass,
-        tail_max=view.tail_max,
-    )
-    cut = cut_by(stages)
-    rows = []
-    if view.kind == "trace" and view.trace is not None:
-        tcut = [c.get("cut_by") for c in view.trace["candidates"]]
-        for s in view.trace["stages"]:
-            if s["stage"] == "raw" or (s["active"] and s["stage"] in _PRE):
-                rows.append(
-                    _row(s["stage"], s["setting"], s["active"], np.asarray(s["p"], dtype=float),
-                         [c if c in _PRE else None for c in tcut], cols,
-                         float(s["removed_mass"]), float(s["entropy"]), int(s["kept"]), "exact")
-                )
-        cut = [c if c in _PRE else cut[i] for i, c in enumerate(tcut)]
-        stages = stages[1:]
-    for st in stages:
-        rows.append(_stage_row(st, cut, cols, view.bounded))
-    last = stages[-1]
-    if not view.bounded:
-        label = "approximate (no bound: a bias or penalty may lift a token outside the candidates)"
-    elif last.exact:
-        label = "exact: recomputed from the returned candidates (no request)"
-    else:
-        label = last.label + ": recomputed from the returned candidates (no request)"
-    if view.kind == "raw":
-        label = f"what-if approximation over the returned top_logprobs ({order} order): " + label
-    return rows, cols, label
-
-
-def _stage_row(st: Stage, cut: list[str | None], cols: list[int], bounded: bool) -> dict[str, Any]:
-    label = st.label if bounded or not st.active else "approximate (no bound)"
-    name = "raw" if st.stage == "input" else st.stage
-    return _row(name, st.setting, st.active, st.p, cut, cols, st.removed_mass, st.entropy,
-                st.n_kept, label)
 
 
 # --- the widget ---------------------------------------------------------------------------
@@ -321,14 +82,22 @@ class Stepper(anywidget.AnyWidget):
 
     prompt = traitlets.Unicode("", help="the user message").tag(sync=True)
     text = traitlets.Unicode("", help="the text generated so far").tag(sync=True)
-    tokens = traitlets.List(help="the generated tokens: [{label, position}]").tag(sync=True)
-    columns = traitlets.List(help="the candidates drawn: [{label, id, key, drawn}]").tag(sync=True)
-    stages = traitlets.List(help="one row per stage: setting, label, cells").tag(sync=True)
+    tokens: traitlets.List[dict[str, Any]] = traitlets.List(
+        help="the generated tokens: [{label, position}]"
+    ).tag(sync=True)
+    columns: traitlets.List[dict[str, Any]] = traitlets.List(
+        help="the candidates drawn: [{label, id, key, drawn}]"
+    ).tag(sync=True)
+    stages: traitlets.List[dict[str, Any]] = traitlets.List(
+        help="one row per stage: setting, label, cells"
+    ).tag(sync=True)
     view_label = traitlets.Unicode("", help="exact or approximate, and why").tag(sync=True)
     drawn = traitlets.Unicode("", help="the token the server drew for the next position").tag(
         sync=True
     )
-    hesitate = traitlets.List(help="positions of highest entropy: [{position, ...}]").tag(sync=True)
+    hesitate: traitlets.List[dict[str, Any]] = traitlets.List(
+        help="positions of highest entropy: [{position, ...}]"
+    ).tag(sync=True)
     status = traitlets.Unicode("", help="one line: what happens now").tag(sync=True)
     busy = traitlets.Bool(False, help="a request is on its way").tag(sync=True)
     playing = traitlets.Bool(False, help="Play is on").tag(sync=True)
@@ -386,8 +155,10 @@ class Stepper(anywidget.AnyWidget):
     # -- what the buttons do ---------------------------------------------------------------
 
     def settings(self) -> dict[str, Any]:
-        """The sliders' values now."""
-        return {k: getattr(self, k) for k in SLIDERS}
+        """The sliders' values now (and ``typical_p``, fixed by ``**params``)."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in SLIDERS}
+        out["typical_p"] = self.params.get("typical_p", 1.0)
+        return out
 
     def sample(self) -> None:
         """Take the token the server draws with the current settings and seed."""
@@ -424,11 +195,21 @@ class Stepper(anywidget.AnyWidget):
     def wait(self, timeout: float | None = 120.0) -> bool:
         """Wait until every request asked for has come back; False on timeout."""
         end = None if timeout is None else time.monotonic() + timeout
-        while self._jobs.unfinished_tasks or (self._timer is not None and self._timer.is_alive()):
+        jobs = self._jobs
+        while True:
             if end is not None and time.monotonic() > end:
                 return False
-            time.sleep(0.02)
-        return True
+            timer = self._timer
+            if timer is not None and timer.is_alive():  # a debounced request is due
+                timer.join(None if end is None else max(0.0, end - time.monotonic()))
+            with jobs.all_tasks_done:
+                while jobs.unfinished_tasks:
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    jobs.all_tasks_done.wait(left)
+            if timer is self._timer and not (timer is not None and timer.is_alive()):
+                return True
 
     def close(self) -> None:
         """Stop Play and the worker, and close the widget."""
@@ -494,9 +275,7 @@ class Stepper(anywidget.AnyWidget):
         self.stages = rows
         self.view_label = label
         fresh = view.settings == self.settings()
-        self.drawn = (
-            ("(end of answer)" if view.ended else view.drawn_label) if fresh else ""
-        )
+        self.drawn = ("(end of answer)" if view.ended else view.drawn_label) if fresh else ""
         self.redraw_ms = (time.perf_counter() - start) * 1e3
 
     # -- the worker: every request, in order -------------------------------------------------
@@ -525,7 +304,11 @@ class Stepper(anywidget.AnyWidget):
         if kind == "next":
             self._fetch()
         elif kind == "refresh":
-            if job[1] == self._seq and self.view is not None and self.view.settings != self.settings():
+            if (
+                job[1] == self._seq
+                and self.view is not None
+                and self.view.settings != self.settings()
+            ):
                 self._fetch()
         elif kind == "sample":
             view = self.view
@@ -580,9 +363,7 @@ class Stepper(anywidget.AnyWidget):
     def _show_text(self) -> None:
         self.text = b"".join(s.piece for s in self.steps).decode("utf-8", errors="replace")
         self.tokens = [{"label": s.label, "position": i} for i, s in enumerate(self.steps)]
-        scored = [
-            (i, s) for i, s in enumerate(self.steps) if not math.isnan(s.view.entropy)
-        ]
+        scored = [(i, s) for i, s in enumerate(self.steps) if not math.isnan(s.view.entropy)]
         scored.sort(key=lambda t: (-t[1].view.entropy, t[1].view.gap))
         self.hesitate = [
             {

@@ -21,7 +21,7 @@ from tmlab.errors import ParameterError
 from tmlab.params import PARAMS
 from tmlab.result import ChatResult
 
-__all__ = ["WhatIfPanel"]
+__all__ = ["WhatIfPanel", "server_order"]
 
 
 def _slider(name: str, value: float, **overrides: Any) -> widgets.FloatSlider:
@@ -39,6 +39,21 @@ def _slider(name: str, value: float, **overrides: Any) -> widgets.FloatSlider:
         style={"description_width": "110px"},
         **overrides,
     )
+
+
+def server_order(res: ChatResult) -> str | None:
+    """The order in which the server that answered ``res`` applies temperature and truncation,
+    when its answer shows which server it is: ``"truncate_first"`` for tmlab's embedded server
+    (its logprobs say their ``logprobs_mode``) and llama.cpp's server (its ``timings``); else
+    ``None`` (unknown: vLLM and transformers apply the temperature first)."""
+    raw = res.raw
+    if "timings" in raw or raw.get("logprobs_mode"):
+        return "truncate_first"
+    for choice in raw.get("choices") or ():
+        lp = choice.get("logprobs") if isinstance(choice, dict) else None
+        if isinstance(lp, dict) and lp.get("logprobs_mode"):
+            return "truncate_first"
+    return None
 
 
 class WhatIfPanel(widgets.VBox):
@@ -131,6 +146,9 @@ class WhatIfPanel(widgets.VBox):
             self.top_k.value = min(max(int(given("top_k", 0)), 0), self.top_k.max)
             self.top_p.value = given("top_p", 1.0)
             self.min_p.value = given("min_p", 0.0)
+            order = server_order(res) if res is not None else None
+            if order is not None:  # the order of the server that answered, where known
+                self.order.value = order
         finally:
             self._hold = False
         self._redraw()
