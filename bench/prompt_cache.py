@@ -4,10 +4,10 @@ embedded server has cached vs the same prompt evaluated from position 0.
 One server with ``--prompt-cache``. "Not cached": each request carries a fresh
 ``prompt_cache_isolation_key``, which nothing cached shares, so its whole prompt is evaluated.
 "Cached": a fixed key, the same long system prompt and a user question that changes every
-round, so all but the question's tokens come from the cache; each is sent right after a request
-with its key (one slot holds one prompt, and a "not cached" request replaces it). TTFT as the client sees it on a
-streamed request (the first content chunk), one token, greedy; medians, interleaved. The
-server's own ``perf_metrics.time_to_first_token`` is in the detail.
+round, so all but the question's tokens come from the cache; each is sent right after a
+request with its key (one slot holds one prompt, and a "not cached" request replaces it). TTFT
+as the client sees it on a streamed request (the first content chunk), one token, greedy;
+medians, interleaved. The server's own ``perf_metrics.time_to_first_token`` is in the detail.
 
 Run alone: ``python bench/run.py --only prompt_cache``.
 """

@@ -34,7 +34,9 @@ def test_every_table_parameter_has_a_flag_in_the_help() -> None:
     for own in OWN_FLAGS:
         assert own.names[0] in text
     assert "default: not sent (server default)" in text
-    assert "default: not sent (server default: 1)" in text  # --n, from the table
+    # --n: the Tensormesh page's default, from the table; --top-k: the embedded server's own
+    assert "default: not sent (server default: 1 (Tensormesh page))" in text
+    assert "server default: 0 = off (embedded server)" in text
 
 
 def test_scalar_flags_parse_to_request_parameters() -> None:
@@ -112,7 +114,7 @@ def test_comma_lists_and_repeat_ask_for_a_sweep() -> None:
         ("--temprature 0.5", "unknown flag --temprature; did you mean --temperature"),
         ("--top-logprobs 5", "--top-logprobs: top_logprobs=5 needs logprobs=True"),
         ("--logprobs 30", "--logprobs: 30 is out of range (N in 0..20)"),
-        ("--show answer,colours", "--show: colours is not in answer,reasoning,logprobs,usage,raw"),
+        ("--show answer,colours", "--show: colours is not in answer,reasoning,logprobs,trace,usage,raw"),
         ("--out 1x", "--out: '1x' is not a Python identifier"),
         ("--continue --new", "--continue and --new exclude each other"),
         ("--stop 'unclosed", "cannot split the flags"),

@@ -279,8 +279,8 @@ def _answer(result: ChatResult, secret: str | None) -> bytes | None:
     one that holds the key. The key in an answer's text is scrubbed from the row; in the
     tokens it may be split across several, or spelled as ``bytes``, where no scrub finds it:
     such a response is not kept."""
-    if not any(choice.logprobs for choice in result.choices):
-        return None
+    if not any(choice.has_logprobs for choice in result.choices):
+        return None  # known without reading the tokens
     if secret:
         for choice in result.choices:
             spelled = b"".join(bytes(t.bytes or t.token.encode()) for t in choice.logprobs or [])

@@ -530,7 +530,7 @@ class Explorer(widgets.VBox):
             self.heatmap.value = hint
             self.logprobs_view.value = hint
         else:
-            self.heatmap.value = ""
+            self.heatmap.value = _display.prob_legend_html()  # the colour scale's legend
             self.logprobs_view.value = _display.style_logprobs(frame).to_html()
         self.token_view.show(res if has_logprobs or res.parent is not None else None)
         self.branches.add(res)

@@ -513,6 +513,8 @@ def _check(params: dict[str, Any], grid: dict[str, list[Any]]) -> None:
 
 def _rows() -> Iterable[tuple[str, str, str, str]]:
     """(flag, allowed, help, default) for every flag, table parameters first."""
+    from tmlab.jupyter.controls import default_note  # imports ipywidgets: only for the help
+
     for p in PARAMS.values():
         if p.name in _OWN:
             continue
@@ -522,9 +524,7 @@ def _rows() -> Iterable[tuple[str, str, str, str]]:
         else:
             flag += f" {_metavar(p)}" if p.kind != "enum" else ""
         allowed = p.allowed + (" (comma list: sweep)" if p.kind in _SWEEPABLE else "")
-        default = getattr(p, "default", None)
-        server = "server default" if default is None else f"server default: {default!r}"
-        yield flag, allowed, p.help, f"not sent ({server})"
+        yield flag, allowed, p.help, f"not sent (server default{default_note(p)})"
     for own in OWN_FLAGS:
         flag = "/".join(own.names) + (f" {own.metavar}" if own.metavar else "")
         yield flag, own.allowed, own.help, own.default
