@@ -414,6 +414,8 @@ def trace_frame(res: ChatResult, choice: int | None = None) -> pd.DataFrame:
                         )
                     )
     df = pd.DataFrame.from_records(records, columns=TRACE_COLUMNS)
+    # settings are ints, floats, strings or dicts: kept as sent (pandas would make 20 → 20.0)
+    df["setting"] = pd.Series([r[5] for r in records], dtype=object, index=df.index)
     df.attrs["notes"] = (
         TRACE_NOTES
         if found

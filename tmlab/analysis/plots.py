@@ -310,7 +310,10 @@ def plot_stages(
     ids = list(raw["candidate_id"])
     labels = [token_shown(t) for t in raw["candidate"]]
     if fig is None:
-        fig = plt.figure(figsize=(max(6.0, 0.55 * len(ids) + 1.5), 1.5 * len(stages) + 0.8))
+        fig = plt.figure(
+            figsize=(max(6.0, 0.55 * len(ids) + 1.5), 1.6 * len(stages) + 1.0),
+            layout="constrained",
+        )
     axes = fig.subplots(len(stages), 1, sharex=True, squeeze=False)[:, 0]
     x = np.arange(len(ids))
     raw_p = raw["p"].to_numpy()
@@ -349,5 +352,5 @@ def plot_stages(
         ax.set_ylabel("p")
     axes[-1].set_xticks(x, labels, rotation=45, ha="right")
     token = token_shown(str(at["token"].iloc[0]))
-    fig.suptitle(f"Position {position}: drew {token!r}: probability after each sampler stage")
+    fig.suptitle(f"Position {position}: drew {token}: probability after each sampler stage")
     return fig
