@@ -114,7 +114,10 @@ def test_comma_lists_and_repeat_ask_for_a_sweep() -> None:
         ("--temprature 0.5", "unknown flag --temprature; did you mean --temperature"),
         ("--top-logprobs 5", "--top-logprobs: top_logprobs=5 needs logprobs=True"),
         ("--logprobs 30", "--logprobs: 30 is out of range (N in 0..20)"),
-        ("--show answer,colours", "--show: colours is not in answer,reasoning,logprobs,trace,usage,raw"),
+        (
+            "--show answer,colours",
+            "--show: colours is not in answer,reasoning,logprobs,trace,usage,raw",
+        ),
         ("--out 1x", "--out: '1x' is not a Python identifier"),
         ("--continue --new", "--continue and --new exclude each other"),
         ("--stop 'unclosed", "cannot split the flags"),

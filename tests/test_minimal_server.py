@@ -102,3 +102,12 @@ def test_logprobs_asked_and_not_returned_say_so(minimal_url: str, stream: bool) 
     # not asked, nothing to say
     assert not plain.logprobs_missing and not plain.notes
     assert "logprobs" not in usage_line(plain)
+
+
+def test_a_client_of_a_server_started_here_is_embedded_unless_minimal(
+    local_server: Any, minimal_url: str
+) -> None:
+    # local.start() in this process: the embedded model with every capability
+    assert tmlab.Client(base_url=local_server.base_url).embedded
+    # the same model serving as a server without the optional capabilities is not
+    assert not tmlab.Client(base_url=minimal_url).embedded

@@ -28,6 +28,7 @@ import httpx
 
 from tmlab import meta
 from tmlab.client import local
+from tmlab.client.child import started_here
 from tmlab.client.history import record as _record_row
 from tmlab.client.history import remember
 from tmlab.client.reader import make_timing
@@ -195,7 +196,8 @@ class BaseClient:
     @property
     def embedded(self) -> bool:
         """True when this client talks to the embedded local server that tmlab starts itself
-        (no API key and no base URL configured, or ``%tmconfig local``), or names its URL.
+        (no API key and no base URL configured, or ``%tmconfig local``), or names its URL, or
+        the URL of one this process started (``tmlab.local.start()``, not ``minimal``).
 
         Some facts hold only there: the same seeded request gives the same answer, logprobs are
         the model's raw distribution, every request is computed alone. Notebooks check them
@@ -204,7 +206,10 @@ class BaseClient:
         if self._settings.local:
             return True
         url = self._base_url
-        return url is not None and url.rstrip("/") == local.shared_url()
+        if url is None:
+            return False
+        # the shared server of this user's kernels, or one this process started (local.start)
+        return url.rstrip("/") == local.shared_url() or started_here(url)
 
     def __repr__(self) -> str:
         url = repr(self._base_url) if self._base_url else "<embedded local server>"

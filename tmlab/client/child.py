@@ -31,7 +31,7 @@ from typing import IO, Any
 from tmlab.errors import LocalServerError
 from tmlab.meta import MODEL_NAME, READY_PREFIX
 
-__all__ = ["NOTICE", "LocalServer", "StartNotice", "health", "start"]
+__all__ = ["NOTICE", "LocalServer", "StartNotice", "health", "start", "started_here"]
 
 NOTICE = (
     f"tmlab: using the local {MODEL_NAME} model "
@@ -430,4 +430,18 @@ def _start(
         n.done(f"ready in {time.monotonic() - t0:.1f}s")
     args = server_args or []
     parallel = int(args[args.index("--parallel") + 1]) if "--parallel" in args else 1
-    return LocalServer(proc, url_box[0], api_key=api_key, parallel=parallel)
+    server = LocalServer(proc, url_box[0], api_key=api_key, parallel=parallel)
+    if "--minimal" not in args:
+        _STARTED[server.base_url.rstrip("/")] = proc
+    return server
+
+
+# The embedded servers (with every capability: not --minimal) this process started, by base URL.
+_STARTED: dict[str, subprocess.Popen[str]] = {}
+
+
+def started_here(base_url: str) -> bool:
+    """Whether ``base_url`` is an embedded server with every capability (not ``--minimal``)
+    that this process started and that still runs: a client of it is ``embedded``."""
+    proc = _STARTED.get(base_url.rstrip("/"))
+    return proc is not None and proc.poll() is None
