@@ -121,3 +121,38 @@ def llamacpp_server() -> Iterator[str]:
         pytest.skip("llama.cpp's server needs the 'xllamacpp' wheel (dev extra)")
     with llamacpp_server() as base_url:
         yield base_url
+
+
+@pytest.fixture(scope="module")
+def reference() -> Iterator[Any]:
+    """An independent llama.cpp model (``logits_all=True``, the configuration llama-cpp-python
+    itself needs for logprobs), for tests that hold the server's numbers against its logits."""
+    import llama_cpp
+
+    from tmlab.server.engine import default_model_path
+
+    llm = llama_cpp.Llama(
+        model_path=str(default_model_path()), n_ctx=512, logits_all=True, verbose=False
+    )
+    yield llm
+    llm.close()
+
+
+@pytest.fixture
+def ip(local_server: LocalServer, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An IPython shell with the magics loaded, its session on the local server and a
+    history of its own."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from tmlab.client.settings import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, session
+    from tmlab.jupyter.magics import load_ipython_extension
+
+    monkeypatch.setenv("TMLAB_HISTORY", str(tmp_path / "history.sqlite3"))
+    for var in (ENV_API_KEY, ENV_BASE_URL, ENV_MODEL):
+        monkeypatch.delenv(var, raising=False)
+    shell = InteractiveShell.instance()
+    load_ipython_extension(shell)
+    session.reset()
+    session.update(base_url=local_server.base_url)
+    yield shell
+    session.reset()

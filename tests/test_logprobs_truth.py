@@ -16,20 +16,8 @@ import pytest
 from _e2e import MODEL
 
 import tmlab
-from tmlab.server.engine import default_model_path
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def reference() -> Any:
-    import llama_cpp
-
-    llm = llama_cpp.Llama(
-        model_path=str(default_model_path()), n_ctx=512, logits_all=True, verbose=False
-    )
-    yield llm
-    llm.close()
 
 
 def test_server_logprobs_equal_an_independent_log_softmax(http: Any, reference: Any) -> None:

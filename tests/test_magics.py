@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +18,13 @@ from nbclient import NotebookClient
 from test_live import final_screen
 
 import tmlab.local
-from tmlab.client.settings import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, session
+from tmlab.client.settings import ENV_API_KEY, ENV_BASE_URL, session
 from tmlab.history import history
-from tmlab.jupyter.magics import TmChat, TmchatError, load_ipython_extension
+from tmlab.jupyter.magics import TmChat, TmchatError
 from tmlab.local import LocalServer
 from tmlab.result import ChatResult
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def ip(
-    local_server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[InteractiveShell]:
-    monkeypatch.setenv("TMLAB_HISTORY", str(tmp_path / "history.sqlite3"))
-    for var in (ENV_API_KEY, ENV_BASE_URL, ENV_MODEL):
-        monkeypatch.delenv(var, raising=False)
-    shell = InteractiveShell.instance()
-    load_ipython_extension(shell)
-    session.reset()
-    session.update(base_url=local_server.base_url)
-    yield shell
-    session.reset()
 
 
 def magics(shell: InteractiveShell) -> TmChat:

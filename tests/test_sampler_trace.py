@@ -19,20 +19,8 @@ import pytest
 from _e2e import MODEL
 
 import tmlab
-from tmlab.server.engine import default_model_path
 
 ASK = [{"role": "user", "content": "Name a colour and say why you like it."}]
-
-
-@pytest.fixture(scope="module")
-def reference() -> Any:
-    import llama_cpp
-
-    llm = llama_cpp.Llama(
-        model_path=str(default_model_path()), n_ctx=512, logits_all=True, verbose=False
-    )
-    yield llm
-    llm.close()
 
 
 def _post(http: httpx.Client, **body: Any) -> dict[str, Any]:

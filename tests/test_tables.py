@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,10 +13,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from tmlab import ChatResult
-from tmlab.client.settings import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, session
 from tmlab.display import MAX_ROWS, collapsed_html, one_line_html, style_frame, style_logprobs
-from tmlab.jupyter.magics import load_ipython_extension
-from tmlab.local import LocalServer
 
 
 def _long_result(tokens: int) -> ChatResult:
@@ -68,21 +63,6 @@ def test_text_and_dict_cells_are_one_line_with_the_whole_value_escaped_in_the_ti
     assert "white-space: nowrap" in page
     folded = collapsed_html(df, "add --out NAME")
     assert folded.startswith('<details class="tmlab-rows"><summary>all 70 rows')
-
-
-@pytest.fixture
-def ip(
-    local_server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[InteractiveShell]:
-    monkeypatch.setenv("TMLAB_HISTORY", str(tmp_path / "history.sqlite3"))
-    for var in (ENV_API_KEY, ENV_BASE_URL, ENV_MODEL):
-        monkeypatch.delenv(var, raising=False)
-    shell = InteractiveShell.instance()
-    load_ipython_extension(shell)
-    session.reset()
-    session.update(base_url=local_server.base_url)
-    yield shell
-    session.reset()
 
 
 @pytest.mark.slow
