@@ -46,6 +46,7 @@ EXPECTED = {
     "audit",
     "classify",
     "diff",
+    "export_lesson",
     "history",
     "load_ipython_extension",
     "local",

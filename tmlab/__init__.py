@@ -134,6 +134,7 @@ if TYPE_CHECKING:
     from tmlab.client import local
     from tmlab.frames import logprobs_for_frame, logprobs_frame, trace_frame, usage_frame
     from tmlab.jupyter.explorer import Explorer
+    from tmlab.jupyter.export import export_lesson
     from tmlab.jupyter.stepper import Stepper
 
 # name -> (module, attribute or None for the module itself); imported on first use.
@@ -142,6 +143,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "logprobs_for_frame": ("tmlab.frames", "logprobs_for_frame"),
     "trace_frame": ("tmlab.frames", "trace_frame"),
     "token_probs": ("tmlab.analysis.token_probs", "token_probs"),
+    "export_lesson": ("tmlab.jupyter.export", "export_lesson"),
     "usage_frame": ("tmlab.frames", "usage_frame"),
     "sweep": ("tmlab.analysis.sweeps", "sweep"),
     "asweep": ("tmlab.analysis.sweeps", "asweep"),
@@ -241,6 +243,7 @@ __all__ = [
     "classify",
     "continuations",
     "diff",
+    "export_lesson",
     "history",
     "load_ipython_extension",
     "local",

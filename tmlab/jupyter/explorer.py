@@ -74,6 +74,8 @@ from tmlab.params import PARAMS, ParameterWarning, validate_params
 from tmlab.result import ChatResult, SessionLimit
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tmlab.client import Client
     from tmlab.client.stream import Delta
 
@@ -590,6 +592,14 @@ class Explorer(widgets.VBox):
         None for a run that did not send it (the server's default).
         """
         return pins_frame(self._pins)
+
+    def export(self, directory: str, title: str = "tmlab lesson") -> Path:
+        """Save the pinned runs for slides: ``index.html`` (parameters side by side, each
+        answer's heatmap), ``runs.csv`` and ``answers.csv`` in ``directory``; see
+        :func:`tmlab.export_lesson`, which adds answers and a sweep."""
+        from tmlab.jupyter.export import export_lesson
+
+        return export_lesson(directory, pins=self._pins, title=title)
 
     def _render_pins(self) -> None:
         self.clear_pins_button.layout.display = None if self._pins else "none"
