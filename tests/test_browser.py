@@ -312,15 +312,16 @@ def test_explorer_sends_the_slider_value_and_shows_token_alternatives(
         "the untouched temperature control does not say it is unset",
     )
     shot = session.shot("01-rendered")
-    # the text boxes span the panel and end inside it, as the tabs do
+    # the text boxes span their column (the panel when stacked; side by side, the controls'
+    # column) and end inside it
     for box in ("system", "prompt"):
         overflow = explorer.locator(f".tmlab-{box} textarea").evaluate(
             "t => t.getBoundingClientRect().right"
-            " - t.closest('.tmlab-explorer').getBoundingClientRect().right"
+            " - t.closest('.tmlab-col').getBoundingClientRect().right"
         )
         if not -8 <= overflow <= 0.5:
             where = "past" if overflow > 0 else "short of"
-            session.fail(f"the {box} box ends {abs(overflow):.1f} px {where} the panel", str(shot))
+            session.fail(f"the {box} box ends {abs(overflow):.1f} px {where} its column", str(shot))
 
     # -- temperature by keyboard; top_logprobs by mouse (that turns logprobs on, in the kernel) --
     # An unset slider rests somewhere (the server's default, or mid-range): count key presses
