@@ -306,3 +306,24 @@ def test_token_probs_exact_on_the_embedded_server_bounded_elsewhere(
         plain = client.chat("Hi", max_tokens=2)
     with pytest.raises(tmlab.ParameterError, match="no logprobs"):
         tmlab.token_probs(plain, ["x"])
+
+
+def test_a_stage_that_allows_nothing_is_an_empty_distribution_not_a_crash() -> None:
+    # a grammar under extreme penalties can leave no token: the draw then ends the answer, and
+    # the trace's reading of that stage must not raise (it runs inside the server's draw)
+    from tmlab.server.trace import _Dist
+
+    none = _Dist(np.array([1, 2]), np.array([-np.inf, -np.inf], dtype=np.float32), 10)
+    assert (none.kept, none.entropy(), none.rank(1), none.top(3)) == (0, 0.0, None, [])
+    assert np.isneginf(none.at(np.array([1, 5]))).all()
+    some = _Dist(np.array([7, 2, 9]), np.array([1.0, 2.0, -np.inf], dtype=np.float32), 10)
+    assert (some.kept, some.rank(2), some.rank(7), some.rank(9), some.top(5)) == (
+        2,
+        1,
+        2,
+        None,
+        [2, 7],
+    )
+    assert some.at(np.array([2, 7, 9, 0])) == pytest.approx(
+        [-math.log1p(math.exp(-1)), -1 - math.log1p(math.exp(-1)), -np.inf, -np.inf]
+    )

@@ -211,9 +211,11 @@ class _Dist:
         if not finite.all():
             ids, weights = ids[finite], weights[finite]
         x = weights.astype(np.float64)
-        m = x.max()
-        # as the sampler computes processed logprobs (tmlab.server.sampler._log_softmax)
-        self.lp = x - (m + np.log(np.exp(x - m).sum()))
+        if x.size:  # as the sampler computes processed logprobs (sampler._log_softmax)
+            m = x.max()
+            self.lp = x - (m + np.log(np.exp(x - m).sum()))
+        else:  # a stage that allowed nothing (the draw then ends the answer)
+            self.lp = x
         self.ids = ids
         self.n = n_vocab
         # every id in order (a stage that removed nothing from a fresh row): index directly
@@ -235,6 +237,8 @@ class _Dist:
         """The log-probabilities of ``tokens`` (-inf: removed)."""
         if self.whole:
             return self.lp[tokens]
+        if not self.ids.size:
+            return np.full(np.shape(tokens), -np.inf)
         if self._sorted is None:
             order = np.argsort(self.ids, kind="stable")
             self._sorted = (self.ids[order], self.lp[order])
