@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
-from test_magics import _one_error_line, ip, last_row, magics, markdown_shown, run
+from test_magics import _one_error_line, last_row, magics, markdown_shown, run
 
 from tmlab.jupyter.flags import FlagError, parse_flags
 from tmlab.result import ChatResult
-
-__all__ = ["ip"]  # the fixture, imported from test_magics
 
 
 @pytest.mark.parametrize(

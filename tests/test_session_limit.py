@@ -19,7 +19,7 @@ import pytest
 from _e2e import dead_url
 from _fake_server import completion
 from IPython.core.interactiveshell import InteractiveShell
-from test_magics import ip, last_row, markdown_shown, run
+from test_magics import last_row, markdown_shown, run
 
 import tmlab
 from tmlab.client.settings import DEFAULT_MAX_TOKENS, ENV_MAX_TOKENS, session, session_limit
@@ -33,8 +33,6 @@ from tmlab.local import LocalServer
 from tmlab.params import NOT_GIVEN
 from tmlab.repetition import find_loop, text_units
 from tmlab.result import ChatResult, SessionLimit
-
-__all__ = ["ip"]  # the fixture, imported from test_magics
 
 STORY = "Tell me a long story about a dragon."
 
