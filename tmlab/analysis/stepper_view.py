@@ -189,6 +189,22 @@ def _fmt_setting(v: Any) -> str:
     return str(v)
 
 
+def _trace_row(s: dict[str, Any], cut: list[str | None], cols: Any) -> dict[str, Any]:
+    """A row of the server's own trace (exact) for one stage ``s``."""
+    return _row(
+        s["stage"],
+        s["setting"],
+        s["active"],
+        np.asarray(s["p"], dtype=float),
+        cut,
+        cols,
+        float(s["removed_mass"]),
+        float(s["entropy"]),
+        int(s["kept"]),
+        "exact",
+    )
+
+
 def _row(
     name: str,
     setting: Any,
@@ -241,20 +257,7 @@ def stage_rows(
         for s in view.trace["stages"]:
             if not s["active"] and s["stage"] in _PRE:
                 continue
-            rows.append(
-                _row(
-                    s["stage"],
-                    s["setting"],
-                    s["active"],
-                    np.asarray(s["p"], dtype=float),
-                    cut,
-                    cols,
-                    float(s["removed_mass"]),
-                    float(s["entropy"]),
-                    int(s["kept"]),
-                    "exact",
-                )
-            )
+            rows.append(_trace_row(s, cut, cols))
         return rows, cols, "exact: the server's own trace of this step"
     if view.kind == "processed":
         p = np.exp(view.logprobs)
@@ -284,20 +287,7 @@ def stage_rows(
         tcut = [c.get("cut_by") for c in view.trace["candidates"]]
         for s in view.trace["stages"]:
             if s["stage"] == "raw" or (s["active"] and s["stage"] in _PRE):
-                rows.append(
-                    _row(
-                        s["stage"],
-                        s["setting"],
-                        s["active"],
-                        np.asarray(s["p"], dtype=float),
-                        [c if c in _PRE else None for c in tcut],
-                        cols,
-                        float(s["removed_mass"]),
-                        float(s["entropy"]),
-                        int(s["kept"]),
-                        "exact",
-                    )
-                )
+                rows.append(_trace_row(s, [c if c in _PRE else None for c in tcut], cols))
         cut = [c if c in _PRE else cut[i] for i, c in enumerate(tcut)]
         stages = stages[1:]
     for st in stages:
